@@ -1,0 +1,70 @@
+"""Guest-physical RAM: one shared anonymous mapping that Unicorn executes from and the VMM reads.
+
+The RAM is an ``mmap`` (MAP_SHARED, anonymous), so a later parent-partition process can map the
+same pages; the VMM reads and writes it directly, without going through Unicorn's API.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+
+PAGE_SIZE = 0x1000
+MIN_RAM = 1 << 20
+
+
+class GuestMemoryError(ValueError):
+    """A guest-physical access outside RAM, or an impossible RAM size."""
+
+
+class GuestMemory:
+    """Guest-physical RAM starting at address 0."""
+
+    def __init__(self, size: int):
+        if size < MIN_RAM or size % PAGE_SIZE:
+            raise GuestMemoryError(
+                f"guest RAM must be a multiple of 4 KiB and at least 1 MiB, not {size:#x} bytes")
+        self.size = size
+        self.mmap = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
+        self.view = memoryview(self.mmap)
+        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
+
+    def contains(self, addr: int, length: int = 1) -> bool:
+        return 0 <= addr and addr + length <= self.size
+
+    def _check(self, addr: int, length: int) -> None:
+        if not self.contains(addr, length):
+            raise GuestMemoryError(
+                f"guest-physical range {addr:#x}+{length:#x} is outside RAM (0..{self.size:#x})")
+
+    def read(self, addr: int, length: int) -> bytes:
+        self._check(addr, length)
+        return self.mmap[addr:addr + length]
+
+    def write(self, addr: int, data: bytes) -> None:
+        self._check(addr, len(data))
+        self.mmap[addr:addr + len(data)] = data
+
+    def read_u8(self, addr: int) -> int:
+        self._check(addr, 1)
+        return self.mmap[addr]
+
+    def read_u16(self, addr: int) -> int:
+        self._check(addr, 2)
+        return struct.unpack_from("<H", self.mmap, addr)[0]
+
+    def read_u32(self, addr: int) -> int:
+        self._check(addr, 4)
+        return struct.unpack_from("<I", self.mmap, addr)[0]
+
+    def write_u16(self, addr: int, value: int) -> None:
+        self._check(addr, 2)
+        struct.pack_into("<H", self.mmap, addr, value & 0xFFFF)
+
+    def write_u32(self, addr: int, value: int) -> None:
+        self._check(addr, 4)
+        struct.pack_into("<I", self.mmap, addr, value & 0xFFFFFFFF)
+
+    def close(self) -> None:
+        self.view.release()
+        self.mmap.close()
