@@ -99,6 +99,7 @@ class Cpu:
         self._locate_counter()
         self._verify_layout()
         self.handler: CpuHandler | None = None
+        self._budget = 0
         self.hook_error: BaseException | None = None
         self._callbacks: list = []
         self._install_hooks()
@@ -117,6 +118,7 @@ class Cpu:
         if dr < 0 or raw.count(DR_RESET) != 1:
             raise CpuError("cannot find the DR6/DR7 anchor in CPUX86State")
         self._error_code = ctypes.c_int32.from_address(self.env + dr - 64)
+        self._is_int = ctypes.c_int32.from_address(self.env + dr - 60)
         self._old_exception = ctypes.c_int32.from_address(self.env + dr + 48)
         self.gpr = (ctypes.c_uint64 * 8).from_address(self.env)
         self._eip = ctypes.c_uint64.from_address(self.env + OFF_EIP)
@@ -205,11 +207,18 @@ class Cpu:
     def run(self, count: int) -> int:
         """Run from CS:EIP for at most ``count`` instructions; return the Unicorn error code."""
         self.hook_error = None
+        self._budget = count
         return uclib.uc_emu_start(self.uch, self._eip.value, NO_UNTIL, 0, count)
 
-    def executed(self, count: int) -> int:
-        """Instructions executed by the last run(count) (faulting instructions included)."""
-        return min(self._counter.value, count)
+    def executed(self) -> int:
+        """Instructions retired so far by the current or last run() (faulting ones included).
+
+        Unicorn counts an instruction before executing it, and counts the one it stops in front
+        of when the budget runs out."""
+        return min(self._counter.value, self._budget)
+
+    def budget_exhausted(self) -> bool:
+        return self._counter.value > self._budget
 
     def stop(self) -> None:
         uclib.uc_emu_stop(self.uch)
@@ -288,13 +297,13 @@ class Cpu:
         self.uc.msr_write(index, value)
 
     # ----- exceptions ---------------------------------------------------------------------------
-    def take_exception(self) -> int:
-        """Read the error code of the exception being hooked and clear QEMU's pending-fault state.
+    def take_exception(self) -> tuple[int, bool]:
+        """(error code, raised by INT n/INT3/INTO) of the hooked event; clears QEMU's fault state.
 
         Unicorn never resets env->old_exception on the hook path, so without this the next fault
         becomes #DF and the one after a silent stop (Unicorn issue #1883)."""
         self._old_exception.value = -1
-        return self._error_code.value & 0xFFFFFFFF
+        return self._error_code.value & 0xFFFFFFFF, bool(self._is_int.value)
 
     # ----- segments -----------------------------------------------------------------------------
     def load_segment(self, seg: int, selector: int, base: int, limit: int, flags: int) -> None:

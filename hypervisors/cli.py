@@ -1,0 +1,125 @@
+"""The `trapvisor` command: run a guest under a hypervisor and engine, list the shipped guests.
+
+Exit status: the guest's own status when it ends through the debug-exit port (QEMU's
+(v << 1) | 1 with --qemu-exit-codes); 2 for bad input (unknown guest, assembly error, bad flag);
+3 when the guest ends any other way (triple fault, fault, halt forever, timeout, --max-exits);
+4 when the hypervisor itself failed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import guests
+from hypervisors.images import AsmError, ImageError, resolve
+from hypervisors.monolithic import ENGINES, MonolithicHypervisor
+from vmm.observers import ExitStats, JsonTrace
+from vmm.vcpu import RunState
+
+EXIT_BAD_INPUT, EXIT_GUEST_FAILED, EXIT_VMM_ERROR = 2, 3, 4
+HYPERVISORS = {"monolithic": MonolithicHypervisor}
+
+
+def parse_size(text: str) -> int:
+    """'32M', '64MiB', '1G', '0x2000000' -> bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        if cleaned and cleaned[-1] in units:
+            return int(cleaned[:-1], 0) * units[cleaned[-1]]
+        return int(cleaned, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a memory size: {text!r} (try 32M or 0x2000000)")
+
+
+def positive(kind):
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trapvisor", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="boot a guest and print its serial output")
+    run.add_argument("guest", help="a shipped guest's name, an .asm file, or a flat binary")
+    run.add_argument("--hypervisor", choices=sorted(HYPERVISORS), default="monolithic")
+    run.add_argument("--engine", choices=sorted(ENGINES), default="trap")
+    run.add_argument("--stats", action="store_true", help="print per-exit-reason statistics")
+    run.add_argument("--trace", metavar="FILE", help="write one JSON line per exit to FILE")
+    run.add_argument("--timeout", metavar="S", type=positive(float), help="wall-clock limit")
+    run.add_argument("--max-exits", metavar="N", type=positive(int), help="stop after N exits")
+    run.add_argument("--ram", metavar="SIZE", type=parse_size, default=32 << 20,
+                     help="guest RAM (default 32M)")
+    run.add_argument("--input", metavar="TEXT", default="",
+                     help="bytes the UART receives (escapes such as \\n allowed)")
+    run.add_argument("--wall-clock", action="store_true",
+                     help="drive the PIT from wall time instead of executed instructions")
+    run.add_argument("--qemu-exit-codes", action="store_true",
+                     help="exit with (status << 1) | 1 like QEMU's isa-debug-exit")
+    commands.add_parser("guests", help="list the shipped guests")
+    return parser
+
+
+def list_guests() -> int:
+    for name in guests.names():
+        print(f"{name:<12} {guests.describe(name)}")
+    return 0
+
+
+def write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    if b"\n" in data:
+        sys.stdout.buffer.flush()
+
+
+def run_guest(args) -> int:
+    try:
+        image = resolve(args.guest, args.ram)
+    except (ImageError, AsmError) as exc:
+        print(f"trapvisor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    stats = ExitStats() if args.stats else None
+    trace = open(args.trace, "w") if args.trace else None
+    observers = [o for o in (stats, trace and JsonTrace(trace)) if o]
+    try:
+        hypervisor = HYPERVISORS[args.hypervisor](
+            engine=args.engine, ram_size=args.ram, sink=write_stdout,
+            input_data=args.input.encode().decode("unicode_escape").encode("latin-1"),
+            observers=observers, timeout=args.timeout, max_exits=args.max_exits,
+            wall_clock=args.wall_clock)
+        result = hypervisor.run(image)
+    except ValueError as exc:
+        print(f"trapvisor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        sys.stdout.flush()
+        if trace:
+            trace.close()
+    if stats:
+        print(stats.report(), file=sys.stderr)
+    return exit_status(result, args.qemu_exit_codes)
+
+
+def exit_status(result, qemu_codes: bool) -> int:
+    if result.state is RunState.EXITED:
+        return ((result.status << 1) | 1) & 0xFF if qemu_codes else result.status & 0xFF
+    print(result.report(), file=sys.stderr)
+    return EXIT_VMM_ERROR if result.state is RunState.VMM_ERROR else EXIT_GUEST_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "guests":
+        return list_guests()
+    return run_guest(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Guest images: a shipped guest's name, an .asm source (assembled with emu.asm) or a flat binary.
+
+A flat binary is loaded as a BIOS loads a boot sector: at 0x7C00, entered in real mode with
+CS:IP = 0000:7C00 and DL = 0x80 (no BIOS services are provided). An assembled guest is loaded at
+its ``org`` and entered there the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import guests
+from emu.asm import AsmError, assemble_file
+
+BOOT_ADDRESS = 0x7C00
+BOOT_DRIVE = 0x80
+
+
+class ImageError(ValueError):
+    """The guest cannot be found or loaded; the message says why."""
+
+
+@dataclass
+class GuestImage:
+    name: str
+    code: bytes
+    origin: int
+    listing: list
+
+    @property
+    def entry(self) -> int:
+        return self.origin
+
+
+def resolve(spec: str, ram_size: int) -> GuestImage:
+    """Turn a command-line GUEST argument into a loadable image."""
+    path = Path(spec)
+    if path.suffix == ".asm" or (not path.exists() and spec in guests.names()):
+        source = path if path.suffix == ".asm" else guests.path(spec)
+        image = _assembled(source)
+    elif path.is_file():
+        image = GuestImage(path.name, path.read_bytes(), BOOT_ADDRESS, [])
+    else:
+        raise ImageError(f"unknown guest {spec!r}: not a file, and not one of the shipped guests: "
+                         + ", ".join(guests.names()))
+    _check_fits(image, ram_size)
+    return image
+
+
+def _assembled(source: Path) -> GuestImage:
+    if not source.is_file():
+        raise ImageError(f"{source}: no such file")
+    image = assemble_file(source)
+    if not 0x500 <= image.origin <= 0xFFF0:
+        raise ImageError(f"{source}: origin {image.origin:#x} cannot be entered from real mode at "
+                         "CS = 0; start the source with an `org` such as `org 0x7c00`")
+    return GuestImage(source.stem, image.code, image.origin, image.listing)
+
+
+def _check_fits(image: GuestImage, ram_size: int) -> None:
+    if not image.code:
+        raise ImageError(f"{image.name}: the image is empty")
+    if image.origin + len(image.code) > ram_size:
+        raise ImageError(f"{image.name}: {len(image.code)} bytes at {image.origin:#x} do not fit "
+                         f"in {ram_size >> 20} MiB of guest RAM")
+
+
+__all__ = ["AsmError", "GuestImage", "ImageError", "resolve", "BOOT_DRIVE"]

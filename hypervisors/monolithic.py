@@ -1,0 +1,95 @@
+"""The monolithic hypervisor (VMware ESX style): device models are the hypervisor's own objects,
+called directly from the I/O exit handler in the same process.
+
+It builds the PC platform (8259 PIC pair, 8254 PIT, 16550 UART at COM1, debug-exit port 0xF4,
+port-0xE9 console, a null device on the POST port 0x80), picks the engine and runs the vCPU.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from emu.cpu import EDX, ESP, CS, DS, ES, SS, FS, GS
+from hypervisors.images import BOOT_DRIVE, GuestImage
+from hypervisors.input import ScriptedInput
+from vmm.devices.debug import DebugConsole, DebugExit, NullDevice
+from vmm.devices.pic8259 import Pic8259Pair
+from vmm.devices.pit8254 import Pit8254
+from vmm.devices.uart16550 import Uart16550
+from vmm.exits import EXIT_HANDLERS, Outcome
+from vmm.native import NativeEngine
+from vmm.trap import TrapEngine
+from vmm.vcpu import RunResult, Vcpu
+from vmm.vm import DEFAULT_RAM, Vm
+from vmm.vmcs import ExitReason
+
+ENGINES = {"native": NativeEngine, "trap": TrapEngine}
+COM1, COM1_IRQ = 0x3F8, 4
+
+
+def handle_io(vcpu, exit) -> Outcome:
+    """Port I/O, handled in-process: the bus calls the device model directly."""
+    if exit.is_in:
+        exit.value = vcpu.vm.pio.read(exit.port, exit.size)
+    else:
+        vcpu.vm.pio.write(exit.port, exit.size, exit.value)
+    return Outcome.STOP if vcpu.stopping else Outcome.RESUME
+
+
+MONOLITHIC_HANDLERS = {**EXIT_HANDLERS, ExitReason.IO_INSTRUCTION: handle_io}
+
+
+class Platform:
+    """The devices of one VM, registered on its port-I/O bus."""
+
+    def __init__(self, vm: Vm, sink: Callable[[bytes], None], on_exit: Callable[[int], None]):
+        self.pic = Pic8259Pair(on_intr=vm.kick)
+        self.pit = Pit8254(vm.clock, self.pic.irq_line(0))
+        self.uart = Uart16550(self.pic.irq_line(COM1_IRQ), sink)
+        self.post = NullDevice("post-0x80")
+        vm.irq_chip = self.pic
+        vm.timers.append(self.pit)
+        for device, base, length in ((self.pic.master, 0x20, 2), (self.pic.slave, 0xA0, 2),
+                                     (self.pit, 0x40, 4), (self.uart, COM1, 8),
+                                     (DebugExit(on_exit), 0xF4, 4), (DebugConsole(sink), 0xE9, 1),
+                                     (self.post, 0x80, 1)):
+            vm.pio.insert(device, base, length)
+
+
+class MonolithicHypervisor:
+    """Runs one guest with its devices inside the hypervisor process."""
+    name = "monolithic"
+    handlers = MONOLITHIC_HANDLERS
+
+    def __init__(self, engine: str = "trap", ram_size: int = DEFAULT_RAM,
+                 sink: Callable[[bytes], None] = lambda data: None, input_data: bytes = b"",
+                 observers=(), timeout: float | None = None, max_exits: int | None = None,
+                 wall_clock: bool = False):
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        self.vm = Vm(ram_size, wall_clock)
+        self.platform = Platform(self.vm, sink, self._guest_exit)
+        if input_data:
+            self.vm.input_sources.append(ScriptedInput(self.platform.uart, input_data))
+        self.vcpu = Vcpu(self.vm, ENGINES[engine](), self.handlers, observers, timeout,
+                         max_exits, wall_clock)
+
+    def _guest_exit(self, value: int) -> None:
+        self.vcpu.guest_exit(value)
+
+    def boot(self, image: GuestImage) -> None:
+        """Load the image and hand over like a BIOS: real mode, CS:IP = 0000:entry, DL = 0x80."""
+        self.vm.load(image.code, image.origin)
+        cpu = self.vm.cpu
+        for seg in (CS, DS, ES, SS, FS, GS):
+            cpu.load_real_segment(seg, 0)
+        cpu.eip = image.entry
+        cpu.gpr[EDX] = BOOT_DRIVE
+        cpu.gpr[ESP] = image.origin
+        self.vcpu.engine.reset()
+
+    def run(self, image: GuestImage) -> RunResult:
+        self.boot(image)
+        return self.vcpu.run()
+
+    def close(self) -> None:
+        self.vm.close()

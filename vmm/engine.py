@@ -1,0 +1,79 @@
+"""What every CPU virtualization engine shares: attaching to the CPU, reading the guest's current
+instruction, and turning machine-level failures (unmapped memory, undecodable bytes) into a
+defined end of the run with a report.
+"""
+from __future__ import annotations
+
+from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
+
+from emu.cpu import CS
+from emu.disasm import Disassembler, Insn
+from emu.paging import BusError, Fault
+
+UC_ERR_NAMES = {6: "read from unmapped memory", 7: "write to unmapped memory",
+                8: "fetch from unmapped memory", 10: "an invalid instruction",
+                21: "an unhandled CPU exception"}
+MAX_INSN = 15
+
+
+class EngineBase:
+    """Shared engine plumbing; subclasses implement the CpuHandler hooks."""
+    name = "?"
+
+    def __init__(self):
+        self.disasm = Disassembler()
+        self.unmapped: tuple[int, int, int] | None = None
+
+    def attach(self, vcpu) -> None:
+        self.vcpu = vcpu
+        self.vm = vcpu.vm
+        self.cpu = vcpu.vm.cpu
+        self.lin = vcpu.vm.lin
+        self.cpu.handler = self
+
+    def reset(self) -> None:
+        """Called once the guest is loaded and the CPU holds its boot state."""
+
+    def exit_bytes(self, exit) -> bytes:
+        return b""
+
+    # ----- reading the guest's code -------------------------------------------------------------
+    def fetch(self, linear: int) -> bytes:
+        """Up to 15 instruction bytes at a linear address (fewer at the end of mapped memory)."""
+        for length in (MAX_INSN, 8, 4, 2, 1):
+            try:
+                return self.lin.read(linear, length)
+            except (Fault, BusError):
+                continue
+        return b""
+
+    def current_insn(self) -> Insn | None:
+        cpu = self.cpu
+        code = self.fetch(cpu.linear_pc())
+        return self.disasm.decode(code, cpu.eip, cpu.code_bits) if code else None
+
+    def describe_pc(self) -> tuple[int, str]:
+        cpu = self.cpu
+        insn = self.current_insn()
+        where = f"{cpu.segs[CS].selector:04x}:{cpu.eip:08x}"
+        if insn is None:
+            code = self.fetch(cpu.linear_pc())
+            return cpu.eip, f"{where}  {code[:8].hex(' ') or 'unreadable'} (does not decode)"
+        return cpu.eip, f"{where}  {insn.raw.hex(' ')}  {insn}"
+
+    # ----- machine-level failures ---------------------------------------------------------------
+    def on_unmapped(self, access: int, address: int, size: int, value: int) -> bool:
+        self.unmapped = (access, address, size)
+        return False
+
+    def machine_error(self, err: int) -> None:
+        from vmm.vcpu import RunState
+        if self.unmapped is not None:
+            access, address, size = self.unmapped
+            kind = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "instruction fetch"}.get(
+                access, "read")
+            message = (f"guest {kind} of {size} bytes at guest-physical {address:#x}, "
+                       f"outside RAM ({self.vm.memory.size >> 20} MiB) and every MMIO window")
+        else:
+            message = f"the machine stopped on {UC_ERR_NAMES.get(err, f'Unicorn error {err}')}"
+        self.vcpu.finish(RunState.GUEST_FAULT, message)

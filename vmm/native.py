@@ -1,0 +1,62 @@
+"""The reference engine: the guest on the bare machine at real ring 0, no VMM.
+
+Devices are wired straight to the CPU's I/O hooks and exceptions and interrupts are delivered by
+the architectural delivery code acting as hardware. This is the behaviour every other engine must
+reproduce (Popek and Goldberg's equivalence property).
+"""
+from __future__ import annotations
+
+from emu.cpu import FLAG_IF
+from emu.events import UD, EventDelivery, EventKind, GuestView
+from vmm.engine import EngineBase
+
+HLT = 0xF4
+INT3, INTO = 0xCC, 0xCE
+
+
+class NativeEngine(EngineBase):
+    """Bare hardware: nothing is intercepted, so there are no VM exits."""
+    name = "native"
+
+    def attach(self, vcpu) -> None:
+        super().attach(vcpu)
+        self.events = EventDelivery(self.cpu, self.lin, GuestView(self.cpu))
+
+    # ----- CpuHandler ---------------------------------------------------------------------------
+    def on_interrupt(self, intno: int) -> None:
+        error_code, software = self.cpu.take_exception()
+        if software:
+            opcode = self.fetch((self.cpu.linear_pc() - 1) & 0xFFFFFFFF)[:1]
+            kind = (EventKind.SOFTWARE_EXCEPTION if opcode in (bytes([INT3]), bytes([INTO]))
+                    else EventKind.SOFTWARE_INTERRUPT)
+        else:
+            kind = EventKind.HARDWARE_EXCEPTION
+        self.events.deliver(intno, kind, error_code)
+
+    def on_in(self, port: int, size: int) -> int:
+        return self.vm.pio.read(port, size)
+
+    def on_out(self, port: int, size: int, value: int) -> None:
+        self.vm.pio.write(port, size, value)
+
+    def on_cpuid(self) -> bool:
+        return False
+
+    def on_invalid_opcode(self) -> bool:
+        self.events.deliver(UD, EventKind.HARDWARE_EXCEPTION)
+        return True
+
+    # ----- run loop -----------------------------------------------------------------------------
+    def interrupt_window(self) -> bool:
+        return bool(self.cpu.system_flags & FLAG_IF)
+
+    def inject_external(self, vector: int) -> None:
+        self.events.deliver(vector, EventKind.EXTERNAL)
+
+    def after_run(self) -> None:
+        """A run that ended early without a stop request ended on HLT."""
+        kicked, self.vm.kicked = self.vm.kicked, False
+        if kicked or self.cpu.budget_exhausted():
+            return
+        if self.fetch((self.cpu.linear_pc() - 1) & 0xFFFFFFFF)[:1] == bytes([HLT]):
+            self.vcpu.halted = True

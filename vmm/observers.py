@@ -1,0 +1,56 @@
+"""Observers around exit dispatch: per-reason statistics (in the spirit of `perf kvm stat report`)
+and a JSON-lines exit trace. They watch exits; they never handle them.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+
+class ExitStats:
+    """Samples and handling time per exit reason, plus a breakdown by emulated instruction."""
+
+    def __init__(self):
+        self.samples: dict[str, list[int]] = defaultdict(list)
+        self.details: dict[str, int] = defaultdict(int)
+
+    def on_exit(self, vcpu, exit) -> None:
+        pass
+
+    def on_entry(self, vcpu, exit, outcome) -> None:
+        self.samples[exit.reason.name].append(exit.duration_ns)
+        if exit.detail:
+            self.details[f"{exit.reason.name}: {exit.detail.split(' ')[0]}"] += 1
+
+    def report(self) -> str:
+        total = sum(len(v) for v in self.samples.values())
+        total_ns = sum(sum(v) for v in self.samples.values()) or 1
+        lines = ["Analyze events for all VMs, all VCPUs:", "",
+                 f"{'VM-EXIT':>22} {'Samples':>9} {'Samples%':>9} {'Time%':>7} "
+                 f"{'Min Time':>10} {'Max Time':>10} {'Avg time':>10}", ""]
+        for name, times in sorted(self.samples.items(), key=lambda kv: -len(kv[1])):
+            lines.append(f"{name:>22} {len(times):>9} {100 * len(times) / total:>8.2f}% "
+                         f"{100 * sum(times) / total_ns:>6.2f}% {min(times) / 1e3:>8.2f}us "
+                         f"{max(times) / 1e3:>8.2f}us {sum(times) / len(times) / 1e3:>8.2f}us")
+        lines += ["", f"Total Samples:{total}, Total events handled time:{total_ns / 1e3:.2f}us."]
+        if self.details:
+            lines += ["", "By instruction:"]
+            lines += [f"  {k:<40} {v:>9}" for k, v in sorted(self.details.items(),
+                                                               key=lambda kv: -kv[1])]
+        return "\n".join(lines)
+
+
+class JsonTrace:
+    """One JSON object per exit, written when the guest is re-entered."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def on_exit(self, vcpu, exit) -> None:
+        if not exit.insn_bytes:
+            exit.insn_bytes = vcpu.engine.exit_bytes(exit)
+
+    def on_entry(self, vcpu, exit, outcome) -> None:
+        record = exit.to_json()
+        record["outcome"] = outcome.value
+        self.stream.write(json.dumps(record) + "\n")

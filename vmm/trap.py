@@ -1,0 +1,206 @@
+"""The trap-and-emulate engine: the guest kernel runs deprivileged and every privileged
+instruction faults (#GP) into the VMM, which decodes it and emulates it on shadow state.
+
+Unicorn's events become VM exits with Intel SDM reasons: a decoded privileged instruction gets the
+reason a VT-x VMM would see (HLT, CR_ACCESS, MSR_READ, GDTR_IDTR_ACCESS, ...); CLI/STI/IRET/far
+transfers/segment loads and every guest exception or INT n are EXCEPTION_NMI exits whose
+interruption information says which event it was. IN/OUT and CPUID always exit.
+"""
+from __future__ import annotations
+
+import time
+
+from emu.cpu import EAX, EBX, ECX, EDX
+from emu.events import GP, PF, UD, ERROR_CODE_VECTORS, EventKind
+from emu.paging import CR0_PG, Fault
+from vmm.deprivilege import DeprivilegedGuest, UnsupportedGuestState
+from vmm.emulate import emulator_for, effective_address, next_eip
+from vmm.engine import EngineBase
+from vmm.exits import Outcome
+from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
+                      cr_qualification, interruption_info, io_qualification)
+
+R = ExitReason
+INSTRUCTION_REASONS = {
+    "hlt": R.HLT, "clts": R.CR_ACCESS, "lmsw": R.CR_ACCESS, "invlpg": R.INVLPG,
+    "rdmsr": R.MSR_READ, "wrmsr": R.MSR_WRITE, "lgdt": R.GDTR_IDTR_ACCESS,
+    "lidt": R.GDTR_IDTR_ACCESS, "lldt": R.LDTR_TR_ACCESS, "ltr": R.LDTR_TR_ACCESS,
+    "wbinvd": R.WBINVD, "invd": R.INVD,
+}
+GPR_NUMBER = {"eax": 0, "ecx": 1, "edx": 2, "ebx": 3, "esp": 4, "ebp": 5, "esi": 6, "edi": 7}
+IMM_IO_OPCODES = frozenset((0xE4, 0xE5, 0xE6, 0xE7))
+STRING_IO_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F))
+PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
+HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
+
+
+class TrapEngine(EngineBase):
+    """Deprivileged guest kernel; privileged instructions and all I/O exit to the VMM."""
+    name = "trap"
+
+    def attach(self, vcpu) -> None:
+        super().attach(vcpu)
+        self.vmcs = Vmcs()
+        self.g = DeprivilegedGuest(vcpu, self.vmcs.guest)
+        self._cpuid_done = False
+        vcpu.guest = self
+
+    def reset(self) -> None:
+        self.g.enter_real_mode()
+
+    # ----- Unicorn events -> exits --------------------------------------------------------------
+    def _exit(self, reason: ExitReason, qualification: int = 0) -> VmExit:
+        return VmExit(reason, self.cpu.eip, qualification, time.perf_counter_ns())
+
+    def on_in(self, port: int, size: int) -> int:
+        exit = self._exit(R.IO_INSTRUCTION, self._io_qualification(port, size, True))
+        exit.port, exit.size, exit.is_in = port, size, True
+        self.vcpu.handle_exit(exit)
+        return exit.value
+
+    def on_out(self, port: int, size: int, value: int) -> None:
+        exit = self._exit(R.IO_INSTRUCTION, self._io_qualification(port, size, False))
+        exit.port, exit.size, exit.value = port, size, value
+        self.vcpu.handle_exit(exit)
+
+    def on_cpuid(self) -> bool:
+        self._cpuid_done = False
+        self.vcpu.handle_exit(self._exit(R.CPUID))
+        return self._cpuid_done
+
+    def on_interrupt(self, intno: int) -> None:
+        error_code, software = self.cpu.take_exception()
+        if software:
+            self._event_exit(intno, self._software_kind(), None)
+            return
+        if intno == GP and not (self.g.protected and self.cpu.cpl == 3):
+            insn = self.current_insn()
+            if insn is not None and emulator_for(insn) is not None:
+                self._instruction_exit(insn, error_code)
+                return
+        self._event_exit(intno, EventKind.HARDWARE_EXCEPTION,
+                         error_code if intno in ERROR_CODE_VECTORS else None)
+
+    def on_invalid_opcode(self) -> bool:
+        self._event_exit(UD, EventKind.HARDWARE_EXCEPTION, None)
+        return True
+
+    def _software_kind(self) -> EventKind:
+        opcode = self.fetch((self.cpu.linear_pc() - 1) & 0xFFFFFFFF)[:1]
+        return (EventKind.SOFTWARE_EXCEPTION if opcode and opcode[0] in (0xCC, 0xCE)
+                else EventKind.SOFTWARE_INTERRUPT)
+
+    def _event_exit(self, vector: int, kind: EventKind, error_code: int | None) -> None:
+        qualification = self.cpu.cr[2] & 0xFFFFFFFF if vector == PF else 0
+        exit = self._exit(R.EXCEPTION_NMI, qualification)
+        exit.intr_info = interruption_info(vector, kind.value, error_code is not None)
+        exit.error_code = error_code
+        self.vcpu.handle_exit(exit)
+
+    def _instruction_exit(self, insn, error_code: int) -> None:
+        reason, qualification = self._classify(insn)
+        exit = self._exit(reason, qualification)
+        exit.insn, exit.insn_bytes, exit.detail = insn, insn.raw, str(insn)
+        if reason is R.EXCEPTION_NMI:
+            exit.intr_info = interruption_info(GP, EventKind.HARDWARE_EXCEPTION.value, True)
+            exit.error_code = error_code
+        self.vcpu.handle_exit(exit)
+
+    def _classify(self, insn) -> tuple[ExitReason, int]:
+        mnemonic = insn.mnemonic
+        if mnemonic == "mov":
+            return self._classify_mov(insn)
+        reason = INSTRUCTION_REASONS.get(mnemonic, R.EXCEPTION_NMI)
+        if mnemonic == "clts":
+            return reason, cr_qualification(0, CR_CLTS)
+        if mnemonic == "lmsw":
+            return reason, cr_qualification(0, CR_LMSW, lmsw_source=insn.operands[0].imm or 0)
+        if mnemonic == "invlpg":
+            return reason, effective_address(self.g, insn, insn.operands[0])
+        if reason in (R.GDTR_IDTR_ACCESS, R.LDTR_TR_ACCESS) and insn.operands[0].mem:
+            return reason, insn.operands[0].mem.disp & 0xFFFFFFFF
+        return reason, 0
+
+    @staticmethod
+    def _classify_mov(insn) -> tuple[ExitReason, int]:
+        dst, src = insn.operands
+        for control, gpr, access in ((dst, src, CR_MOV_TO), (src, dst, CR_MOV_FROM)):
+            if control.reg and control.reg.startswith("cr"):
+                return R.CR_ACCESS, cr_qualification(int(control.reg[2:]), access,
+                                                     GPR_NUMBER.get(gpr.reg, 0))
+            if control.reg and control.reg.startswith("dr"):
+                return R.DR_ACCESS, int(control.reg[2:]) | ((access & 1) << 4) | (
+                    GPR_NUMBER.get(gpr.reg, 0) << 8)
+        return R.EXCEPTION_NMI, 0
+
+    def _io_qualification(self, port: int, size: int, is_in: bool) -> int:
+        code = self.fetch_fast(self.cpu.linear_pc())
+        rep = False
+        for byte in code:
+            if byte not in PREFIXES:
+                return io_qualification(port, size, is_in, byte in STRING_IO_OPCODES, rep,
+                                        byte in IMM_IO_OPCODES)
+            rep = rep or byte == 0xF3
+        return io_qualification(port, size, is_in)
+
+    def fetch_fast(self, linear: int) -> bytes:
+        """Instruction bytes at a linear address; a plain slice of RAM while paging is off."""
+        memory = self.vm.memory
+        if not self.cpu.cr[0] & CR0_PG and memory.contains(linear, 4):
+            return memory.mmap[linear:linear + 4]
+        return self.fetch(linear)[:4]
+
+    # ----- what the exit handlers call (vcpu.guest) ---------------------------------------------
+    def handle_exception(self, exit: VmExit) -> Outcome:
+        if exit.insn is not None:
+            return self.emulate(exit)
+        info = exit.intr_info
+        self.g.reflect(info & 0xFF, EventKind((info >> 8) & 7), exit.error_code)
+        return Outcome.RESUME
+
+    def emulate(self, exit: VmExit) -> Outcome:
+        insn = exit.insn
+        try:
+            if not emulator_for(insn)(self.g, insn):
+                self.cpu.eip = next_eip(self.g, insn)
+        except Fault as fault:
+            if fault.vector == PF:
+                self.cpu.write_cr(2, fault.cr2)
+            self.g.reflect(fault.vector, EventKind.HARDWARE_EXCEPTION, fault.error_code)
+        except UnsupportedGuestState as exc:
+            from vmm.vcpu import RunState
+            self.vcpu.finish(RunState.GUEST_FAULT, str(exc))
+            return Outcome.STOP
+        return Outcome.RESUME
+
+    def skip_instruction(self, exit: VmExit) -> None:
+        self.cpu.eip = next_eip(self.g, exit.insn)
+
+    def cpuid(self, leaf_base: int, signature: bytes) -> Outcome:
+        """CPUID passes through, except the hypervisor leaves, which name this VMM."""
+        leaf = self.cpu.gpr[EAX] & 0xFFFFFFFF
+        if leaf in HYPERVISOR_LEAVES:
+            words = [int.from_bytes(signature[i:i + 4], "little") for i in (0, 4, 8)]
+            gpr = self.cpu.gpr
+            gpr[EAX], gpr[EBX], gpr[ECX], gpr[EDX] = leaf_base, *words
+            self._cpuid_done = True
+        return Outcome.RESUME
+
+    def exit_bytes(self, exit: VmExit) -> bytes:
+        if exit.insn is not None:
+            return exit.insn.raw
+        insn = self.current_insn()
+        return insn.raw if insn is not None and self.cpu.eip == exit.rip else b""
+
+    # ----- run loop -----------------------------------------------------------------------------
+    def interrupt_window(self) -> bool:
+        if self.g.protected and self.cpu.cpl == 3:
+            return True  # guest user mode: the kernel can only have returned there with IF set
+        return self.g.state.interrupt_flag
+
+    def inject_external(self, vector: int) -> None:
+        self.g.reflect(vector, EventKind.EXTERNAL)
+
+    def after_run(self) -> None:
+        self.vm.kicked = False
+

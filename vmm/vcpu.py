@@ -1,0 +1,260 @@
+"""The vCPU run loop: enter the guest, take exits, call observers and the handler, apply the outcome.
+
+Exits are handled where Unicorn reports them (inside its hooks, like KVM handling an exit in the
+kernel); the loop itself only runs between instruction slices: it advances virtual time, fires
+timers, injects interrupts when the guest's interrupt window is open, idles a halted CPU straight
+to its next timer event and enforces --timeout / --max-exits.
+"""
+from __future__ import annotations
+
+import collections
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from emu.events import TripleFault, UnsupportedEvent
+from vmm.exits import Outcome, dispatch
+from vmm.vmcs import VmExit
+
+MAX_SLICE = 2_000_000   # instructions per run() when no timer is due (bounds --timeout latency)
+WINDOW_POLL = 64        # slice length while an interrupt waits for the guest to set IF
+LAST_EXITS = 16
+
+
+class RunState(enum.Enum):
+    RUNNING = "running"
+    EXITED = "exited"                  # the guest wrote its status to the debug-exit port
+    TRIPLE_FAULT = "triple-fault"
+    HALTED = "halted"                  # HLT that nothing can ever wake
+    GUEST_FAULT = "fault"              # unmapped memory, garbage the machine cannot execute
+    TIMEOUT = "timeout"
+    MAX_EXITS = "max-exits"
+    VMM_ERROR = "vmm-error"
+
+
+class Observer(Protocol):
+    """Tracing, statistics and the debugger watch exits without being handlers."""
+
+    def on_exit(self, vcpu: "Vcpu", exit: VmExit) -> None: ...
+    def on_entry(self, vcpu: "Vcpu", exit: VmExit, outcome: Outcome) -> None: ...
+
+
+class Engine(Protocol):
+    """A CPU virtualization technique: it turns Unicorn events into exits or hardware behaviour."""
+    name: str
+
+    def attach(self, vcpu: "Vcpu") -> None: ...
+    def interrupt_window(self) -> bool: ...
+    def inject_external(self, vector: int) -> None: ...
+    def after_run(self) -> None: ...
+    def describe_pc(self) -> tuple[int, str]: ...
+
+
+class InstructionClock:
+    """Virtual time: retired guest instructions times ns_per_insn, plus time skipped in HLT."""
+
+    def __init__(self, cpu, ns_per_insn: int = 1):
+        self.cpu = cpu
+        self.ns_per_insn = ns_per_insn
+        self.base_ns = 0
+        self.running = False
+
+    def now_ns(self) -> int:
+        live = self.cpu.executed() if self.running else 0
+        return self.base_ns + live * self.ns_per_insn
+
+    def retire(self, instructions: int) -> None:
+        self.base_ns += instructions * self.ns_per_insn
+
+    def budget_until(self, deadline_ns: int) -> int:
+        return max(1, -(-(deadline_ns - self.base_ns) // self.ns_per_insn))
+
+    def skip_to(self, deadline_ns: int) -> None:
+        self.base_ns = max(self.base_ns, deadline_ns)
+
+
+@dataclass
+class RunResult:
+    state: RunState
+    status: int | None
+    message: str
+    rip: int = 0
+    instruction: str = ""
+    last_exits: list[str] = field(default_factory=list)
+    exits: int = 0
+    instructions: int = 0
+    wall_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.state is RunState.EXITED
+
+    def report(self) -> str:
+        lines = [f"trapvisor: {self.state.value}: {self.message}",
+                 f"  guest RIP {self.rip:#010x}: {self.instruction or '?'}",
+                 f"  {self.instructions} instructions, {self.exits} exits, "
+                 f"{self.wall_seconds:.3f} s"]
+        if self.last_exits:
+            lines.append(f"  last {len(self.last_exits)} exits:")
+            lines += [f"    {line}" for line in self.last_exits]
+        return "\n".join(lines)
+
+
+class Vcpu:
+    """One virtual CPU of a VM, driven by an engine and a hypervisor's exit-handler table."""
+
+    def __init__(self, vm, engine: Engine, handlers, observers=(), timeout: float | None = None,
+                 max_exits: int | None = None, wall_clock: bool = False):
+        self.vm = vm
+        self.cpu = vm.cpu
+        self.engine = engine
+        self.handlers = handlers
+        self.observers = list(observers)
+        self.timeout = timeout
+        self.max_exits = max_exits
+        self.wall_clock = wall_clock
+        self.state = RunState.RUNNING
+        self.status: int | None = None
+        self.message = ""
+        self.halted = False
+        self.interrupt_shadow = False
+        self.exit_count = 0
+        self.instructions = 0
+        self.recent: collections.deque[VmExit] = collections.deque(maxlen=LAST_EXITS)
+        self.guest = None  # set by the engine: what handlers emulate against
+        engine.attach(self)
+
+    @property
+    def stopping(self) -> bool:
+        return self.state is not RunState.RUNNING
+
+    # ----- exits ------------------------------------------------------------------------------
+    def handle_exit(self, exit: VmExit) -> Outcome:
+        """Called by the engine inside a Unicorn hook for every VM exit."""
+        self.exit_count += 1
+        self.recent.append(exit)
+        for observer in self.observers:
+            observer.on_exit(self, exit)
+        outcome = dispatch(self.handlers, self, exit)
+        if outcome is Outcome.HALT:
+            self.halted = True
+            self.cpu.stop()
+        elif outcome is Outcome.STOP:
+            self.cpu.stop()
+        if self.max_exits is not None and self.exit_count >= self.max_exits and not self.stopping:
+            self.finish(RunState.MAX_EXITS, f"--max-exits {self.max_exits} reached")
+        exit.entry_ns = time.perf_counter_ns()
+        for observer in self.observers:
+            observer.on_entry(self, exit, outcome)
+        return outcome
+
+    def finish(self, state: RunState, message: str, status: int | None = None) -> None:
+        """End the run (from a hook or the loop); the first reason given wins."""
+        if self.state is RunState.RUNNING:
+            self.state, self.message, self.status = state, message, status
+        self.cpu.stop()
+
+    def guest_exit(self, value: int) -> None:
+        """The debug-exit device's callback: the guest ends the run with a status."""
+        self.finish(RunState.EXITED, f"guest wrote {value:#x} to the debug-exit port", value)
+
+    def finish_triple_fault(self, detail: str) -> None:
+        self.finish(RunState.TRIPLE_FAULT, detail or "triple fault: the processor shut down")
+
+    def open_interrupt_window(self) -> None:
+        """The guest just set IF: deliver a pending interrupt after one more instruction."""
+        if self.vm.irq_chip.has_interrupt():
+            self.interrupt_shadow = True
+            self.cpu.stop()
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        started = time.perf_counter()
+        self._deadline = started + self.timeout if self.timeout else None
+        while self.state is RunState.RUNNING:
+            self._service_interrupts()
+            if self.state is not RunState.RUNNING:
+                break
+            if self.halted:
+                self._idle()
+            else:
+                self._run_slice()
+            self._check_timeout()
+        return self._result(time.perf_counter() - started)
+
+    def _run_slice(self) -> None:
+        budget = self._budget()
+        clock = self.vm.clock
+        clock.running = True
+        err = self.cpu.run(budget)
+        clock.running = False
+        clock.retire(self.cpu.executed())
+        self.instructions += self.cpu.executed()
+        self.vm.update_timers()
+        if self.cpu.hook_error is not None:
+            self._hook_failed(self.cpu.hook_error)
+        elif err:
+            self.engine.machine_error(err)
+        elif self.state is RunState.RUNNING:
+            self.engine.after_run()
+
+    def _budget(self) -> int:
+        if self.interrupt_shadow:
+            self.interrupt_shadow = False
+            return 1
+        if self.wall_clock:
+            budget = MAX_SLICE // 20
+        else:
+            deadline = self.vm.next_deadline_ns()
+            budget = MAX_SLICE if deadline is None else min(
+                MAX_SLICE, self.vm.clock.budget_until(deadline))
+        if self.vm.irq_chip.has_interrupt():
+            budget = min(budget, WINDOW_POLL)
+        return budget
+
+    def _service_interrupts(self) -> None:
+        chip = self.vm.irq_chip
+        if self.interrupt_shadow or not chip.has_interrupt() or not self.engine.interrupt_window():
+            return
+        vector = chip.acknowledge()
+        self.halted = False
+        try:
+            self.engine.inject_external(vector)
+        except TripleFault as fault:
+            self.finish_triple_fault(str(fault))
+        except UnsupportedEvent as exc:
+            self.finish(RunState.GUEST_FAULT, str(exc))
+
+    def _idle(self) -> None:
+        """HLT: jump virtual time to the next timer event, or end the run if nothing can wake us."""
+        if not self.engine.interrupt_window():
+            self.finish(RunState.HALTED, "HLT with interrupts disabled: nothing can wake the CPU")
+            return
+        deadline = self.vm.next_deadline_ns()
+        if deadline is None and not self.vm.input_pending():
+            self.finish(RunState.HALTED, "HLT with no timer armed and no input: the CPU sleeps forever")
+            return
+        if self.wall_clock:
+            self.vm.wait_until(deadline)
+        elif deadline is not None:
+            self.vm.clock.skip_to(deadline)
+        self.vm.update_timers()
+
+    def _check_timeout(self) -> None:
+        if self._deadline is not None and time.perf_counter() > self._deadline:
+            self.finish(RunState.TIMEOUT, f"--timeout {self.timeout:g} s expired")
+
+    def _hook_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, TripleFault):
+            self.finish_triple_fault(str(exc))
+        elif isinstance(exc, UnsupportedEvent):
+            self.finish(RunState.GUEST_FAULT, str(exc))
+        else:
+            self.finish(RunState.VMM_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _result(self, wall: float) -> RunResult:
+        rip, text = self.engine.describe_pc()
+        return RunResult(self.state, self.status, self.message, rip, text,
+                         [e.describe() for e in self.recent], self.exit_count, self.instructions,
+                         wall)

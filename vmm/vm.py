@@ -1,0 +1,74 @@
+"""One virtual machine's hardware: guest RAM, the CPU, the port-I/O and MMIO buses, the interrupt
+controller, the timers that drive virtual time, and the host input that can wake a halted CPU.
+
+Which devices sit on the buses, and in which process they run, is the hypervisor's choice.
+"""
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from emu.cpu import Cpu
+from emu.memory import GuestMemory
+from emu.paging import LinearMemory
+from vmm.bus import Bus
+from vmm.clock import WallClock
+from vmm.vcpu import InstructionClock
+
+DEFAULT_RAM = 32 << 20
+
+
+class InterruptController(Protocol):
+    def has_interrupt(self) -> bool: ...
+    def acknowledge(self) -> int: ...
+
+
+class Timer(Protocol):
+    def next_deadline_ns(self) -> int | None: ...
+    def update(self) -> None: ...
+
+
+class Vm:
+    """Guest RAM + CPU + buses; devices are attached by a hypervisor."""
+
+    def __init__(self, ram_size: int = DEFAULT_RAM, wall_clock: bool = False):
+        self.memory = GuestMemory(ram_size)
+        self.cpu = Cpu(self.memory)
+        self.lin = LinearMemory(self.memory, self.cpu.cr)
+        self.pio = Bus("pio")
+        self.mmio = Bus("mmio")
+        self.clock = WallClock() if wall_clock else InstructionClock(self.cpu)
+        self.irq_chip: InterruptController | None = None
+        self.timers: list[Timer] = []
+        self.input_sources: list = []
+        self.kicked = False
+
+    def kick(self) -> None:
+        """An interrupt line rose: leave the guest at the next boundary so it can be injected."""
+        self.kicked = True
+        self.cpu.stop()
+
+    def load(self, image: bytes, address: int) -> None:
+        self.memory.write(address, image)
+
+    def next_deadline_ns(self) -> int | None:
+        deadlines = [d for d in (t.next_deadline_ns() for t in self.timers) if d is not None]
+        return min(deadlines, default=None)
+
+    def update_timers(self) -> None:
+        for source in self.input_sources:
+            source.poll()
+        for timer in self.timers:
+            timer.update()
+
+    def input_pending(self) -> bool:
+        return any(source.alive() for source in self.input_sources)
+
+    def wait_until(self, deadline_ns: int | None) -> None:
+        """Wall-clock idling: sleep until the next timer event (or briefly, for input)."""
+        now = self.clock.now_ns()
+        pause = 0.01 if deadline_ns is None else max(0, deadline_ns - now) / 1e9
+        time.sleep(min(pause, 0.01))
+
+    def close(self) -> None:
+        self.cpu.close()
