@@ -168,30 +168,67 @@ class Cpu:
 
     # ----- hooks --------------------------------------------------------------------------------
     def _install_hooks(self) -> None:
-        self._hook(UC_HOOK_INTR, _INTR_CB(self._guard(lambda i: self.handler.on_interrupt(i))))
-        self._hook(UC_HOOK_INSN, _IN_CB(self._guard(lambda p, s: self.handler.on_in(p, s), 0)),
-                   X.UC_X86_INS_IN)
-        self._hook(UC_HOOK_INSN, _OUT_CB(self._guard(lambda p, s, v: self.handler.on_out(p, s, v))),
-                   X.UC_X86_INS_OUT)
-        self._hook(UC_HOOK_INSN, _BOOL_CB(self._guard(lambda: self.handler.on_cpuid(), False)),
-                   X.UC_X86_INS_CPUID)
-        self._hook(UC_HOOK_INSN_INVALID,
-                   _BOOL_CB(self._guard(lambda: self.handler.on_invalid_opcode(), False)))
+        self._hook(UC_HOOK_INTR, _INTR_CB(self._intr_cb))
+        self._hook(UC_HOOK_INSN, _IN_CB(self._in_cb), X.UC_X86_INS_IN)
+        self._hook(UC_HOOK_INSN, _OUT_CB(self._out_cb), X.UC_X86_INS_OUT)
+        self._hook(UC_HOOK_INSN, _BOOL_CB(self._cpuid_cb), X.UC_X86_INS_CPUID)
+        self._hook(UC_HOOK_INSN_INVALID, _BOOL_CB(self._invalid_cb))
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
-        self._hook(unmapped, _UNMAPPED_CB(self._guard(
-            lambda a, addr, s, v: self.handler.on_unmapped(a, addr, s, v), False)))
+        self._hook(unmapped, _UNMAPPED_CB(self._unmapped_cb))
 
-    def _guard(self, fn, default=None):
-        """Wrap a hook body: a Python exception stops the CPU and is re-raised by run()."""
-        def callback(_uc, *args):
-            try:
-                return fn(*args[:-1])
-            except BaseException as exc:  # noqa: BLE001 - carried out of the C callback
-                if self.hook_error is None:
-                    self.hook_error = exc
-                self.stop()
-                return default
-        return callback
+    def attach(self, handler: CpuHandler) -> None:
+        """Route every hook to ``handler`` (bound methods cached: hooks are the exit hot path)."""
+        self.handler = handler
+        self._on_interrupt = handler.on_interrupt
+        self._on_in = handler.on_in
+        self._on_out = handler.on_out
+
+    # Raw ctypes callbacks. A Python exception cannot cross into C: it stops the CPU and run()'s
+    # caller finds it in hook_error.
+    def _intr_cb(self, _uc, intno, _ud):
+        try:
+            self._on_interrupt(intno)
+        except BaseException as exc:  # noqa: BLE001
+            self._hook_failed(exc)
+
+    def _in_cb(self, _uc, port, size, _ud):
+        try:
+            return self._on_in(port, size)
+        except BaseException as exc:  # noqa: BLE001
+            self._hook_failed(exc)
+            return 0
+
+    def _out_cb(self, _uc, port, size, value, _ud):
+        try:
+            self._on_out(port, size, value)
+        except BaseException as exc:  # noqa: BLE001
+            self._hook_failed(exc)
+
+    def _cpuid_cb(self, _uc, _ud):
+        try:
+            return self.handler.on_cpuid()
+        except BaseException as exc:  # noqa: BLE001
+            self._hook_failed(exc)
+            return False
+
+    def _invalid_cb(self, _uc, _ud):
+        try:
+            return self.handler.on_invalid_opcode()
+        except BaseException as exc:  # noqa: BLE001
+            self._hook_failed(exc)
+            return False
+
+    def _unmapped_cb(self, _uc, access, address, size, value, _ud):
+        try:
+            return self.handler.on_unmapped(access, address, size, value)
+        except BaseException as exc:  # noqa: BLE001
+            self._hook_failed(exc)
+            return False
+
+    def _hook_failed(self, exc: BaseException) -> None:
+        if self.hook_error is None:
+            self.hook_error = exc
+        self.stop()
 
     def _hook(self, htype: int, cfunc, *extra) -> None:
         handle = ctypes.c_size_t()

@@ -107,6 +107,12 @@ def emulate_sti(g, insn) -> bool:
     return False
 
 
+def emulate_hlt(g, insn) -> bool:
+    """HLT: step over it; the run loop idles until the next interrupt."""
+    g.cpu.eip = next_eip(g, insn)
+    return True
+
+
 def emulate_pushf(g, insn) -> bool:
     push(g, g.view.flags(), insn.opsize // 8)
     return False
@@ -329,7 +335,7 @@ def emulate_int(g, insn) -> bool:
 
 
 EMULATORS: dict[str, Callable[[DeprivilegedGuest, Insn], bool]] = {
-    "cli": emulate_cli, "sti": emulate_sti,
+    "cli": emulate_cli, "sti": emulate_sti, "hlt": emulate_hlt,
     "pushf": emulate_pushf, "pushfd": emulate_pushf, "popf": emulate_popf, "popfd": emulate_popf,
     "clts": emulate_clts, "lmsw": emulate_lmsw,
     "rdmsr": emulate_rdmsr, "wrmsr": emulate_wrmsr, "invlpg": emulate_invlpg,

@@ -29,7 +29,7 @@ class EngineBase:
         self.vm = vcpu.vm
         self.cpu = vcpu.vm.cpu
         self.lin = vcpu.vm.lin
-        self.cpu.handler = self
+        self.cpu.attach(self)
 
     def reset(self) -> None:
         """Called once the guest is loaded and the CPU holds its boot state."""

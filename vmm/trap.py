@@ -9,12 +9,13 @@ interruption information says which event it was. IN/OUT and CPUID always exit.
 from __future__ import annotations
 
 import time
+from typing import Callable, NamedTuple
 
 from emu.cpu import EAX, EBX, ECX, EDX
 from emu.events import GP, PF, UD, ERROR_CODE_VECTORS, EventKind
 from emu.paging import CR0_PG, Fault
 from vmm.deprivilege import DeprivilegedGuest, UnsupportedGuestState
-from vmm.emulate import emulator_for, effective_address, next_eip
+from vmm.emulate import emulate_hlt, emulator_for, effective_address
 from vmm.engine import EngineBase
 from vmm.exits import Outcome
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
@@ -34,6 +35,21 @@ PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65
 HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
 
 
+class Plan(NamedTuple):
+    """A decoded faulting instruction, the function that emulates it, and how to step over it."""
+    insn: object
+    emulator: Callable
+    size: int
+    eip_mask: int
+
+
+def make_plan(insn, bits: int) -> Plan | None:
+    emulator = emulator_for(insn) if insn is not None else None
+    if emulator is None:
+        return None
+    return Plan(insn, emulator, insn.size, 0xFFFFFFFF if bits == 32 else 0xFFFF)
+
+
 class TrapEngine(EngineBase):
     """Deprivileged guest kernel; privileged instructions and all I/O exit to the VMM."""
     name = "trap"
@@ -43,6 +59,7 @@ class TrapEngine(EngineBase):
         self.vmcs = Vmcs()
         self.g = DeprivilegedGuest(vcpu, self.vmcs.guest)
         self._cpuid_done = False
+        self._plans: dict[tuple[int, bytes], Plan | None] = {}
         vcpu.guest = self
 
     def reset(self) -> None:
@@ -53,12 +70,21 @@ class TrapEngine(EngineBase):
         return VmExit(reason, self.cpu.eip, qualification, time.perf_counter_ns())
 
     def on_in(self, port: int, size: int) -> int:
+        vcpu = self.vcpu
+        if vcpu.fast:
+            vcpu.exit_count += 1
+            return vcpu.io_read(port, size)
         exit = self._exit(R.IO_INSTRUCTION, self._io_qualification(port, size, True))
         exit.port, exit.size, exit.is_in = port, size, True
         self.vcpu.handle_exit(exit)
         return exit.value
 
     def on_out(self, port: int, size: int, value: int) -> None:
+        vcpu = self.vcpu
+        if vcpu.fast:
+            vcpu.exit_count += 1
+            vcpu.io_write(port, size, value)
+            return
         exit = self._exit(R.IO_INSTRUCTION, self._io_qualification(port, size, False))
         exit.port, exit.size, exit.value = port, size, value
         self.vcpu.handle_exit(exit)
@@ -74,9 +100,9 @@ class TrapEngine(EngineBase):
             self._event_exit(intno, self._software_kind(), None)
             return
         if intno == GP and not (self.g.protected and self.cpu.cpl == 3):
-            insn = self.current_insn()
-            if insn is not None and emulator_for(insn) is not None:
-                self._instruction_exit(insn, error_code)
+            plan = self._plan()
+            if plan is not None:
+                self._instruction_exit(plan, error_code)
                 return
         self._event_exit(intno, EventKind.HARDWARE_EXCEPTION,
                          error_code if intno in ERROR_CODE_VECTORS else None)
@@ -97,7 +123,27 @@ class TrapEngine(EngineBase):
         exit.error_code = error_code
         self.vcpu.handle_exit(exit)
 
-    def _instruction_exit(self, insn, error_code: int) -> None:
+    def _plan(self) -> Plan | None:
+        """Decode the faulting instruction once per distinct byte sequence (a dict hit after)."""
+        cpu = self.cpu
+        bits = cpu.code_bits
+        key = (bits, self.fetch_code(cpu.linear_pc()))
+        plan = self._plans.get(key, False)
+        if plan is False:
+            plan = self._plans[key] = make_plan(self.disasm.decode(key[1], cpu.eip, bits), bits)
+        return plan
+
+    def _instruction_exit(self, plan: Plan, error_code: int) -> None:
+        vcpu = self.vcpu
+        if vcpu.fast:
+            vcpu.exit_count += 1
+            if plan.emulator is emulate_hlt:
+                emulate_hlt(self.g, plan.insn)
+                vcpu.halt()
+            else:
+                self.run_emulator(plan)
+            return
+        insn = plan.insn
         reason, qualification = self._classify(insn)
         exit = self._exit(reason, qualification)
         exit.insn, exit.insn_bytes, exit.detail = insn, insn.raw, str(insn)
@@ -134,7 +180,7 @@ class TrapEngine(EngineBase):
         return R.EXCEPTION_NMI, 0
 
     def _io_qualification(self, port: int, size: int, is_in: bool) -> int:
-        code = self.fetch_fast(self.cpu.linear_pc())
+        code = self.fetch_code(self.cpu.linear_pc(), 4)
         rep = False
         for byte in code:
             if byte not in PREFIXES:
@@ -143,12 +189,12 @@ class TrapEngine(EngineBase):
             rep = rep or byte == 0xF3
         return io_qualification(port, size, is_in)
 
-    def fetch_fast(self, linear: int) -> bytes:
+    def fetch_code(self, linear: int, length: int = 15) -> bytes:
         """Instruction bytes at a linear address; a plain slice of RAM while paging is off."""
         memory = self.vm.memory
-        if not self.cpu.cr[0] & CR0_PG and memory.contains(linear, 4):
-            return memory.mmap[linear:linear + 4]
-        return self.fetch(linear)[:4]
+        if not self.cpu.cr[0] & CR0_PG and linear + length <= memory.size:
+            return memory.mmap[linear:linear + length]
+        return self.fetch(linear)[:length]
 
     # ----- what the exit handlers call (vcpu.guest) ---------------------------------------------
     def handle_exception(self, exit: VmExit) -> Outcome:
@@ -159,10 +205,13 @@ class TrapEngine(EngineBase):
         return Outcome.RESUME
 
     def emulate(self, exit: VmExit) -> Outcome:
-        insn = exit.insn
+        return self.run_emulator(make_plan(exit.insn, self.cpu.code_bits))
+
+    def run_emulator(self, plan: Plan) -> Outcome:
+        eip = self.cpu.eip
         try:
-            if not emulator_for(insn)(self.g, insn):
-                self.cpu.eip = next_eip(self.g, insn)
+            if not plan.emulator(self.g, plan.insn):
+                self.cpu.eip = (eip + plan.size) & plan.eip_mask
         except Fault as fault:
             if fault.vector == PF:
                 self.cpu.write_cr(2, fault.cr2)
@@ -174,7 +223,7 @@ class TrapEngine(EngineBase):
         return Outcome.RESUME
 
     def skip_instruction(self, exit: VmExit) -> None:
-        self.cpu.eip = next_eip(self.g, exit.insn)
+        emulate_hlt(self.g, exit.insn)
 
     def cpuid(self, leaf_base: int, signature: bytes) -> Outcome:
         """CPUID passes through, except the hypervisor leaves, which name this VMM."""

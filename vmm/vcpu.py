@@ -123,6 +123,11 @@ class Vcpu:
         self.instructions = 0
         self.recent: collections.deque[VmExit] = collections.deque(maxlen=LAST_EXITS)
         self.guest = None  # set by the engine: what handlers emulate against
+        # Exit fastpath (as KVM's handle_fastpath_*): with nobody observing, engines skip building
+        # VmExit records and call the hypervisor's port-I/O callables directly.
+        self.fast = not self.observers and max_exits is None
+        self.io_read = vm.pio.read
+        self.io_write = vm.pio.write
         engine.attach(self)
 
     @property
@@ -138,8 +143,7 @@ class Vcpu:
             observer.on_exit(self, exit)
         outcome = dispatch(self.handlers, self, exit)
         if outcome is Outcome.HALT:
-            self.halted = True
-            self.cpu.stop()
+            self.halt()
         elif outcome is Outcome.STOP:
             self.cpu.stop()
         if self.max_exits is not None and self.exit_count >= self.max_exits and not self.stopping:
@@ -161,6 +165,10 @@ class Vcpu:
 
     def finish_triple_fault(self, detail: str) -> None:
         self.finish(RunState.TRIPLE_FAULT, detail or "triple fault: the processor shut down")
+
+    def halt(self) -> None:
+        self.halted = True
+        self.cpu.stop()
 
     def open_interrupt_window(self) -> None:
         """The guest just set IF: deliver a pending interrupt after one more instruction."""
