@@ -72,3 +72,4 @@ class Vm:
 
     def close(self) -> None:
         self.cpu.close()
+        self.memory.close()

@@ -1,0 +1,41 @@
+"""Shared helpers: run a guest through a hypervisor and engine and collect its serial output."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hypervisors.images import resolve
+from hypervisors.monolithic import MonolithicHypervisor
+from vmm.vcpu import RunResult
+
+TEST_GUESTS = Path(__file__).resolve().parent / "guests"
+ENGINES = ("native", "trap")
+
+
+@dataclass
+class GuestRun:
+    output: bytes
+    result: RunResult
+
+    @property
+    def text(self) -> str:
+        return self.output.decode("latin-1")
+
+
+def run_guest(spec: str, engine: str, **options) -> GuestRun:
+    """Boot ``spec`` (a shipped guest's name or a path) and run it to its end."""
+    chunks: list[bytes] = []
+    options.setdefault("timeout", 60)
+    hypervisor = MonolithicHypervisor(engine=engine, sink=chunks.append, **options)
+    try:
+        result = hypervisor.run(resolve(str(spec), hypervisor.vm.memory.size))
+    finally:
+        hypervisor.close()
+    return GuestRun(b"".join(chunks), result)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    return request.param
