@@ -8,11 +8,12 @@ once with raw ctypes callbacks and dispatched to whatever ``CpuHandler`` an engi
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 from typing import Protocol
 
 from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE
-from unicorn import (UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
+from unicorn import (UC_HOOK_BLOCK, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
                      UC_HOOK_MEM_WRITE_UNMAPPED, UC_HOOK_MEM_FETCH_UNMAPPED)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
@@ -61,6 +62,8 @@ _IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, cty
 _OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
                            ctypes.c_void_p)
 _BOOL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
+_BLOCK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
+                             ctypes.c_void_p)
 _UNMAPPED_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                                 ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
 
@@ -102,12 +105,13 @@ class Cpu:
         self._budget = 0
         self.hook_error: BaseException | None = None
         self._callbacks: list = []
+        self._block_hook: int | None = None
         self._install_hooks()
         self.reset_real_mode()
 
     # ----- locating QEMU state -------------------------------------------------------------
     def _locate_env(self) -> None:
-        magic = [0x5A17C0DE + i * 0x1111 for i in range(4)]
+        magic = [int.from_bytes(os.urandom(4), "little") | 1 for _ in range(4)]  # unique per CPU
         for value, reg in zip(magic, (X.UC_X86_REG_EAX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
                                       X.UC_X86_REG_EBX)):
             self.uc.reg_write(reg, value)
@@ -230,7 +234,29 @@ class Cpu:
             self.hook_error = exc
         self.stop()
 
-    def _hook(self, htype: int, cfunc, *extra) -> None:
+    def watch_blocks(self, callback) -> None:
+        """Call ``callback()`` at the start of every translation block until unwatch_blocks().
+
+        A per-block Python hook is slow; the vCPU arms it only while an interrupt waits for the
+        guest to set IF (QEMU ends a block after STI, POPF and IRET, so the window is seen at the
+        next instruction). Cached blocks are flushed so that they pick the hook up."""
+        if self._block_hook is None:
+            self._block_callback = callback
+            self._block_hook = self._hook(UC_HOOK_BLOCK, _BLOCK_CB(self._block_cb))
+            self.uc.ctl_flush_tb()
+
+    def unwatch_blocks(self) -> None:
+        if self._block_hook is not None:
+            uclib.uc_hook_del(self.uch, self._block_hook)
+            self._block_hook = None
+
+    def _block_cb(self, _uc, _address, _size, _ud):
+        try:
+            self._block_callback()
+        except BaseException as exc:  # noqa: BLE001
+            self._hook_failed(exc)
+
+    def _hook(self, htype: int, cfunc, *extra) -> int:
         handle = ctypes.c_size_t()
         args = [ctypes.c_int(x) for x in extra]
         err = uclib.uc_hook_add(self.uch, ctypes.byref(handle), htype,
@@ -239,6 +265,7 @@ class Cpu:
         if err:
             raise UcError(err)
         self._callbacks.append(cfunc)
+        return handle.value
 
     # ----- running ------------------------------------------------------------------------------
     def run(self, count: int) -> int:

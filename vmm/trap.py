@@ -251,5 +251,5 @@ class TrapEngine(EngineBase):
         self.g.reflect(vector, EventKind.EXTERNAL)
 
     def after_run(self) -> None:
-        self.vm.kicked = False
+        """HLT, the only other way out of a run, faults into the VMM under trap."""
 

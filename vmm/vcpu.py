@@ -18,7 +18,7 @@ from vmm.exits import Outcome, dispatch
 from vmm.vmcs import VmExit
 
 MAX_SLICE = 2_000_000   # instructions per run() when no timer is due (bounds --timeout latency)
-WINDOW_POLL = 64        # slice length while an interrupt waits for the guest to set IF
+STI = 0xFB
 LAST_EXITS = 16
 
 
@@ -195,6 +195,7 @@ class Vcpu:
         budget = self._budget()
         clock = self.vm.clock
         clock.running = True
+        self.vm.kicked = False
         err = self.cpu.run(budget)
         clock.running = False
         clock.retire(self.cpu.executed())
@@ -218,13 +219,24 @@ class Vcpu:
             budget = MAX_SLICE if deadline is None else min(
                 MAX_SLICE, self.vm.clock.budget_until(deadline))
         if self.vm.irq_chip.has_interrupt():
-            budget = min(budget, WINDOW_POLL)
+            self.cpu.watch_blocks(self._window_check)
+        else:
+            self.cpu.unwatch_blocks()
         return budget
+
+    def _window_check(self) -> None:
+        """Block hook while an interrupt is held: stop as soon as the guest can take it."""
+        if self.engine.interrupt_window():
+            self.cpu.unwatch_blocks()
+            pc = self.cpu.linear_pc()
+            self.interrupt_shadow = self.engine.fetch((pc - 1) & 0xFFFFFFFF)[:1] == bytes([STI])
+            self.cpu.stop()
 
     def _service_interrupts(self) -> None:
         chip = self.vm.irq_chip
         if self.interrupt_shadow or not chip.has_interrupt() or not self.engine.interrupt_window():
             return
+        self.cpu.unwatch_blocks()
         vector = chip.acknowledge()
         self.halted = False
         try:
