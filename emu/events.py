@@ -123,21 +123,21 @@ class EventDelivery:
         self.tables = DescriptorTables(lin)
 
     def deliver(self, vector: int, kind: EventKind, error_code: int | None = None) -> None:
-        chain = [vector]
+        chain = [vector]  # the events attempted, in order; a triple fault names the last fault too
         while True:
             try:
                 self._deliver_once(vector, kind, error_code)
                 return
             except Fault as fault:
-                chain.append(fault.vector)
                 if fault.vector == PF:
                     self.cpu.write_cr(2, fault.cr2)
                 if vector == DF:
-                    raise TripleFault(chain) from None
+                    raise TripleFault(chain + [fault.vector]) from None
                 if is_double_fault(vector, fault.vector):
                     vector, error_code = DF, 0
                 else:
                     vector, error_code = fault.vector, fault.error_code
+                chain.append(vector)
                 kind = EventKind.HARDWARE_EXCEPTION
 
     def _deliver_once(self, vector: int, kind: EventKind, error_code: int | None) -> None:

@@ -1,0 +1,151 @@
+"""The `trapvisor` command as a user runs it: exit statuses, reports, traces, bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import guests
+
+CLI = [sys.executable, "-m", "hypervisors.cli"]
+TEST_GUESTS = Path(__file__).resolve().parents[1] / "guests"
+
+
+def trapvisor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_console_script_is_installed_and_runs_hello():
+    script = shutil.which("trapvisor")
+    assert script is not None, "the `trapvisor` console script is not on PATH (pip install -e .)"
+    done = subprocess.run([script, "run", "hello"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Hello from a trapvisor guest!" in done.stdout
+
+
+def test_guests_lists_every_shipped_guest_with_a_description():
+    done = trapvisor("guests")
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == guests.names()
+    assert all(len(line.split(None, 1)) == 2 for line in lines)
+
+
+def test_qemu_exit_codes_encode_the_status():
+    done = trapvisor("run", "hello", "--qemu-exit-codes")
+    assert done.returncode == 1  # (0 << 1) | 1
+
+
+def test_unknown_guest_lists_the_available_ones():
+    done = trapvisor("run", "no-such-guest")
+    assert done.returncode == 2
+    assert "unknown guest 'no-such-guest'" in done.stderr
+    for name in guests.names():
+        assert name in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_flag_is_refused_with_a_message():
+    done = trapvisor("run", "hello", "--engine", "warp")
+    assert done.returncode == 2
+    assert "invalid choice: 'warp'" in done.stderr
+
+
+def test_bad_ram_size_is_refused():
+    done = trapvisor("run", "hello", "--ram", "lots")
+    assert done.returncode == 2
+    assert "not a memory size" in done.stderr
+
+
+def test_malformed_assembly_points_at_file_and_line(tmp_path: Path):
+    source = tmp_path / "broken.asm"
+    source.write_text("bits 16\norg 0x7c00\n    mov ax, 1\n    frobnicate ax, bx\n")
+    done = trapvisor("run", str(source))
+    assert done.returncode == 2
+    assert f"{source}:4:" in done.stderr
+    assert "frobnicate ax, bx" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_flat_binary_is_loaded_like_a_boot_sector(tmp_path: Path):
+    """A raw image: DL = 0x80 at entry, loaded at 0x7C00. The code writes DL to 0xF4."""
+    image = tmp_path / "boot.bin"
+    image.write_bytes(bytes([0x88, 0xD0,        # mov al, dl
+                             0xE6, 0xF4,        # out 0xf4, al
+                             0xF4]))            # hlt
+    done = trapvisor("run", str(image))
+    assert done.returncode == 0x80
+
+
+@pytest.mark.parametrize("engine", ["native", "trap"])
+def test_triple_fault_ends_with_a_report(engine):
+    done = trapvisor("run", str(TEST_GUESTS / "triplefault.asm"), "--engine", engine)
+    assert done.returncode == 3
+    assert "triple-fault" in done.stderr
+    assert "guest RIP" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("engine", ["native", "trap"])
+def test_access_outside_ram_ends_with_a_report(engine):
+    done = trapvisor("run", str(TEST_GUESTS / "unmapped.asm"), "--engine", engine)
+    assert done.returncode == 3
+    assert "outside RAM" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("engine", ["native", "trap"])
+def test_garbage_code_ends_in_a_defined_state(engine):
+    done = trapvisor("run", str(TEST_GUESTS / "garbage.asm"), "--engine", engine)
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr
+    assert "guest RIP" in done.stderr
+
+
+@pytest.mark.parametrize("engine", ["native", "trap"])
+def test_timeout_stops_a_guest_that_never_ends(engine):
+    done = trapvisor("run", str(TEST_GUESTS / "forever.asm"), "--engine", engine, "--timeout", "1")
+    assert done.returncode == 3
+    assert "--timeout 1 s expired" in done.stderr
+
+
+def test_max_exits_stops_the_run_and_shows_the_last_exits():
+    done = trapvisor("run", "pmode", "--max-exits", "25")
+    assert done.returncode == 3
+    assert "--max-exits 25 reached" in done.stderr
+    assert "25 exits" in done.stderr
+    assert "IO_INSTRUCTION" in done.stderr
+
+
+@pytest.mark.parametrize("engine", ["native", "trap"])
+def test_hlt_with_interrupts_disabled_ends_the_run(engine):
+    done = trapvisor("run", str(TEST_GUESTS / "halt.asm"), "--engine", engine)
+    assert done.returncode == 3
+    assert "HLT with interrupts disabled" in done.stderr
+
+
+def test_stats_summarise_exits_per_reason():
+    done = trapvisor("run", "pmode", "--stats")
+    assert done.returncode == 0
+    assert "VM-EXIT" in done.stderr and "IO_INSTRUCTION" in done.stderr
+    assert "GDTR_IDTR_ACCESS" in done.stderr and "CR_ACCESS" in done.stderr
+
+
+def test_trace_writes_one_json_line_per_exit(tmp_path: Path):
+    trace = tmp_path / "exits.jsonl"
+    done = trapvisor("run", "hello", "--trace", str(trace))
+    assert done.returncode == 0
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    io = [r for r in records if r["reason"] == "IO_INSTRUCTION"]
+    assert io and all(r["reason_number"] == 30 for r in io)
+    others = [r for r in records if r["reason"] != "IO_INSTRUCTION"]
+    assert [(r["reason"], r["detail"]) for r in others] == [("EXCEPTION_NMI", "cli")]
+    last = records[-1]
+    assert (last["port"], last["direction"], last["value"]) == (0xF4, "out", 0)
+    # `out 0xf4, al` is E6 F4: immediate operand (bit 6), 1 byte (bits 2:0 = 0), port in 31:16.
+    assert last["qualification"] == (0xF4 << 16) | (1 << 6)
+    assert last["insn_bytes"] == "e6f4"

@@ -1,0 +1,61 @@
+"""Every shipped guest, end to end, under every engine: serial output, status, exit counts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import guests
+from conftest import ENGINES, run_guest
+from vmm.observers import ExitStats
+from vmm.vcpu import RunState
+
+EXPECTED = Path(__file__).resolve().parent / "expected"
+
+
+@pytest.mark.parametrize("name", guests.names())
+def test_guest_output_and_status(name, engine):
+    run = run_guest(name, engine)
+    assert run.result.state is RunState.EXITED, run.result.report()
+    assert run.result.status == 0, run.text
+    assert run.text == (EXPECTED / f"{name}.txt").read_text()
+
+
+@pytest.mark.parametrize("name", guests.names())
+def test_engines_agree_byte_for_byte(name):
+    outputs = {engine: run_guest(name, engine) for engine in ENGINES}
+    texts = {engine: run.output for engine, run in outputs.items()}
+    assert len(set(texts.values())) == 1, texts
+    assert len({run.result.status for run in outputs.values()}) == 1
+
+
+def test_native_takes_no_exits_and_trap_takes_them():
+    assert run_guest("pmode", "native").result.exits == 0
+    assert run_guest("pmode", "trap").result.exits > 0
+
+
+def test_each_out_of_hello_is_one_io_exit():
+    """hello: 7 OUTs to set up COM1, per byte one IN of LSR and one OUT to THR, one OUT to 0xF4."""
+    stats = ExitStats()
+    run = run_guest("hello", "trap", observers=[stats])
+    message = len(run.output)
+    io = stats.samples["IO_INSTRUCTION"]
+    assert len(io) == 7 + 2 * message + 1
+    assert stats.details == {"EXCEPTION_NMI: cli": 1}
+    assert run.result.exits == len(io) + 1
+
+
+def test_exit_counts_do_not_depend_on_observers():
+    """The fastpath (nobody observing) must count exactly the exits the slow path records."""
+    stats = ExitStats()
+    observed = run_guest("interrupts", "trap", observers=[stats])
+    plain = run_guest("interrupts", "trap")
+    assert plain.result.exits == observed.result.exits == sum(
+        len(v) for v in stats.samples.values())
+    assert plain.result.instructions == observed.result.instructions
+
+
+def test_virtual_time_is_deterministic():
+    first = run_guest("interrupts", "trap")
+    second = run_guest("interrupts", "native")
+    assert first.result.instructions == second.result.instructions
