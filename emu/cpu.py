@@ -126,6 +126,7 @@ class Cpu:
         self._old_exception = ctypes.c_int32.from_address(self.env + dr + 48)
         self.gpr = (ctypes.c_uint64 * 8).from_address(self.env)
         self._eip = ctypes.c_uint64.from_address(self.env + OFF_EIP)
+        self.eip_reg = self._eip  # the raw field, for exit handlers that count every 0.1 µs
         self._eflags = ctypes.c_uint64.from_address(self.env + OFF_EFLAGS)
         self._hflags = ctypes.c_uint32.from_address(self.env + OFF_HFLAGS)
         self.segs = [SegmentCache.from_address(self.env + OFF_SEGS + 24 * i) for i in range(6)]

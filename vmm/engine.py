@@ -9,6 +9,7 @@ from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
 from emu.cpu import CS
 from emu.disasm import Disassembler, Insn
 from emu.paging import BusError, Fault
+from vmm.vcpu import RunState
 
 UC_ERR_NAMES = {6: "read from unmapped memory", 7: "write to unmapped memory",
                 8: "fetch from unmapped memory", 10: "an invalid instruction",
@@ -67,7 +68,6 @@ class EngineBase:
         return False
 
     def machine_error(self, err: int) -> None:
-        from vmm.vcpu import RunState
         if self.unmapped is not None:
             access, address, size = self.unmapped
             kind = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "instruction fetch"}.get(

@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from typing import Callable, NamedTuple
 
-from emu.cpu import EAX, EBX, ECX, EDX
+from emu.cpu import CS, EAX, EBX, ECX, EDX
 from emu.events import GP, PF, UD, ERROR_CODE_VECTORS, EventKind
-from emu.paging import CR0_PG, Fault
+from emu.paging import CR0_PE, CR0_PG, Fault
 from vmm.deprivilege import DeprivilegedGuest, UnsupportedGuestState
 from vmm.emulate import emulate_hlt, emulator_for, effective_address
-from vmm.engine import EngineBase
+from vmm.engine import MAX_INSN, EngineBase
 from vmm.exits import Outcome
+from vmm.vcpu import RunState
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
                       cr_qualification, interruption_info, io_qualification)
 
@@ -58,6 +59,7 @@ class TrapEngine(EngineBase):
         super().attach(vcpu)
         self.vmcs = Vmcs()
         self.g = DeprivilegedGuest(vcpu, self.vmcs.guest)
+        self.state = self.vmcs.guest
         self._cpuid_done = False
         self._plans: dict[tuple[int, bytes], Plan | None] = {}
         vcpu.guest = self
@@ -99,7 +101,7 @@ class TrapEngine(EngineBase):
         if software:
             self._event_exit(intno, self._software_kind(), None)
             return
-        if intno == GP and not (self.g.protected and self.cpu.cpl == 3):
+        if intno == GP and (self.cpu.cpl != 3 or not self.state.cr0 & CR0_PE):
             plan = self._plan()
             if plan is not None:
                 self._instruction_exit(plan, error_code)
@@ -127,7 +129,12 @@ class TrapEngine(EngineBase):
         """Decode the faulting instruction once per distinct byte sequence (a dict hit after)."""
         cpu = self.cpu
         bits = cpu.code_bits
-        key = (bits, self.fetch_code(cpu.linear_pc()))
+        linear = (cpu.segs[CS].base + cpu.eip_reg.value) & 0xFFFFFFFF
+        memory = self.vm.memory
+        if not cpu.cr[0] & CR0_PG and linear + MAX_INSN <= memory.size:
+            key = (bits, memory.mmap[linear:linear + MAX_INSN])
+        else:
+            key = (bits, self.fetch(linear))
         plan = self._plans.get(key, False)
         if plan is False:
             plan = self._plans[key] = make_plan(self.disasm.decode(key[1], cpu.eip, bits), bits)
@@ -140,8 +147,14 @@ class TrapEngine(EngineBase):
             if plan.emulator is emulate_hlt:
                 emulate_hlt(self.g, plan.insn)
                 vcpu.halt()
-            else:
-                self.run_emulator(plan)
+                return
+            eip = self.cpu.eip_reg
+            start = eip.value
+            try:
+                if not plan.emulator(self.g, plan.insn):
+                    eip.value = (start + plan.size) & plan.eip_mask
+            except (Fault, UnsupportedGuestState) as exc:
+                self._emulation_failed(exc)
             return
         insn = plan.insn
         reason, qualification = self._classify(insn)
@@ -212,15 +225,19 @@ class TrapEngine(EngineBase):
         try:
             if not plan.emulator(self.g, plan.insn):
                 self.cpu.eip = (eip + plan.size) & plan.eip_mask
-        except Fault as fault:
-            if fault.vector == PF:
-                self.cpu.write_cr(2, fault.cr2)
-            self.g.reflect(fault.vector, EventKind.HARDWARE_EXCEPTION, fault.error_code)
-        except UnsupportedGuestState as exc:
-            from vmm.vcpu import RunState
-            self.vcpu.finish(RunState.GUEST_FAULT, str(exc))
-            return Outcome.STOP
+        except (Fault, UnsupportedGuestState) as exc:
+            return self._emulation_failed(exc)
         return Outcome.RESUME
+
+    def _emulation_failed(self, exc: Exception) -> Outcome:
+        """A fault while emulating is the guest's (reflect it); an unmodelled state ends the run."""
+        if isinstance(exc, Fault):
+            if exc.vector == PF:
+                self.cpu.write_cr(2, exc.cr2)
+            self.g.reflect(exc.vector, EventKind.HARDWARE_EXCEPTION, exc.error_code)
+            return Outcome.RESUME
+        self.vcpu.finish(RunState.GUEST_FAULT, str(exc))
+        return Outcome.STOP
 
     def skip_instruction(self, exit: VmExit) -> None:
         emulate_hlt(self.g, exit.insn)

@@ -1,0 +1,466 @@
+"""Exit-cost benchmarks: what one VM exit, one trapped privileged instruction and a CPU-bound guest
+cost under the trap engine, against baselines measured in the same run.
+
+    python benchmarks/exit_cost.py [--quick] [--reps N] [--json PATH]
+
+1. OUT 0x80 (the platform's null device) per exit round trip: the bare machine (emu.cpu.Cpu with an
+   on_out that does nothing: Unicorn's C hook + one ctypes callback), the native engine (devices on
+   the CPU hook, no VMM), the trap engine's exit fastpath, and the trap engine with an ExitStats
+   observer (full VmExit records: the slow path). Real mode and 32-bit protected mode.
+2. CLI at guest ring 0 per trap (#GP -> VMM -> emulate -> resume), in real mode (virtual-8086)
+   and protected mode (ring 1), against a bare CPU at CPL 3 whose on_interrupt only calls
+   take_exception() and steps EIP over the CLI (the floor of fault -> hook -> resume).
+3. A CPU-bound guest with no exits: wall time and instructions per second under native and trap,
+   plus the bare machine with and without Unicorn's instruction count (which the VMM's virtual
+   time needs).
+
+Per-exit cost = (time of an N-pass loop with the instruction - time of the same loop without it)
+/ N, one pair per repetition; repetitions interleave every configuration (rotating their order),
+and the table shows the median and the minimum. Never part of the test run: pytest only collects
+tests/ (pyproject testpaths) and this file is no test module.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import unicorn  # noqa: E402  (only for its version string in the report)
+
+from emu.cpu import (CS, DS, ECX, ES, ESP, FS, GS, SS, DESC_B, DESC_DPL_SHIFT, DESC_G, DESC_P,  # noqa: E402
+                     DESC_S, DESC_TYPE_SHIFT, FLAG_IF, FLAG_VM, IOPL_MASK, Cpu)
+from emu.memory import GuestMemory  # noqa: E402
+from hypervisors.images import GuestImage, resolve  # noqa: E402
+from hypervisors.monolithic import MonolithicHypervisor  # noqa: E402
+from vmm.observers import ExitStats  # noqa: E402
+
+GUESTS = HERE / "guests"
+DEFAULT_JSON = HERE / "results" / "exit_cost.json"
+RAM = 32 << 20
+MAGIC = b"BNCH"                      # the guests' parameter block: iterations, variant, entry32
+EMPTY, OUT, CLI = 0, 1, 2            # loop variants of exits16.asm / exits32.asm
+NO_LIMIT, COUNTED = 0, 1 << 40       # uc_emu_start counts: none, or one that never runs out
+CR0_PE_ET = 0x11
+TARGET_OUT_US, TARGET_CLI_US, TARGET_COMPUTE_RATIO = 1.0, 3.0, 1.03
+
+
+@dataclass(frozen=True)
+class Sizes:
+    reps: int
+    out: int          # loop passes of the OUT benchmark
+    cli: int          # loop passes of the CLI benchmark
+    compute: int      # loop passes of compute32 (10 instructions each)
+
+
+FULL = Sizes(reps=5, out=100_000, cli=100_000, compute=4_000_000)
+QUICK = Sizes(reps=3, out=20_000, cli=10_000, compute=500_000)
+
+
+# ----- guests -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Guest:
+    image: GuestImage
+    params: int       # offset of the dword after MAGIC in the image
+
+    @classmethod
+    def load(cls, name: str) -> "Guest":
+        image = resolve(str(GUESTS / f"{name}.asm"), RAM)
+        offset = image.code.find(MAGIC)
+        if offset < 0:
+            raise SystemExit(f"{name}.asm has no {MAGIC.decode()} parameter block")
+        return cls(image, offset + len(MAGIC))
+
+    def with_params(self, iterations: int, variant: int = EMPTY) -> GuestImage:
+        code = bytearray(self.image.code)
+        struct.pack_into("<II", code, self.params, iterations, variant)
+        return dataclasses.replace(self.image, code=bytes(code))
+
+    @property
+    def entry32(self) -> int:
+        return struct.unpack_from("<I", self.image.code, self.params + 8)[0]
+
+
+# ----- one timed run ----------------------------------------------------------------------------
+@dataclass
+class Run:
+    seconds: float
+    instructions: int = 0
+    handled_ns: list[int] = field(default_factory=list)   # ExitStats samples, when observed
+
+
+class BenchmarkError(RuntimeError):
+    """A benchmark run did not do what it measures (wrong exit count, early stop, ...)."""
+
+
+def run_engine(image: GuestImage, engine: str, stats: bool, expect_out: int = 0) -> Run:
+    """Boot ``image`` in the monolithic hypervisor and time hypervisor.run() alone."""
+    observer = ExitStats()
+    hypervisor = MonolithicHypervisor(engine=engine, observers=[observer] if stats else [])
+    try:
+        gc.collect()
+        started = time.perf_counter()
+        result = hypervisor.run(image)
+        seconds = time.perf_counter() - started
+        if not result.ok or result.status != 0:
+            raise BenchmarkError(f"{image.name} under {engine}:\n{result.report()}")
+        if hypervisor.platform.post.writes != expect_out:
+            raise BenchmarkError(f"{image.name} under {engine}: {hypervisor.platform.post.writes} "
+                                 f"writes reached the null device, expected {expect_out}")
+    finally:
+        hypervisor.close()
+    handled = [ns for samples in observer.samples.values() for ns in samples]
+    return Run(seconds, result.instructions, handled)
+
+
+class NullHandler:
+    """The bare machine's CpuHandler: every hook does as little as a hook can."""
+
+    def __init__(self, cpu: Cpu):
+        self.cpu = cpu
+
+    def on_interrupt(self, intno: int) -> None:
+        self.cpu.take_exception()
+        self.cpu.eip += 1
+
+    def on_in(self, port: int, size: int) -> int:
+        return 0
+
+    def on_out(self, port: int, size: int, value: int) -> None:
+        pass
+
+    def on_cpuid(self) -> bool:
+        return False
+
+    def on_invalid_opcode(self) -> bool:
+        return False
+
+    def on_unmapped(self, access: int, address: int, size: int, value: int) -> bool:
+        return False
+
+
+class StopOnOut(NullHandler):
+    """At CPL 3 HLT faults instead of stopping the CPU, so the guest's exit OUT stops it."""
+
+    def on_out(self, port: int, size: int, value: int) -> None:
+        self.cpu.stop()
+
+
+def flat(kind: int, dpl: int) -> int:
+    """Descriptor-cache flags of a flat 4 GiB 32-bit segment (kind 0xB code, 0x3 data)."""
+    return DESC_P | DESC_S | DESC_B | DESC_G | (kind << DESC_TYPE_SHIFT) | (dpl << DESC_DPL_SHIFT)
+
+
+def enter_bare(cpu: Cpu, mode: str, guest: Guest) -> None:
+    """Put the bare CPU where the guest's loop runs: 'real' (CPL 0), 'v86' (CPL 3, IOPL 0),
+    'pm0' / 'pm3' (flat 32-bit protected mode at the guest's entry32)."""
+    if mode == "real":
+        cpu.eip = guest.image.origin
+        return
+    cpu.write_cr(0, CR0_PE_ET)
+    if mode == "v86":
+        cpu.set_system_flags(FLAG_VM | FLAG_IF, IOPL_MASK)
+        for seg in (ES, CS, SS, DS, FS, GS):
+            cpu.load_real_segment(seg, 0, dpl=3)
+        cpu.eip = guest.image.origin
+        return
+    dpl = 3 if mode == "pm3" else 0
+    cpu.set_system_flags(FLAG_IF, IOPL_MASK | FLAG_VM)
+    for seg in (ES, SS, DS, FS, GS):
+        cpu.load_segment(seg, 0x10 | dpl, 0, 0xFFFFFFFF, flat(0x3, dpl))
+    cpu.load_segment(CS, 0x08 | dpl, 0, 0xFFFFFFFF, flat(0xB, dpl))
+    cpu.gpr[ESP] = 0x90000
+    cpu.eip = guest.entry32
+
+
+def run_bare(guest: Guest, image: GuestImage, mode: str, count: int = NO_LIMIT) -> Run:
+    """Run the loop on emu.cpu.Cpu with no VMM at all: one uc_emu_start, timed alone."""
+    memory = GuestMemory(RAM)
+    cpu = Cpu(memory)
+    try:
+        memory.write(image.origin, image.code)
+        cpu.attach((StopOnOut if mode in ("v86", "pm3") else NullHandler)(cpu))
+        enter_bare(cpu, mode, guest)
+        gc.collect()
+        started = time.perf_counter()
+        err = cpu.run(count)
+        seconds = time.perf_counter() - started
+        left = cpu.gpr[ECX] & 0xFFFFFFFF
+        if err or cpu.hook_error is not None or left:
+            raise BenchmarkError(f"{image.name} on the bare CPU ({mode}): Unicorn error {err}, "
+                                 f"hook error {cpu.hook_error!r}, ECX = {left} passes left")
+        return Run(seconds, cpu.executed() if count else 0)
+    finally:
+        cpu.close()
+        memory.close()
+
+
+# ----- configurations and their measurements ----------------------------------------------------
+@dataclass
+class Config:
+    """One row of the table: how to run the loop with and without the measured instruction."""
+    key: str
+    label: str
+    run: object                      # (iterations, variant) -> Run
+    baseline: str | None = None      # key of the row this one is divided by (the floor)
+    native: str | None = None        # key of the native-engine row of the same loop
+    target: float | None = None
+    samples: list[float] = field(default_factory=list)
+    handled_ns: list[int] = field(default_factory=list)
+
+
+def engine_config(key, label, guest, engine, stats=False, **extra) -> Config:
+    def run(iterations: int, variant: int) -> Run:
+        return run_engine(guest.with_params(iterations, variant), engine, stats,
+                          iterations if variant == OUT else 0)
+    return Config(key, label, run, **extra)
+
+
+def bare_config(key, label, guest, mode, count=NO_LIMIT, **extra) -> Config:
+    def run(iterations: int, variant: int) -> Run:
+        return run_bare(guest, guest.with_params(iterations, variant), mode, count)
+    return Config(key, label, run, **extra)
+
+
+def rotated(items: list, shift: int) -> list:
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+def measure_exits(configs: list[Config], iterations: int, variant: int, reps: int,
+                  progress) -> None:
+    """Per repetition and configuration: µs per exit from the loop with and without the exit."""
+    for rep in range(reps):
+        for config in rotated(configs, rep):
+            order = (variant, EMPTY) if rep % 2 else (EMPTY, variant)
+            runs = {v: config.run(iterations, v) for v in order}
+            cost = (runs[variant].seconds - runs[EMPTY].seconds) / iterations * 1e6
+            config.samples.append(cost)
+            config.handled_ns += runs[variant].handled_ns
+            progress()
+
+
+def measure_compute(configs: list[Config], iterations: int, reps: int, progress) -> dict:
+    """Per repetition and configuration: wall seconds of the whole loop; instruction counts."""
+    instructions: dict[str, int] = {}
+    for rep in range(reps):
+        for config in rotated(configs, rep):
+            run = config.run(iterations, EMPTY)
+            config.samples.append(run.seconds)
+            if run.instructions:
+                instructions[config.key] = run.instructions
+            progress()
+    return instructions
+
+
+# ----- the three benchmarks ---------------------------------------------------------------------
+def out_configs(g16: Guest, g32: Guest) -> list[Config]:
+    rows = []
+    for mode, guest, bare_mode, name in (("real", g16, "real", "real mode"),
+                                          ("pm", g32, "pm0", "32-bit protected mode")):
+        floor, native = f"out.bare.{mode}", f"out.native.{mode}"
+        rows += [
+            bare_config(floor, f"{name}: bare Cpu, on_out does nothing (floor)", guest, bare_mode),
+            engine_config(native, f"{name}: native engine (devices on the CPU hook)", guest,
+                          "native", baseline=floor),
+            engine_config(f"out.trap.{mode}", f"{name}: trap engine (exit fastpath)", guest,
+                          "trap", baseline=floor, native=native, target=TARGET_OUT_US),
+            engine_config(f"out.trap_stats.{mode}",
+                          f"{name}: trap + ExitStats (VmExit records)", guest, "trap",
+                          stats=True, baseline=floor, native=native),
+        ]
+    return rows
+
+
+def cli_configs(g16: Guest, g32: Guest) -> list[Config]:
+    rows = []
+    for mode, guest, bare_mode, name in (("real", g16, "v86", "real mode"),
+                                          ("pm", g32, "pm3", "protected mode")):
+        floor = f"cli.bare.{mode}"
+        where = "v8086" if mode == "real" else "32-bit"
+        rows += [
+            bare_config(floor, f"{name}: bare Cpu at CPL 3 ({where}), take_exception + eip += 1 "
+                        "(floor)", guest, bare_mode),
+            engine_config(f"cli.native.{mode}", f"{name}: native engine (CLI runs, no trap)",
+                          guest, "native"),
+            engine_config(f"cli.trap.{mode}", f"{name}: trap engine "
+                          f"({'virtual-8086' if mode == 'real' else 'ring 1'})", guest, "trap",
+                          baseline=floor, target=TARGET_CLI_US),
+            engine_config(f"cli.trap_stats.{mode}", f"{name}: trap + ExitStats (VmExit records)",
+                          guest, "trap", stats=True, baseline=floor),
+        ]
+    return rows
+
+
+def compute_configs(guest: Guest) -> list[Config]:
+    return [
+        bare_config("compute.bare", "bare Cpu, one uc_emu_start without a count (floor)", guest,
+                    "pm0"),
+        bare_config("compute.bare_counted", "bare Cpu, one uc_emu_start with a count", guest,
+                    "pm0", COUNTED, baseline="compute.bare"),
+        engine_config("compute.native", "native engine", guest, "native",
+                      baseline="compute.bare"),
+        engine_config("compute.trap", "trap engine", guest, "trap", baseline="compute.bare",
+                      native="compute.native", target=TARGET_COMPUTE_RATIO),
+    ]
+
+
+# ----- summaries, table, JSON -------------------------------------------------------------------
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b and b > 0 else None
+
+
+def summarize(configs: list[Config], unit: str, instructions: dict | None = None) -> list[dict]:
+    by_key = {c.key: c for c in configs}
+    rows = []
+    for c in configs:
+        row = {"key": c.key, "label": c.label, "unit": unit, "samples": c.samples,
+               "median": median(c.samples), "min": min(c.samples)}
+        for name, other in (("x_floor", c.baseline), ("x_native", c.native)):
+            if other:
+                row[name] = ratio(row["median"], median(by_key[other].samples))
+                row[name + "_min"] = ratio(row["min"], min(by_key[other].samples))
+        if c.handled_ns:
+            row["exitstats_avg_us"] = sum(c.handled_ns) / len(c.handled_ns) / 1e3
+        if instructions is not None:
+            count = instructions.get(c.key) or instructions.get("compute.bare_counted", 0)
+            row["instructions"] = count
+            row["minsn_per_s"] = count / row["median"] / 1e6 if count else None
+        if c.target is not None:
+            measured = row["x_native"] if unit == "s" else row["median"]
+            row["target"] = c.target
+            row["meets_target"] = measured is not None and measured <= c.target
+        rows.append(row)
+    return rows
+
+
+def fmt(value, spec: str, width: int) -> str:
+    return f"{value:{width}{spec}}" if value is not None else " " * (width - 1) + "-"
+
+
+def exit_table(title: str, rows: list[dict]) -> list[str]:
+    lines = [title, f"  {'configuration':<66} {'median':>7} {'min':>7} {'x floor':>8} "
+             f"{'x native':>8} {'VMM-side':>8}  target"]
+    for r in rows:
+        target = ""
+        if "target" in r:
+            target = f"<= {r['target']:.1f} us {'ok' if r['meets_target'] else 'MISSED'}"
+        lines.append(f"  {r['label']:<66} {r['median']:7.3f} {r['min']:7.3f} "
+                     f"{fmt(r.get('x_floor'), '.2f', 8)} {fmt(r.get('x_native'), '.2f', 8)} "
+                     f"{fmt(r.get('exitstats_avg_us'), '.3f', 8)}  {target}")
+    return lines
+
+
+def compute_table(title: str, rows: list[dict]) -> list[str]:
+    lines = [title, f"  {'configuration':<66} {'median':>7} {'min':>7} {'Minsn/s':>8} "
+             f"{'x floor':>8} {'x native':>8}  target"]
+    for r in rows:
+        target = ""
+        if "target" in r:
+            target = (f"trap/native <= {r['target']:.2f} "
+                      f"{'ok' if r['meets_target'] else 'MISSED'}")
+        lines.append(f"  {r['label']:<66} {r['median']:7.3f} {r['min']:7.3f} "
+                     f"{fmt(r.get('minsn_per_s'), '.1f', 8)} {fmt(r.get('x_floor'), '.2f', 8)} "
+                     f"{fmt(r.get('x_native'), '.3f', 8)}  {target}")
+    return lines
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"python": platform.python_version(), "unicorn": unicorn.__version__,
+            "cpu": model, "cpus": os.cpu_count(), "platform": platform.platform(),
+            "commit": commit or None, "loadavg_start": os.getloadavg()[0]}
+
+
+def render(info: dict, sizes: Sizes, sections: dict) -> str:
+    out, cli, compute = sections["out"], sections["cli"], sections["compute"]
+    lines = [f"trapvisor exit-cost benchmarks  (python {info['python']}, unicorn {info['unicorn']}, "
+             f"{info['cpus']} x {info['cpu']}, load {info['loadavg_start']:.2f} -> "
+             f"{info['loadavg_end']:.2f}, {info['seconds']:.0f} s)",
+             "  times in µs per exit/trap (or s per run), median and min of "
+             f"{sizes.reps} interleaved runs; x floor = median / floor's median; "
+             "VMM-side = ExitStats' average exit-to-entry time", ""]
+    lines += exit_table(f"1. OUT 0x80 -> null device, µs per exit round trip "
+                        f"({sizes.out} exits per run)", out) + [""]
+    lines += exit_table(f"2. CLI at guest ring 0, µs per trap ({sizes.cli} traps per run)",
+                        cli) + [""]
+    lines += compute_table(f"3. CPU-bound guest, s per run ({sizes.compute} passes x 10 "
+                           "instructions, no exits)", compute)
+    return "\n".join(lines)
+
+
+# ----- main -------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer passes and repetitions (about 20 s)")
+    parser.add_argument("--reps", type=int, help="repetitions per configuration (default 5, "
+                        "3 with --quick)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
+                        help=f"where to write the results (default {DEFAULT_JSON.relative_to(REPO)})")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.reps:
+        sizes = dataclasses.replace(sizes, reps=max(1, args.reps))
+    info = machine()
+    started = time.perf_counter()
+    g16, g32, g_compute = Guest.load("exits16"), Guest.load("exits32"), Guest.load("compute32")
+    outs, clis, computes = out_configs(g16, g32), cli_configs(g16, g32), compute_configs(g_compute)
+    total = sizes.reps * (len(outs) + len(clis) + len(computes))
+    done = [0]
+
+    def progress() -> None:
+        done[0] += 1
+        print(f"\r  running: {done[0]}/{total}", end="", file=sys.stderr, flush=True)
+
+    measure_exits(outs, sizes.out, OUT, sizes.reps, progress)
+    measure_exits(clis, sizes.cli, CLI, sizes.reps, progress)
+    instructions = measure_compute(computes, sizes.compute, sizes.reps, progress)
+    print(file=sys.stderr)
+    info["seconds"] = time.perf_counter() - started
+    info["loadavg_end"] = os.getloadavg()[0]
+    sections = {"out": summarize(outs, "us"), "cli": summarize(clis, "us"),
+                "compute": summarize(computes, "s", instructions)}
+    print(render(info, sizes, sections))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    report = {"machine": info, "sizes": dataclasses.asdict(sizes), "quick": args.quick,
+              "targets": {"out_us": TARGET_OUT_US, "cli_us": TARGET_CLI_US,
+                          "compute_trap_over_native": TARGET_COMPUTE_RATIO},
+              "benchmarks": sections}
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
