@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="guest RAM (default 32M)")
     run.add_argument("--input", metavar="TEXT", default="",
                      help="bytes the UART receives (escapes such as \\n allowed)")
+    run.add_argument("--stdin", action="store_true",
+                     help="feed the terminal's stdin to the UART's receiver")
     run.add_argument("--wall-clock", action="store_true",
                      help="drive the PIT from wall time instead of executed instructions")
     run.add_argument("--qemu-exit-codes", action="store_true",
@@ -92,6 +94,7 @@ def run_guest(args) -> int:
         hypervisor = HYPERVISORS[args.hypervisor](
             engine=args.engine, ram_size=args.ram, sink=write_stdout,
             input_data=args.input.encode().decode("unicode_escape").encode("latin-1"),
+            input_stream=sys.stdin.buffer if args.stdin else None,
             observers=observers, timeout=args.timeout, max_exits=args.max_exits,
             wall_clock=args.wall_clock)
         result = hypervisor.run(image)

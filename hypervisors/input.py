@@ -1,14 +1,21 @@
-"""Host input for a guest's UART: a scripted byte string fed as the receive FIFO drains."""
+"""Host input for a guest's UART: a scripted byte string, or the terminal's stdin, fed into the
+receive FIFO as it drains (polled by the vCPU loop between instruction slices)."""
 from __future__ import annotations
+
+import queue
+import threading
+from typing import BinaryIO
 
 
 class ScriptedInput:
-    """Feeds ``data`` into the UART whenever its receive FIFO has room (polled between slices)."""
+    """Feeds ``data`` into the UART whenever its receive FIFO has room.
+
+    Nothing is fed before the first poll, which follows the guest's first instruction slice: as
+    on a real line, bytes that arrive before the guest resets its FIFOs would be lost."""
 
     def __init__(self, uart, data: bytes):
         self.uart = uart
         self.data = bytearray(data)
-        self.poll()
 
     def poll(self) -> None:
         room = self.uart.can_receive()
@@ -18,3 +25,31 @@ class ScriptedInput:
 
     def alive(self) -> bool:
         return bool(self.data)
+
+
+class StreamInput(ScriptedInput):
+    """Bytes read from a stream (stdin) by a daemon thread; alive until the stream ends."""
+
+    def __init__(self, uart, stream: BinaryIO):
+        super().__init__(uart, b"")
+        self.chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.open = True
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: BinaryIO) -> None:
+        while chunk := stream.read1(4096) if hasattr(stream, "read1") else stream.read(1):
+            self.chunks.put(chunk)
+        self.chunks.put(b"")
+
+    def poll(self) -> None:
+        while True:
+            try:
+                chunk = self.chunks.get_nowait()
+            except queue.Empty:
+                break
+            self.open = self.open and bool(chunk)
+            self.data += chunk
+        super().poll()
+
+    def alive(self) -> bool:
+        return self.open or bool(self.data)

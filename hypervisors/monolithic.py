@@ -10,7 +10,7 @@ from typing import Callable
 
 from emu.cpu import EDX, ESP, CS, DS, ES, SS, FS, GS
 from hypervisors.images import BOOT_DRIVE, GuestImage
-from hypervisors.input import ScriptedInput
+from hypervisors.input import ScriptedInput, StreamInput
 from vmm.devices.debug import DebugConsole, DebugExit, NullDevice
 from vmm.devices.pic8259 import Pic8259Pair
 from vmm.devices.pit8254 import Pit8254
@@ -62,7 +62,7 @@ class MonolithicHypervisor:
 
     def __init__(self, engine: str = "trap", ram_size: int = DEFAULT_RAM,
                  sink: Callable[[bytes], None] = lambda data: None, input_data: bytes = b"",
-                 observers=(), timeout: float | None = None, max_exits: int | None = None,
+                 input_stream=None, observers=(), timeout: float | None = None, max_exits: int | None = None,
                  wall_clock: bool = False):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -70,6 +70,8 @@ class MonolithicHypervisor:
         self.platform = Platform(self.vm, sink, self._guest_exit)
         if input_data:
             self.vm.input_sources.append(ScriptedInput(self.platform.uart, input_data))
+        if input_stream is not None:
+            self.vm.input_sources.append(StreamInput(self.platform.uart, input_stream))
         self.vcpu = Vcpu(self.vm, ENGINES[engine](), self.handlers, observers, timeout,
                          max_exits, wall_clock)
 

