@@ -214,6 +214,7 @@ def run_bare(guest: Guest, image: GuestImage, mode: str, count: int = NO_LIMIT) 
 class Config:
     """One row of the table: how to run the loop with and without the measured instruction."""
     key: str
+    group: str                       # the table's sub-heading (guest mode)
     label: str
     run: object                      # (iterations, variant) -> Run
     baseline: str | None = None      # key of the row this one is divided by (the floor)
@@ -223,17 +224,17 @@ class Config:
     handled_ns: list[int] = field(default_factory=list)
 
 
-def engine_config(key, label, guest, engine, stats=False, **extra) -> Config:
+def engine_config(key, group, label, guest, engine, stats=False, **extra) -> Config:
     def run(iterations: int, variant: int) -> Run:
         return run_engine(guest.with_params(iterations, variant), engine, stats,
                           iterations if variant == OUT else 0)
-    return Config(key, label, run, **extra)
+    return Config(key, group, label, run, **extra)
 
 
-def bare_config(key, label, guest, mode, count=NO_LIMIT, **extra) -> Config:
+def bare_config(key, group, label, guest, mode, count=NO_LIMIT, **extra) -> Config:
     def run(iterations: int, variant: int) -> Run:
         return run_bare(guest, guest.with_params(iterations, variant), mode, count)
-    return Config(key, label, run, **extra)
+    return Config(key, group, label, run, **extra)
 
 
 def rotated(items: list, shift: int) -> list:
@@ -270,17 +271,17 @@ def measure_compute(configs: list[Config], iterations: int, reps: int, progress)
 # ----- the three benchmarks ---------------------------------------------------------------------
 def out_configs(g16: Guest, g32: Guest) -> list[Config]:
     rows = []
-    for mode, guest, bare_mode, name in (("real", g16, "real", "real mode"),
-                                          ("pm", g32, "pm0", "32-bit protected mode")):
+    for mode, guest, bare_mode, group in (("real", g16, "real", "real mode"),
+                                           ("pm", g32, "pm0", "32-bit protected mode")):
         floor, native = f"out.bare.{mode}", f"out.native.{mode}"
         rows += [
-            bare_config(floor, f"{name}: bare Cpu, on_out does nothing (floor)", guest, bare_mode),
-            engine_config(native, f"{name}: native engine (devices on the CPU hook)", guest,
+            bare_config(floor, group, "bare Cpu, on_out does nothing (floor)", guest, bare_mode),
+            engine_config(native, group, "native engine (devices on the CPU hook)", guest,
                           "native", baseline=floor),
-            engine_config(f"out.trap.{mode}", f"{name}: trap engine (exit fastpath)", guest,
-                          "trap", baseline=floor, native=native, target=TARGET_OUT_US),
-            engine_config(f"out.trap_stats.{mode}",
-                          f"{name}: trap + ExitStats (VmExit records)", guest, "trap",
+            engine_config(f"out.trap.{mode}", group, "trap engine, exit fastpath", guest, "trap",
+                          baseline=floor, native=native, target=TARGET_OUT_US),
+            engine_config(f"out.trap_stats.{mode}", group,
+                          "trap engine + ExitStats observer (VmExit records)", guest, "trap",
                           stats=True, baseline=floor, native=native),
         ]
     return rows
@@ -288,34 +289,37 @@ def out_configs(g16: Guest, g32: Guest) -> list[Config]:
 
 def cli_configs(g16: Guest, g32: Guest) -> list[Config]:
     rows = []
-    for mode, guest, bare_mode, name in (("real", g16, "v86", "real mode"),
-                                          ("pm", g32, "pm3", "protected mode")):
+    for mode, guest, bare_mode, group in (
+            ("real", g16, "v86", "real mode (trap: virtual-8086; floor: v8086 at CPL 3)"),
+            ("pm", g32, "pm3", "32-bit protected mode (trap: ring 1; floor: CPL 3)")):
         floor = f"cli.bare.{mode}"
-        where = "v8086" if mode == "real" else "32-bit"
         rows += [
-            bare_config(floor, f"{name}: bare Cpu at CPL 3 ({where}), take_exception + eip += 1 "
-                        "(floor)", guest, bare_mode),
-            engine_config(f"cli.native.{mode}", f"{name}: native engine (CLI runs, no trap)",
+            bare_config(floor, group, "bare Cpu, take_exception + eip += 1 (floor)", guest,
+                        bare_mode),
+            engine_config(f"cli.native.{mode}", group, "native engine (CLI just runs, no trap)",
                           guest, "native"),
-            engine_config(f"cli.trap.{mode}", f"{name}: trap engine "
-                          f"({'virtual-8086' if mode == 'real' else 'ring 1'})", guest, "trap",
+            engine_config(f"cli.trap.{mode}", group, "trap engine, exit fastpath", guest, "trap",
                           baseline=floor, target=TARGET_CLI_US),
-            engine_config(f"cli.trap_stats.{mode}", f"{name}: trap + ExitStats (VmExit records)",
-                          guest, "trap", stats=True, baseline=floor),
+            engine_config(f"cli.trap_stats.{mode}", group,
+                          "trap engine + ExitStats observer (VmExit records)", guest, "trap",
+                          stats=True, baseline=floor),
         ]
     return rows
 
 
 def compute_configs(guest: Guest) -> list[Config]:
+    group = "32-bit protected mode, ring 0 (trap: ring 1)"
     return [
-        bare_config("compute.bare", "bare Cpu, one uc_emu_start without a count (floor)", guest,
+        bare_config("compute.bare", group, "bare Cpu, one uc_emu_start, no count (floor)", guest,
                     "pm0"),
-        bare_config("compute.bare_counted", "bare Cpu, one uc_emu_start with a count", guest,
-                    "pm0", COUNTED, baseline="compute.bare"),
-        engine_config("compute.native", "native engine", guest, "native",
+        bare_config("compute.bare_counted", group,
+                    "bare Cpu, one uc_emu_start with an instruction count", guest, "pm0",
+                    COUNTED, baseline="compute.bare"),
+        engine_config("compute.native", group, "native engine", guest, "native",
                       baseline="compute.bare"),
-        engine_config("compute.trap", "trap engine", guest, "trap", baseline="compute.bare",
-                      native="compute.native", target=TARGET_COMPUTE_RATIO),
+        engine_config("compute.trap", group, "trap engine", guest, "trap",
+                      baseline="compute.bare", native="compute.native",
+                      target=TARGET_COMPUTE_RATIO),
     ]
 
 
@@ -332,7 +336,8 @@ def summarize(configs: list[Config], unit: str, instructions: dict | None = None
     by_key = {c.key: c for c in configs}
     rows = []
     for c in configs:
-        row = {"key": c.key, "label": c.label, "unit": unit, "samples": c.samples,
+        row = {"key": c.key, "group": c.group, "label": c.label, "unit": unit,
+               "samples": c.samples,
                "median": median(c.samples), "min": min(c.samples)}
         for name, other in (("x_floor", c.baseline), ("x_native", c.native)):
             if other:
@@ -356,31 +361,43 @@ def fmt(value, spec: str, width: int) -> str:
     return f"{value:{width}{spec}}" if value is not None else " " * (width - 1) + "-"
 
 
-def exit_table(title: str, rows: list[dict]) -> list[str]:
-    lines = [title, f"  {'configuration':<66} {'median':>7} {'min':>7} {'x floor':>8} "
-             f"{'x native':>8} {'VMM-side':>8}  target"]
+def grouped(rows: list[dict], line) -> list[str]:
+    """One line per row, under a sub-heading whenever the group changes."""
+    lines, group = [], None
     for r in rows:
-        target = ""
-        if "target" in r:
-            target = f"<= {r['target']:.1f} us {'ok' if r['meets_target'] else 'MISSED'}"
-        lines.append(f"  {r['label']:<66} {r['median']:7.3f} {r['min']:7.3f} "
-                     f"{fmt(r.get('x_floor'), '.2f', 8)} {fmt(r.get('x_native'), '.2f', 8)} "
-                     f"{fmt(r.get('exitstats_avg_us'), '.3f', 8)}  {target}")
+        if r["group"] != group:
+            group = r["group"]
+            lines.append(f"  {group}")
+        lines.append(line(r))
     return lines
+
+
+def verdict(r: dict, text: str) -> str:
+    return f"{text} {'ok' if r['meets_target'] else 'MISSED'}" if "target" in r else ""
+
+
+def exit_table(title: str, rows: list[dict]) -> list[str]:
+    header = (f"  {'':<52} {'median':>7} {'min':>7} {'x floor':>8} {'x native':>8} "
+              f"{'VMM-side':>8}  target")
+
+    def line(r: dict) -> str:
+        return (f"    {r['label']:<50} {r['median']:7.3f} {r['min']:7.3f} "
+                f"{fmt(r.get('x_floor'), '.2f', 8)} {fmt(r.get('x_native'), '.2f', 8)} "
+                f"{fmt(r.get('exitstats_avg_us'), '.3f', 8)}  "
+                f"{verdict(r, f'<= {r.get(chr(116) + 'arget', 0):.0f} us')}").rstrip()
+    return [title, header] + grouped(rows, line)
 
 
 def compute_table(title: str, rows: list[dict]) -> list[str]:
-    lines = [title, f"  {'configuration':<66} {'median':>7} {'min':>7} {'Minsn/s':>8} "
-             f"{'x floor':>8} {'x native':>8}  target"]
-    for r in rows:
-        target = ""
-        if "target" in r:
-            target = (f"trap/native <= {r['target']:.2f} "
-                      f"{'ok' if r['meets_target'] else 'MISSED'}")
-        lines.append(f"  {r['label']:<66} {r['median']:7.3f} {r['min']:7.3f} "
-                     f"{fmt(r.get('minsn_per_s'), '.1f', 8)} {fmt(r.get('x_floor'), '.2f', 8)} "
-                     f"{fmt(r.get('x_native'), '.3f', 8)}  {target}")
-    return lines
+    header = (f"  {'':<52} {'median':>7} {'min':>7} {'Minsn/s':>8} {'x floor':>8} "
+              f"{'x native':>8}  target")
+
+    def line(r: dict) -> str:
+        return (f"    {r['label']:<50} {r['median']:7.3f} {r['min']:7.3f} "
+                f"{fmt(r.get('minsn_per_s'), '.1f', 8)} {fmt(r.get('x_floor'), '.2f', 8)} "
+                f"{fmt(r.get('x_native'), '.3f', 8)}  "
+                f"{verdict(r, f'trap/native <= {r.get(chr(116) + 'arget', 0):.2f}')}").rstrip()
+    return [title, header] + grouped(rows, line)
 
 
 def machine() -> dict:

@@ -193,13 +193,15 @@ system_call:
 
 ; ----- #GP: record the frame, skip the 1-byte instruction ------------------------------------
 general_protection:             ; stack: error code, EIP, CS, EFLAGS, ESP, SS
+    test byte [esp + 8], 3      ; a #GP in the kernel itself is a bug: report it (lib.inc)
+    jz exc13
     push eax
     inc dword [gp_count]
     mov eax, [esp + 4]
     mov [gp_error], eax
     mov eax, [esp + 8]
     mov [gp_eip], eax
-    mov eax, [esp + 12]
+    movzx eax, word [esp + 12]  ; the selector is the low word of its slot
     mov [gp_cs], eax
     pop eax
     add esp, 4                  ; the error code

@@ -20,7 +20,9 @@ class ExitStats:
     def on_entry(self, vcpu, exit, outcome) -> None:
         self.samples[exit.reason.name].append(exit.duration_ns)
         if exit.detail:
-            self.details[f"{exit.reason.name}: {exit.detail.split(' ')[0]}"] += 1
+            mnemonic = exit.detail.split(" ")[0]
+            what = exit.detail if mnemonic == "mov" else mnemonic  # which CR or segment register
+            self.details[f"{exit.reason.name}: {what}"] += 1
 
     def report(self) -> str:
         total = sum(len(v) for v in self.samples.values())
