@@ -140,6 +140,10 @@ timer_handler:
     mov al, 0x20
     out 0x20, al                ; EOI
     inc dword [ticks]
+    test dword [esp + 32 + 8], 0x200    ; the interrupted task's EFLAGS: IF must be set, or the
+    jnz .if_set                         ; interrupt could not have been taken
+    inc dword [frames_without_if]
+.if_set:
     mov ebx, [current]
     inc dword [preempted + ebx * 4]
     cmp ebx, 1                  ; decide only after B's slice: A and B have had as many
@@ -263,6 +267,11 @@ tasks_done:                     ; from the timer handler, IF = 0
     cmp eax, [ticks]
     call check
 
+    mov esi, msg_if
+    call puts
+    cmp dword [frames_without_if], 0
+    call check
+
     mov esi, msg_writes
     call puts
     mov eax, [written_a]
@@ -340,6 +349,7 @@ probe_done:                     ; from the exit system call
 ; ----- data ----------------------------------------------------------------------------------
 current:        dd 0
 ticks:          dd 0
+frames_without_if: dd 0
 preempted:      dd 0, 0
 syscall_esp:    dd 0
 exit_status:    dd -1
@@ -391,6 +401,7 @@ msg_task_b_len  equ $ - msg_task_b
 msg_preempted:  db "both tasks preempted by the timer ", 0
 msg_times:      db " times", 0
 msg_ticks:      db "every timer tick preempted a task", 0
+msg_if:         db "every timer frame saved EFLAGS.IF = 1", 0
 msg_writes:     db "write system calls returned ", 0
 msg_spins:      db "both tasks ran their loops in ring 3", 0
 msg_esp0:       db "int 0x80 from ring 3 switched to the TSS.ESP0 stack: frame at ", 0

@@ -61,8 +61,12 @@ class TrapView(GuestView):
         return value
 
     def flags(self) -> int:
+        """EFLAGS as the guest believes them. In guest user mode IF is taken as set: the kernel
+        can only have got there through an IRET at real ring 1, which cannot change the real IF,
+        and user code cannot change it either, so the shadow IF is stale there."""
         real = self.cpu.eflags & ~(FLAG_IF | IOPL_MASK | FLAG_VM)
-        return real | (FLAG_IF if self.state.interrupt_flag else 0) | (self.state.iopl << IOPL_SHIFT)
+        interrupts = self.state.interrupt_flag or (self.protected() and self.cpu.cpl == 3)
+        return real | (FLAG_IF if interrupts else 0) | (self.state.iopl << IOPL_SHIFT)
 
     def set_flags(self, value: int) -> None:
         self.state.interrupt_flag = bool(value & FLAG_IF)

@@ -53,10 +53,14 @@ class EngineBase:
         code = self.fetch(cpu.linear_pc())
         return self.disasm.decode(code, cpu.eip, cpu.code_bits) if code else None
 
+    def guest_selector(self, seg: int) -> int:
+        """The segment selector as the guest sees it (engines that compress rings override)."""
+        return self.cpu.segs[seg].selector
+
     def describe_pc(self) -> tuple[int, str]:
         cpu = self.cpu
         insn = self.current_insn()
-        where = f"{cpu.segs[CS].selector:04x}:{cpu.eip:08x}"
+        where = f"{self.guest_selector(CS):04x}:{cpu.eip:08x}"
         if insn is None:
             code = self.fetch(cpu.linear_pc())
             return cpu.eip, f"{where}  {code[:8].hex(' ') or 'unreadable'} (does not decode)"

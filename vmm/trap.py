@@ -258,6 +258,9 @@ class TrapEngine(EngineBase):
         insn = self.current_insn()
         return insn.raw if insn is not None and self.cpu.eip == exit.rip else b""
 
+    def guest_selector(self, seg: int) -> int:
+        return self.g.view.selector(seg)
+
     # ----- run loop -----------------------------------------------------------------------------
     def interrupt_window(self) -> bool:
         if self.g.protected and self.cpu.cpl == 3:

@@ -22,6 +22,14 @@ STI = 0xFB
 LAST_EXITS = 16
 
 
+def _dead_read(port: int, size: int) -> int:
+    return (1 << 8 * size) - 1
+
+
+def _dead_write(port: int, size: int, value: int) -> None:
+    return None
+
+
 class RunState(enum.Enum):
     RUNNING = "running"
     EXITED = "exited"                  # the guest wrote its status to the debug-exit port
@@ -96,8 +104,11 @@ class RunResult:
                  f"  {self.instructions} instructions, {self.exits} exits, "
                  f"{self.wall_seconds:.3f} s"]
         if self.last_exits:
-            lines.append(f"  last {len(self.last_exits)} exits:")
+            lines.append(f"  last {len(self.last_exits)} recorded exits:")
             lines += [f"    {line}" for line in self.last_exits]
+        if self.exits > len(self.last_exits) and len(self.last_exits) < LAST_EXITS:
+            lines.append("  (exits taken on the fastpath are counted, not recorded: run with "
+                         "--trace FILE or --stats to record every exit)")
         return "\n".join(lines)
 
 
@@ -120,6 +131,7 @@ class Vcpu:
         self.halted = False
         self.interrupt_shadow = False
         self.exit_count = 0
+        self.final_exit_count = 0
         self.instructions = 0
         self.recent: collections.deque[VmExit] = collections.deque(maxlen=LAST_EXITS)
         self.guest = None  # set by the engine: what handlers emulate against
@@ -137,6 +149,8 @@ class Vcpu:
     # ----- exits ------------------------------------------------------------------------------
     def handle_exit(self, exit: VmExit) -> Outcome:
         """Called by the engine inside a Unicorn hook for every VM exit."""
+        if self.state is not RunState.RUNNING:
+            return Outcome.STOP
         self.exit_count += 1
         self.recent.append(exit)
         for observer in self.observers:
@@ -154,9 +168,16 @@ class Vcpu:
         return outcome
 
     def finish(self, state: RunState, message: str, status: int | None = None) -> None:
-        """End the run (from a hook or the loop); the first reason given wins."""
+        """End the run (from a hook or the loop); the first reason given wins.
+
+        Unicorn stops only at the end of the current translation block, so the instructions
+        after a stopping exit still run: from here on their I/O reaches no device and their
+        exits are neither handled nor counted."""
         if self.state is RunState.RUNNING:
             self.state, self.message, self.status = state, message, status
+            self.final_exit_count = self.exit_count
+            self.io_read, self.io_write = _dead_read, _dead_write
+            self.fast = True
         self.cpu.stop()
 
     def guest_exit(self, value: int) -> None:
@@ -275,6 +296,6 @@ class Vcpu:
 
     def _result(self, wall: float) -> RunResult:
         rip, text = self.engine.describe_pc()
+        exits = self.exit_count if self.state is RunState.RUNNING else self.final_exit_count
         return RunResult(self.state, self.status, self.message, rip, text,
-                         [e.describe() for e in self.recent], self.exit_count, self.instructions,
-                         wall)
+                         [e.describe() for e in self.recent], exits, self.instructions, wall)
