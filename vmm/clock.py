@@ -1,7 +1,9 @@
 """Time sources injected into devices, so no device reads the host clock itself.
 
-``VirtualClock`` is guest time, advanced by the vCPU from executed instructions (crosvm's
-``FakeClock`` plays the same role in its PIT tests); ``WallClock`` is host monotonic time.
+``InstructionClock`` is the guest's default time: retired instructions (Unicorn counts them) plus
+time skipped while halted. ``WallClock`` is host monotonic time (``--wall-clock``).
+``VirtualClock`` is a settable clock for driving devices by hand, as crosvm's ``FakeClock`` does
+in its PIT tests.
 """
 from __future__ import annotations
 
@@ -44,3 +46,26 @@ class WallClock:
 
     def now_ns(self) -> int:
         return self._source() - self._origin
+
+
+class InstructionClock:
+    """Virtual time: retired guest instructions times ns_per_insn, plus time skipped in HLT."""
+
+    def __init__(self, cpu, ns_per_insn: int = 1):
+        self.cpu = cpu
+        self.ns_per_insn = ns_per_insn
+        self.base_ns = 0
+        self.running = False
+
+    def now_ns(self) -> int:
+        live = self.cpu.executed() if self.running else 0
+        return self.base_ns + live * self.ns_per_insn
+
+    def retire(self, instructions: int) -> None:
+        self.base_ns += instructions * self.ns_per_insn
+
+    def budget_until(self, deadline_ns: int) -> int:
+        return max(1, -(-(deadline_ns - self.base_ns) // self.ns_per_insn))
+
+    def skip_to(self, deadline_ns: int) -> None:
+        self.base_ns = max(self.base_ns, deadline_ns)

@@ -53,33 +53,13 @@ class Engine(Protocol):
     name: str
 
     def attach(self, vcpu: "Vcpu") -> None: ...
+    def reset(self) -> None: ...
     def interrupt_window(self) -> bool: ...
     def inject_external(self, vector: int) -> None: ...
     def after_run(self) -> None: ...
+    def machine_error(self, err: int) -> None: ...
+    def fetch(self, linear: int) -> bytes: ...
     def describe_pc(self) -> tuple[int, str]: ...
-
-
-class InstructionClock:
-    """Virtual time: retired guest instructions times ns_per_insn, plus time skipped in HLT."""
-
-    def __init__(self, cpu, ns_per_insn: int = 1):
-        self.cpu = cpu
-        self.ns_per_insn = ns_per_insn
-        self.base_ns = 0
-        self.running = False
-
-    def now_ns(self) -> int:
-        live = self.cpu.executed() if self.running else 0
-        return self.base_ns + live * self.ns_per_insn
-
-    def retire(self, instructions: int) -> None:
-        self.base_ns += instructions * self.ns_per_insn
-
-    def budget_until(self, deadline_ns: int) -> int:
-        return max(1, -(-(deadline_ns - self.base_ns) // self.ns_per_insn))
-
-    def skip_to(self, deadline_ns: int) -> None:
-        self.base_ns = max(self.base_ns, deadline_ns)
 
 
 @dataclass

@@ -12,8 +12,7 @@ from emu.cpu import Cpu
 from emu.memory import GuestMemory
 from emu.paging import LinearMemory
 from vmm.bus import Bus
-from vmm.clock import WallClock
-from vmm.vcpu import InstructionClock
+from vmm.clock import InstructionClock, WallClock
 
 DEFAULT_RAM = 32 << 20
 
