@@ -1,9 +1,8 @@
 """NASM-compatible assembler for trapvisor's guest kernels, built over keystone 0.9.2.
 
-It parses the NASM subset the guests use (bits, org, labels, equ, %define, %include, data, times,
-align) and lays out addresses over passes until they converge. Instructions that keystone gets
-wrong (notes/unicorn-x86.md section 8) are encoded by hand; keystone encodes the rest. Every
-encoding is accepted only after capstone decodes it back to the same instruction.
+It lays out the NASM subset the guests use over passes until addresses converge, encodes by hand
+what keystone gets wrong (notes/unicorn-x86.md section 8) and the rest with keystone, and accepts
+an encoding only after capstone decodes it back to the instruction that was written.
 """
 
 from __future__ import annotations
@@ -126,8 +125,8 @@ class _Preprocessor:
             self.lines.append((src, _expand(code, self.defines)))
 
     def _directive(self, src: _Src, code: str, stack: tuple[str, ...]) -> None:
-        name, _, rest = code.partition(" ")
-        name, rest = name.lower(), rest.strip()
+        name, rest = re.match(r"(\S+)\s*(.*)$", code).groups()
+        name = name.lower()
         if name == "%include":
             self._include(src, rest, stack)
         elif name == "%define":
@@ -167,9 +166,10 @@ class _Preprocessor:
 
 _TOKEN = re.compile(rf"\s*(?:(?P<num>[0-9]\w*)|(?P<str>{_STRING})|(?P<id>{_IDENT})"
                     r"|(?P<op><<|>>|//|%%|\$\$|[-+*/%&|^~()\[\],:$!]))")
-_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)")
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "a": "\a", "b": "\b", "e": "\x1b", "f": "\f",
-            "v": "\v", "\\": "\\", "'": "'", '"': '"', "`": "`", "?": "?"}
+_ESCAPE = re.compile(rb"\\(x[0-9a-fA-F]{1,2}|[0-7]{1,3}|.)", re.DOTALL)
+_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b", b"e": b"\x1b",
+            b"f": b"\f", b"v": b"\v", b"\\": b"\\", b"'": b"'", b'"': b'"', b"`": b"`",
+            b"?": b"?"}
 
 
 def _tokenize(code: str) -> list[tuple[str, str]]:
@@ -183,20 +183,19 @@ def _tokenize(code: str) -> list[tuple[str, str]]:
     return tokens
 
 
-def _unescape(match: re.Match) -> str:
+def _unescape(match: re.Match) -> bytes:
     code = match.group(1)
-    if code[0] == "x":
-        return chr(int(code[1:], 16))
-    if code[0] in "01234567":
-        return chr(int(code, 8) & 0xFF)
-    return _ESCAPES.get(code, "\\" + code)
+    if code[:1] == b"x":
+        return bytes([int(code[1:], 16)])
+    if code[:1] in b"01234567":
+        return bytes([int(code, 8) & 0xFF])
+    return _ESCAPES.get(code, b"\\" + code)
 
 
 def _string_bytes(token: str) -> bytes:
-    body = token[1:-1]
-    if token[0] == "`":
-        body = _ESCAPE.sub(_unescape, body)
-    return body.encode("latin-1" if token[0] == "`" else "utf-8", errors="strict")
+    """A '...' or "..." string verbatim (UTF-8); a `...` string with C-style escapes."""
+    body = token[1:-1].encode("utf-8")
+    return _ESCAPE.sub(_unescape, body) if token[0] == "`" else body
 
 
 def _number(text: str) -> int:
@@ -536,7 +535,7 @@ def _effective_address(regs: tuple) -> tuple[str | None, str | None, int]:
     if len(regs) == 1:
         reg, coef = regs[0]
         if coef in (1, 2, 3, 5, 9):
-            return (reg, None, 1) if coef == 1 else (reg, reg, coef - 1)
+            return (reg, None, 1) if coef == 1 else _no_esp_index(reg, reg, coef - 1)
         if coef in (4, 8):
             return None, reg, coef
     elif len(regs) == 2:
@@ -658,8 +657,8 @@ class _Insn:
     """One instruction: resolved per pass, encoded, and checked by capstone in the last pass."""
 
     def __init__(self, bits: int, pre: _Prefixes, mnemonic: str, specs: tuple, text: str) -> None:
-        self.bits, self.pre, self.mnemonic, self.specs, self.text = (bits, pre, mnemonic, specs,
-                                                                      text)
+        self.bits, self.pre, self.mnemonic, self.specs = bits, pre, mnemonic, specs
+        self.text = text
         self.relative = mnemonic in _RELATIVE
 
     def emit(self, ctx: _Ctx, address: int, key: tuple) -> bytes:
@@ -921,6 +920,7 @@ _PUSH_SREG = {"es": b"\x06", "cs": b"\x0e", "ss": b"\x16", "ds": b"\x1e", "fs": 
               "gs": b"\x0f\xa8"}
 _POP_SREG = {"es": b"\x07", "ss": b"\x17", "ds": b"\x1f", "fs": b"\x0f\xa1", "gs": b"\x0f\xa9"}
 _RELATIVE = {"jmp", "call", *_JCC, *_LOOPS}
+_REG_FAMILY = {reg: "e" + reg for reg, width in _GPRS.items() if width == 2}
 _SIZED_FORMS = {m: width for m, (_, width) in {**_BARE, **_RETURNS}.items() if width}
 _BITS_KW = {16: "word", 32: "dword"}
 
@@ -1085,9 +1085,9 @@ def _push_imm(ins: _Resolved, op: _Imm) -> bytes:
     short = -128 <= value <= 127 and not op.reloc and "strict" not in op.mods
     if op.kw == "byte" and not short:
         raise _Error(f"push byte {op.value:#x}: value does not fit a signed byte")
-    body = b"\x6a" + _int_bytes(_signed(value, 1), 1) if short else b"\x68" + _int_bytes(
-        op.value, width)
-    return _finish(ins, body, width * 8 != ins.bits, False)
+    if short:
+        return _finish(ins, b"\x6a" + _int_bytes(value, 1), width * 8 != ins.bits, False)
+    return _finish(ins, b"\x68" + _int_bytes(op.value, width), width * 8 != ins.bits, False)
 
 
 _HAND_ENCODERS = {**dict.fromkeys(_BARE, _encode_bare), **dict.fromkeys(_RETURNS, _encode_return),
@@ -1104,10 +1104,13 @@ _NO_OPSIZE = {"lgdt", "lidt", "sgdt", "sidt"}  # keystone adds a 0x66 that trunc
 _SIZELESS_MEMORY = {"jmp", "call", "lgdt", "lidt", "sgdt", "sidt", "invlpg", "lldt", "ltr", "lmsw",
                     "sldt", "str", "smsw", "verr", "verw", "lea", "nop", "fxsave", "fxrstor",
                     "clflush", "cmpxchg8b", *(f"set{cc}" for cc in _CC)}
+_SELECTOR_SOURCE = {"lar", "lsl"}  # 'lar r32, r16' is 'lar r32, r32': keystone knows only that
+_REG_GIVES_NO_SIZE = {"rol", "ror", "rcl", "rcr", "shl", "shr", "sal", "sar", "movzx", "movsx"}
 
 
 def _ks_asm(bits: int, text: str) -> bytes:
-    """keystone's encoding of one instruction (cached), or _Error with keystone's complaint."""
+    """keystone's encoding of one instruction, or _Error with keystone's complaint. Cached by
+    (bits, text): nothing address-dependent reaches keystone (branches are encoded by hand)."""
     result = _KS_CACHE.get((bits, text))
     if result is None:
         result = _KS_CACHE[(bits, text)] = _ks_call(bits, text)
@@ -1143,8 +1146,12 @@ def _memory_kw(ins: _Resolved) -> str | None:
         return sized[0]
     if ins.mnemonic in ("jmp", "call"):
         return _BITS_KW[ins.bits]
-    has_reg = any(isinstance(op, _Reg) for op in ins.ops)
-    if not has_reg and ins.mnemonic not in _SIZELESS_MEMORY:
+    dest = ins.ops[0]
+    if ins.mnemonic in ("movzx", "movsx") and isinstance(dest, _Reg) and dest.width == 2:
+        return "byte"  # NASM: the only source narrower than a 16-bit destination
+    sized_by_reg = ins.mnemonic not in _REG_GIVES_NO_SIZE and any(
+        isinstance(op, _Reg) for op in ins.ops)
+    if not sized_by_reg and ins.mnemonic not in _SIZELESS_MEMORY:
         raise _Error("operation size not specified")
     return None
 
@@ -1154,11 +1161,20 @@ def _render(ins: _Resolved, wide: bool) -> tuple[str, list]:
     that fit a byte become placeholders (patched later), so that keystone picks the full-width
     form NASM uses for relocatable values."""
     patches: list = []
-    ops = ins.ops
-    if ins.mnemonic == "xchg" and all(isinstance(op, _Reg) for op in ops):
-        ops = ops[::-1]  # NASM puts the first register in ModRM.reg, keystone the second
-    parts = [_render_operand(ins, op, wide, patches) for op in ops]
+    parts = [_render_operand(ins, op, wide, patches) for op in _keystone_operands(ins)]
     return f"{ins.mnemonic} {', '.join(parts)}".strip(), patches
+
+
+def _keystone_operands(ins: _Resolved) -> tuple:
+    """Register pairs spelled so that keystone produces NASM's encoding."""
+    ops = ins.ops
+    if len(ops) != 2 or not all(isinstance(op, _Reg) and op.kind == "gpr" for op in ops):
+        return ops
+    if ins.mnemonic == "xchg":
+        return ops[::-1]  # NASM puts the first register in ModRM.reg, keystone the second
+    if ins.mnemonic in _SELECTOR_SOURCE and ops[0].width == 4 and ops[1].width == 2:
+        return ops[0], ops[1]._replace(name=_REG_FAMILY[ops[1].name], width=4)  # same bytes
+    return ops
 
 
 def _render_operand(ins: _Resolved, op: object, wide: bool, patches: list) -> str:
@@ -1177,9 +1193,10 @@ def _render_operand(ins: _Resolved, op: object, wide: bool, patches: list) -> st
 
 
 def _render_memory(ins: _Resolved, op: _Mem, wide: bool, patches: list) -> str:
-    terms = [op.base] if op.base else []
-    if op.index:
-        terms.append(f"{op.index}*{op.scale}")
+    if op.asize == 16:  # keystone adds a needless disp8 to [bp + si] but not to [si + bp]
+        terms = [reg for reg in (op.index, op.base) if reg]
+    else:
+        terms = ([op.base] if op.base else []) + ([f"{op.index}*{op.scale}"] if op.index else [])
     disp = op.disp
     if wide and op.reloc and terms and -128 <= disp <= 127:
         patches.append(("disp", disp, op.asize // 8))
@@ -1223,7 +1240,7 @@ def _fixed_opsize(ins: _Resolved, opsize: bool) -> bool:
         return False
     if ins.mnemonic == "mov" and any(isinstance(op, _Reg) and op.kind == "sreg" for op in ins.ops):
         dest = ins.ops[0]
-        return dest.kind == "gpr" and dest.width * 8 != ins.bits if isinstance(dest, _Reg) else False
+        return isinstance(dest, _Reg) and dest.kind == "gpr" and dest.width * 8 != ins.bits
     return opsize
 
 
@@ -1248,7 +1265,6 @@ _FAMILY_ALIASES = {"sal": "shl", "retn": "ret", "retnw": "retw", "retnd": "retd"
                    "fwait": "wait", "icebp": "int1", "loopz": "loope", "loopnz": "loopne",
                    "pushal": "pushad", "popal": "popad", "ljmp": "jmp", "lcall": "call",
                    "cwde": "cbw", "cdq": "cwd"}  # capstone 5 names 98/99 cwde/cdq in 16-bit code
-_REG_FAMILY = {reg: "e" + reg for reg, width in _GPRS.items() if width == 2}
 
 
 def _family(mnemonic: str) -> str:
@@ -1312,12 +1328,12 @@ def _same_imm(value: int, decoded, size: int) -> bool:
 
 def _operand_problem(ins: _Resolved, insn: Insn) -> str | None:
     """Every source register, immediate/target and memory operand must appear in the decode.
-    Registers compare exactly, except beside a segment register in mov (8E /r ignores the
-    operand size and capstone prints the mode's width)."""
+    Registers compare exactly, except in mov with a segment register and in lar/lsl, whose
+    selector operand is 16-bit whatever register width is written."""
     if _family(ins.mnemonic) == "xchg" and insn.mnemonic == "nop":
         return None
-    loose = ins.mnemonic == "mov" and any(isinstance(op, _Reg) and op.kind == "sreg"
-                                          for op in ins.ops)
+    loose = ins.mnemonic in _SELECTOR_SOURCE or ins.mnemonic == "mov" and any(
+        isinstance(op, _Reg) and op.kind == "sreg" for op in ins.ops)
     regs = {_reg_key(op.reg, loose) for op in insn.operands if op.kind == "reg"}
     imms = [op for op in insn.operands if op.kind == "imm"]
     mems = [op for op in insn.operands if op.kind == "mem"]
@@ -1327,12 +1343,23 @@ def _operand_problem(ins: _Resolved, insn: Insn) -> str | None:
         if isinstance(op, _Far) and not all(any(_same_imm(v, imm, 0) for imm in imms)
                                             for v in (op.sel, op.off)):
             return "the far pointer differs"
-        size = _op_width(op) if isinstance(op, _Imm) and _op_width(op) in (2, 4) else 0
-        if isinstance(op, _Imm) and not any(_same_imm(op.value, imm, size) for imm in imms):
-            return "an immediate or target differs"
+        if isinstance(op, _Imm) and not any(_same_imm(op.value, imm, _imm_size(op))
+                                            for imm in imms):
+            return _imm_problem(op.value, imms)
         if isinstance(op, _Mem) and not any(_same_memory(op, m, ins.pre.seg) for m in mems):
             return "the memory operand differs"
     return None
+
+
+def _imm_size(op: _Imm) -> int:
+    return _op_width(op) if _op_width(op) in (2, 4) else 0
+
+
+def _imm_problem(value: int, imms: list) -> str:
+    truncated = [imm for imm in imms if not (value - imm.imm) % (1 << (8 * imm.size))]
+    if truncated:
+        return f"the value {value:#x} does not fit its {truncated[0].size}-byte operand"
+    return "an immediate or target differs"
 
 
 def _reg_key(name: str, loose: bool) -> str:
@@ -1435,7 +1462,12 @@ def _assemble_lines(pre: _Preprocessor) -> Image:
 
 def assemble(source: str, *, filename: str = "<string>",
              include_dirs: Sequence[str | Path] = ()) -> Image:
-    """Assemble NASM-dialect `source`; %include looks next to `filename`, then in include_dirs."""
+    """Assemble NASM-dialect `source` into a flat image; raises AsmError.
+
+    Supported: bits 16/32 ([bits N], use16/use32), org, labels and .local labels, equ, %define
+    (no parameters), %undef, %include (next to `filename`, then in include_dirs), db/dw/dd/dq,
+    resb/resw/resd/resq, times, align N[, db X], $ and $$, NASM operators and number forms.
+    """
     pre = _Preprocessor(include_dirs)
     pre.feed(source, filename, ())
     return _assemble_lines(pre)

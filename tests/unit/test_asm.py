@@ -120,11 +120,11 @@ SYSTEM = """
 32 | push dword 0x10         | 6a 10                | push 0x10                  | 32
 32 | lea eax, [ebx+ecx*4+8]  | 8d 44 8b 08          | lea eax, [ebx + ecx*4 + 8] | 32
 32 | lea esi, [esp+4]        | 8d 74 24 04          | lea esi, [esp + 4]         | 32
-32 | rep movsd               | f3 a5                | rep movsd dword ptr es:[edi], dword ptr [esi] | 32
-32 | rep movsb               | f3 a4                | rep movsb byte ptr es:[edi], byte ptr [esi] | 32
+32 | rep movsd    | f3 a5    | rep movsd dword ptr es:[edi], dword ptr [esi]   | 32
+32 | rep movsb    | f3 a4    | rep movsb byte ptr es:[edi], byte ptr [esi]     | 32
 32 | rep stosd               | f3 ab                | rep stosd dword ptr es:[edi], eax | 32
-32 | rep movsw               | f3 66 a5             | rep movsw word ptr es:[edi], word ptr [esi] | 16
-32 | repe cmpsb              | f3 a6                | repe cmpsb byte ptr [esi], byte ptr es:[edi] | 32
+32 | rep movsw    | f3 66 a5 | rep movsw word ptr es:[edi], word ptr [esi]     | 16
+32 | repe cmpsb   | f3 a6    | repe cmpsb byte ptr [esi], byte ptr es:[edi]    | 32
 32 | repne scasb             | f2 ae                | repne scasb al, byte ptr es:[edi] | 32
 32 | div ecx                 | f7 f1                | div ecx                    | 32
 32 | div dword [ebx]         | f7 33                | div dword ptr [ebx]        | 32
@@ -211,7 +211,7 @@ SYSTEM = """
 16 | lea eax, [ebx+ecx*4+8]  | 66 67 8d 44 8b 08    | lea eax, [ebx + ecx*4 + 8] | 32
 16 | rep movsb               | f3 a4                | rep movsb byte ptr es:[di], byte ptr [si] | 16
 16 | rep movsw               | f3 a5                | rep movsw word ptr es:[di], word ptr [si] | 16
-16 | rep movsd               | f3 66 a5             | rep movsd dword ptr es:[di], dword ptr [si] | 32
+16 | rep movsd    | f3 66 a5 | rep movsd dword ptr es:[di], dword ptr [si]     | 32
 16 | rep stosw               | f3 ab                | rep stosw word ptr es:[di], ax | 16
 16 | div cx                  | f7 f1                | div cx                     | 16
 16 | div word [bx]           | f7 37                | div word ptr [bx]          | 16
@@ -249,6 +249,9 @@ NASM_CHOICES = [
     (32, "mov eax, [ebp+eax]", "8b 44 05 00"),
     (16, "mov ax, [si+bx]", "8b 00"),
     (16, "mov al, [bx+0xfffe]", "8a 47 fe"),  # 16-bit displacements wrap
+    (16, "xor [bp+si], bh", "30 3a"),         # no disp8 for [bp+si]
+    (32, "idiv word [bp+di]", "66 67 f7 3b"),
+    (16, "movzx ax, [bx]", "0f b6 07"),       # a 16-bit destination implies a byte source
     (16, "mov ds, eax", "8e d8"),
     (32, "mov word [bx], ds", "67 8c 1f"),
     (32, "mov eax, [ds:ebx]", "3e 8b 03"),    # explicit default segment is kept
@@ -263,6 +266,8 @@ NASM_CHOICES = [
     (16, "push 0xffff", "6a ff"),
     (16, "push 0xff", "68 ff 00"),
     (32, "and ax, 0xfff0", "66 83 e0 f0"),
+    (32, "lar edx, bp", "0f 02 d5"),           # keystone only accepts 'lar edx, ebp'
+    (16, "lsl eax, bx", "66 0f 03 c3"),
 ]
 
 
@@ -522,6 +527,9 @@ def test_error_format():
     ("db 256\n", 1, "does not fit in 1 byte"),
     ("times -1 nop\n", 1, "negative"),
     ("bits 32\nmov [ebx], 5\n", 2, "operation size not specified"),
+    ("bits 32\nshl [ebx], cl\n", 2, "operation size not specified"),
+    ("bits 32\nmovzx eax, [ebx]\n", 2, "operation size not specified"),
+    ("bits 32\npush [ebx]\n", 2, "operation size not specified"),
     ("bits 32\npop cs\n", 2, "pop cs is not a valid instruction"),
     ("org 0x100\norg 0x200\n", 2, "program origin redefined"),
     ("bits 64\n", 1, "bits 64 is not supported"),
@@ -535,7 +543,7 @@ def test_error_format():
     ("global start\n", 1, "unsupported directive 'global'"),
     ("%macro foo 0\n", 1, "unsupported preprocessor directive '%macro'"),
     ("%define F(x) x\n", 1, "macro parameters are not supported"),
-    ("bits 32\nmov al, 0x1234\n", 2, "keystone encoded"),
+    ("bits 32\nmov al, 0x1234\n", 2, "the value 0x1234 does not fit its 1-byte operand"),
     ("bits 32\nmov eax, 0x100000000\n", 2, "does not fit in 32 bits"),
     ("bits 16\nmov ax, [0x12345]\n", 2, "does not fit 16-bit addressing"),
     ("bits 32\nlea eax, [ds:ebx], 1\n", 2, "invalid instruction"),
