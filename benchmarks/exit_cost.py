@@ -12,7 +12,8 @@ cost under the trap engine, against baselines measured in the same run.
    take_exception() and steps EIP over the CLI (the floor of fault -> hook -> resume).
 3. A CPU-bound guest with no exits: wall time and instructions per second under native and trap,
    plus the bare machine with and without Unicorn's instruction count (which the VMM's virtual
-   time needs).
+   time needs: every vCPU run is uc_emu_start(count=N)); the OUT benchmark has the counted bare
+   row too.
 
 Per-exit cost = (time of an N-pass loop with the instruction - time of the same loop without it)
 / N, one pair per repetition; repetitions interleave every configuration (rotating their order),
@@ -34,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -42,8 +44,8 @@ if str(REPO) not in sys.path:
 
 import unicorn  # noqa: E402  (only for its version string in the report)
 
-from emu.cpu import (CS, DS, ECX, ES, ESP, FS, GS, SS, DESC_B, DESC_DPL_SHIFT, DESC_G, DESC_P,  # noqa: E402
-                     DESC_S, DESC_TYPE_SHIFT, FLAG_IF, FLAG_VM, IOPL_MASK, Cpu)
+from emu.cpu import (CS, DS, ECX, ES, ESP, FS, GS, SS, DESC_B, DESC_DPL_SHIFT,  # noqa: E402
+                     DESC_G, DESC_P, DESC_S, DESC_TYPE_SHIFT, FLAG_IF, FLAG_VM, IOPL_MASK, Cpu)
 from emu.memory import GuestMemory  # noqa: E402
 from hypervisors.images import GuestImage, resolve  # noqa: E402
 from hypervisors.monolithic import MonolithicHypervisor  # noqa: E402
@@ -56,6 +58,7 @@ MAGIC = b"BNCH"                      # the guests' parameter block: iterations, 
 EMPTY, OUT, CLI = 0, 1, 2            # loop variants of exits16.asm / exits32.asm
 NO_LIMIT, COUNTED = 0, 1 << 40       # uc_emu_start counts: none, or one that never runs out
 CR0_PE_ET = 0x11
+WARM_UP_PASSES = 1000
 TARGET_OUT_US, TARGET_CLI_US, TARGET_COMPUTE_RATIO = 1.0, 3.0, 1.03
 
 
@@ -67,7 +70,7 @@ class Sizes:
     compute: int      # loop passes of compute32 (10 instructions each)
 
 
-FULL = Sizes(reps=5, out=100_000, cli=100_000, compute=4_000_000)
+FULL = Sizes(reps=7, out=60_000, cli=50_000, compute=3_000_000)
 QUICK = Sizes(reps=3, out=20_000, cli=10_000, compute=500_000)
 
 
@@ -96,9 +99,23 @@ class Guest:
 
 
 # ----- one timed run ----------------------------------------------------------------------------
+class Stopwatch:
+    """Wall time (what the tables show) and this process's CPU time (in the JSON: on a busy
+    2-core machine it leaves out the time other processes held the CPU)."""
+
+    def __enter__(self) -> "Stopwatch":
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
 @dataclass
 class Run:
     seconds: float
+    cpu_seconds: float
     instructions: int = 0
     handled_ns: list[int] = field(default_factory=list)   # ExitStats samples, when observed
 
@@ -113,9 +130,8 @@ def run_engine(image: GuestImage, engine: str, stats: bool, expect_out: int = 0)
     hypervisor = MonolithicHypervisor(engine=engine, observers=[observer] if stats else [])
     try:
         gc.collect()
-        started = time.perf_counter()
-        result = hypervisor.run(image)
-        seconds = time.perf_counter() - started
+        with Stopwatch() as watch:
+            result = hypervisor.run(image)
         if not result.ok or result.status != 0:
             raise BenchmarkError(f"{image.name} under {engine}:\n{result.report()}")
         if hypervisor.platform.post.writes != expect_out:
@@ -124,7 +140,7 @@ def run_engine(image: GuestImage, engine: str, stats: bool, expect_out: int = 0)
     finally:
         hypervisor.close()
     handled = [ns for samples in observer.samples.values() for ns in samples]
-    return Run(seconds, result.instructions, handled)
+    return Run(watch.wall, watch.cpu, result.instructions, handled)
 
 
 class NullHandler:
@@ -196,14 +212,13 @@ def run_bare(guest: Guest, image: GuestImage, mode: str, count: int = NO_LIMIT) 
         cpu.attach((StopOnOut if mode in ("v86", "pm3") else NullHandler)(cpu))
         enter_bare(cpu, mode, guest)
         gc.collect()
-        started = time.perf_counter()
-        err = cpu.run(count)
-        seconds = time.perf_counter() - started
+        with Stopwatch() as watch:
+            err = cpu.run(count)
         left = cpu.gpr[ECX] & 0xFFFFFFFF
         if err or cpu.hook_error is not None or left:
             raise BenchmarkError(f"{image.name} on the bare CPU ({mode}): Unicorn error {err}, "
                                  f"hook error {cpu.hook_error!r}, ECX = {left} passes left")
-        return Run(seconds, cpu.executed() if count else 0)
+        return Run(watch.wall, watch.cpu, cpu.executed() if count else 0)
     finally:
         cpu.close()
         memory.close()
@@ -216,11 +231,12 @@ class Config:
     key: str
     group: str                       # the table's sub-heading (guest mode)
     label: str
-    run: object                      # (iterations, variant) -> Run
+    run: Callable[[int, int], Run]   # (iterations, variant) -> one timed run
     baseline: str | None = None      # key of the row this one is divided by (the floor)
     native: str | None = None        # key of the native-engine row of the same loop
     target: float | None = None
-    samples: list[float] = field(default_factory=list)
+    samples: list[float] = field(default_factory=list)        # wall clock
+    cpu_samples: list[float] = field(default_factory=list)    # process CPU time
     handled_ns: list[int] = field(default_factory=list)
 
 
@@ -245,23 +261,35 @@ def rotated(items: list, shift: int) -> list:
 def measure_exits(configs: list[Config], iterations: int, variant: int, reps: int,
                   progress) -> None:
     """Per repetition and configuration: µs per exit from the loop with and without the exit."""
+    warm_up(configs, (EMPTY, variant))
     for rep in range(reps):
         for config in rotated(configs, rep):
             order = (variant, EMPTY) if rep % 2 else (EMPTY, variant)
             runs = {v: config.run(iterations, v) for v in order}
-            cost = (runs[variant].seconds - runs[EMPTY].seconds) / iterations * 1e6
-            config.samples.append(cost)
+            with_exit, without = runs[variant], runs[EMPTY]
+            config.samples.append((with_exit.seconds - without.seconds) / iterations * 1e6)
+            config.cpu_samples.append(
+                (with_exit.cpu_seconds - without.cpu_seconds) / iterations * 1e6)
             config.handled_ns += runs[variant].handled_ns
             progress()
 
 
+def warm_up(configs: list[Config], variants: tuple[int, ...]) -> None:
+    """One short, unrecorded run of every configuration and variant (imports, first decodes)."""
+    for config in configs:
+        for variant in variants:
+            config.run(WARM_UP_PASSES, variant)
+
+
 def measure_compute(configs: list[Config], iterations: int, reps: int, progress) -> dict:
     """Per repetition and configuration: wall seconds of the whole loop; instruction counts."""
+    warm_up(configs, (EMPTY,))
     instructions: dict[str, int] = {}
     for rep in range(reps):
         for config in rotated(configs, rep):
             run = config.run(iterations, EMPTY)
             config.samples.append(run.seconds)
+            config.cpu_samples.append(run.cpu_seconds)
             if run.instructions:
                 instructions[config.key] = run.instructions
             progress()
@@ -276,6 +304,8 @@ def out_configs(g16: Guest, g32: Guest) -> list[Config]:
         floor, native = f"out.bare.{mode}", f"out.native.{mode}"
         rows += [
             bare_config(floor, group, "bare Cpu, on_out does nothing (floor)", guest, bare_mode),
+            bare_config(f"out.bare_counted.{mode}", group, "bare Cpu, the same, run with a count",
+                        guest, bare_mode, COUNTED, baseline=floor),
             engine_config(native, group, "native engine (devices on the CPU hook)", guest,
                           "native", baseline=floor),
             engine_config(f"out.trap.{mode}", group, "trap engine, exit fastpath", guest, "trap",
@@ -313,7 +343,7 @@ def compute_configs(guest: Guest) -> list[Config]:
         bare_config("compute.bare", group, "bare Cpu, one uc_emu_start, no count (floor)", guest,
                     "pm0"),
         bare_config("compute.bare_counted", group,
-                    "bare Cpu, one uc_emu_start with an instruction count", guest, "pm0",
+                    "bare Cpu, one uc_emu_start with a count", guest, "pm0",
                     COUNTED, baseline="compute.bare"),
         engine_config("compute.native", group, "native engine", guest, "native",
                       baseline="compute.bare"),
@@ -333,16 +363,14 @@ def ratio(a: float, b: float) -> float | None:
 
 
 def summarize(configs: list[Config], unit: str, instructions: dict | None = None) -> list[dict]:
+    """One JSON-ready row per configuration: wall-clock median/min and ratios (the table), the
+    same from process CPU time, raw samples, target verdicts."""
     by_key = {c.key: c for c in configs}
     rows = []
     for c in configs:
         row = {"key": c.key, "group": c.group, "label": c.label, "unit": unit,
-               "samples": c.samples,
-               "median": median(c.samples), "min": min(c.samples)}
-        for name, other in (("x_floor", c.baseline), ("x_native", c.native)):
-            if other:
-                row[name] = ratio(row["median"], median(by_key[other].samples))
-                row[name + "_min"] = ratio(row["min"], min(by_key[other].samples))
+               **stats(c.samples, c, by_key, lambda other: other.samples),
+               "cpu_time": stats(c.cpu_samples, c, by_key, lambda other: other.cpu_samples)}
         if c.handled_ns:
             row["exitstats_avg_us"] = sum(c.handled_ns) / len(c.handled_ns) / 1e3
         if instructions is not None:
@@ -350,11 +378,25 @@ def summarize(configs: list[Config], unit: str, instructions: dict | None = None
             row["instructions"] = count
             row["minsn_per_s"] = count / row["median"] / 1e6 if count else None
         if c.target is not None:
-            measured = row["x_native"] if unit == "s" else row["median"]
+            measured = row["x_native_paired"] if unit == "s" else row["median"]
             row["target"] = c.target
             row["meets_target"] = measured is not None and measured <= c.target
         rows.append(row)
     return rows
+
+
+def stats(samples: list[float], config: Config, by_key: dict, pick) -> dict:
+    """Median, min and the ratios to the floor and native rows: of the medians, of the minima,
+    and the median of per-repetition ratios (runs of one repetition are close in time)."""
+    result = {"samples": samples, "median": median(samples), "min": min(samples)}
+    for name, other in (("x_floor", config.baseline), ("x_native", config.native)):
+        if other:
+            theirs = pick(by_key[other])
+            result[name] = ratio(result["median"], median(theirs))
+            result[name + "_of_min"] = ratio(result["min"], min(theirs))
+            result[name + "_paired"] = median([ratio(a, b) or float("nan")
+                                               for a, b in zip(samples, theirs)])
+    return result
 
 
 def fmt(value, spec: str, width: int) -> str:
@@ -372,8 +414,11 @@ def grouped(rows: list[dict], line) -> list[str]:
     return lines
 
 
-def verdict(r: dict, text: str) -> str:
-    return f"{text} {'ok' if r['meets_target'] else 'MISSED'}" if "target" in r else ""
+def verdict(r: dict, template: str) -> str:
+    """'' for rows without a target, else the target (formatted into template) and ok/MISSED."""
+    if "target" not in r:
+        return ""
+    return f"{template.format(r['target'])} {'ok' if r['meets_target'] else 'MISSED'}"
 
 
 def exit_table(title: str, rows: list[dict]) -> list[str]:
@@ -384,19 +429,19 @@ def exit_table(title: str, rows: list[dict]) -> list[str]:
         return (f"    {r['label']:<50} {r['median']:7.3f} {r['min']:7.3f} "
                 f"{fmt(r.get('x_floor'), '.2f', 8)} {fmt(r.get('x_native'), '.2f', 8)} "
                 f"{fmt(r.get('exitstats_avg_us'), '.3f', 8)}  "
-                f"{verdict(r, f'<= {r.get(chr(116) + 'arget', 0):.0f} us')}").rstrip()
+                f"{verdict(r, '<= {:.0f} us')}").rstrip()
     return [title, header] + grouped(rows, line)
 
 
 def compute_table(title: str, rows: list[dict]) -> list[str]:
     header = (f"  {'':<52} {'median':>7} {'min':>7} {'Minsn/s':>8} {'x floor':>8} "
-              f"{'x native':>8}  target")
+              f"{'x native':>8} {'paired':>8}  target")
 
     def line(r: dict) -> str:
         return (f"    {r['label']:<50} {r['median']:7.3f} {r['min']:7.3f} "
                 f"{fmt(r.get('minsn_per_s'), '.1f', 8)} {fmt(r.get('x_floor'), '.2f', 8)} "
-                f"{fmt(r.get('x_native'), '.3f', 8)}  "
-                f"{verdict(r, f'trap/native <= {r.get(chr(116) + 'arget', 0):.2f}')}").rstrip()
+                f"{fmt(r.get('x_native'), '.3f', 8)} {fmt(r.get('x_native_paired'), '.3f', 8)}  "
+                f"{verdict(r, 'trap/native <= {:.2f}')}").rstrip()
     return [title, header] + grouped(rows, line)
 
 
@@ -416,12 +461,15 @@ def machine() -> dict:
 
 def render(info: dict, sizes: Sizes, sections: dict) -> str:
     out, cli, compute = sections["out"], sections["cli"], sections["compute"]
-    lines = [f"trapvisor exit-cost benchmarks  (python {info['python']}, unicorn {info['unicorn']}, "
-             f"{info['cpus']} x {info['cpu']}, load {info['loadavg_start']:.2f} -> "
-             f"{info['loadavg_end']:.2f}, {info['seconds']:.0f} s)",
-             "  times in µs per exit/trap (or s per run), median and min of "
-             f"{sizes.reps} interleaved runs; x floor = median / floor's median; "
-             "VMM-side = ExitStats' average exit-to-entry time", ""]
+    lines = [f"trapvisor exit-cost benchmarks: commit {info['commit']}, python {info['python']}, "
+             f"unicorn {info['unicorn']}, {info['cpus']} x {info['cpu']}",
+             f"  load average {info['loadavg_start']:.2f} -> {info['loadavg_end']:.2f} during the "
+             f"{info['seconds']:.0f} s run; wall-clock median and min of {sizes.reps} interleaved "
+             "runs",
+             "  x floor / x native = this row's median / that row's median; paired = median of the "
+             "per-repetition ratios (the CPU-bound target is judged on it)",
+             "  VMM-side = ExitStats' mean exit-to-entry time (record built -> guest re-entered)",
+             ""]
     lines += exit_table(f"1. OUT 0x80 -> null device, µs per exit round trip "
                         f"({sizes.out} exits per run)", out) + [""]
     lines += exit_table(f"2. CLI at guest ring 0, µs per trap ({sizes.cli} traps per run)",
@@ -436,12 +484,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="fewer passes and repetitions (about 20 s)")
-    parser.add_argument("--reps", type=int, help="repetitions per configuration (default 5, "
-                        "3 with --quick)")
+                        help="fewer passes and repetitions (about 12 s)")
+    parser.add_argument("--reps", type=int, help="repetitions per configuration (default "
+                        f"{FULL.reps}, {QUICK.reps} with --quick)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
-                        help=f"where to write the results (default {DEFAULT_JSON.relative_to(REPO)})")
+                        help="where to write the results "
+                        f"(default {DEFAULT_JSON.relative_to(REPO)})")
     return parser.parse_args(argv)
+
+
+def run_all(sizes: Sizes) -> dict:
+    """Measure the three benchmarks; return their JSON-ready sections."""
+    g16, g32, g_compute = Guest.load("exits16"), Guest.load("exits32"), Guest.load("compute32")
+    outs, clis, computes = out_configs(g16, g32), cli_configs(g16, g32), compute_configs(g_compute)
+    total = sizes.reps * (len(outs) + len(clis) + len(computes))
+    done = [0]
+    tty = sys.stderr.isatty()
+
+    def progress() -> None:
+        done[0] += 1
+        if tty:
+            print(f"\r  running: {done[0]}/{total}", end="", file=sys.stderr, flush=True)
+
+    measure_exits(outs, sizes.out, OUT, sizes.reps, progress)
+    measure_exits(clis, sizes.cli, CLI, sizes.reps, progress)
+    instructions = measure_compute(computes, sizes.compute, sizes.reps, progress)
+    if tty:
+        print(file=sys.stderr)
+    return {"out": summarize(outs, "us"), "cli": summarize(clis, "us"),
+            "compute": summarize(computes, "s", instructions)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -451,29 +522,15 @@ def main(argv: list[str] | None = None) -> int:
         sizes = dataclasses.replace(sizes, reps=max(1, args.reps))
     info = machine()
     started = time.perf_counter()
-    g16, g32, g_compute = Guest.load("exits16"), Guest.load("exits32"), Guest.load("compute32")
-    outs, clis, computes = out_configs(g16, g32), cli_configs(g16, g32), compute_configs(g_compute)
-    total = sizes.reps * (len(outs) + len(clis) + len(computes))
-    done = [0]
-
-    def progress() -> None:
-        done[0] += 1
-        print(f"\r  running: {done[0]}/{total}", end="", file=sys.stderr, flush=True)
-
-    measure_exits(outs, sizes.out, OUT, sizes.reps, progress)
-    measure_exits(clis, sizes.cli, CLI, sizes.reps, progress)
-    instructions = measure_compute(computes, sizes.compute, sizes.reps, progress)
-    print(file=sys.stderr)
+    sections = run_all(sizes)
     info["seconds"] = time.perf_counter() - started
     info["loadavg_end"] = os.getloadavg()[0]
-    sections = {"out": summarize(outs, "us"), "cli": summarize(clis, "us"),
-                "compute": summarize(computes, "s", instructions)}
     print(render(info, sizes, sections))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": info, "sizes": dataclasses.asdict(sizes), "quick": args.quick,
               "targets": {"out_us": TARGET_OUT_US, "cli_us": TARGET_CLI_US,
                           "compute_trap_over_native": TARGET_COMPUTE_RATIO},
               "benchmarks": sections}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {args.json}")
     return 0

@@ -9,8 +9,8 @@ from pathlib import Path
 import capstone
 import pytest
 
-from emu import asm
 from emu.asm import AsmError, Image, ListingLine, assemble, assemble_file
+from emu.asm import encode, keystone_glue
 
 NASM = shutil.which("nasm")
 needs_nasm = pytest.mark.skipif(NASM is None, reason="nasm is not installed (apt-get install nasm)")
@@ -462,8 +462,8 @@ def test_keystone_16bit_bugs_are_encoded_correctly():
 
 def test_fix_up_tables_disabled_every_known_keystone_bug_is_rejected(monkeypatch):
     """The capstone guard on its own turns keystone's known mis-encodings into errors."""
-    monkeypatch.setattr(asm, "_HAND_ENCODERS", {})
-    monkeypatch.setattr(asm, "_NO_OPSIZE", set())
+    monkeypatch.setattr(encode, "_HAND_ENCODERS", {})
+    monkeypatch.setattr(keystone_glue, "_NO_OPSIZE", set())
     cases = [(32, "lgdt [0x5000]"), (32, "lidt [eax]"), (32, "sgdt [0x5000]"),
              (32, "sidt [0x5000]"), (16, "call 0x100"), (16, "ret"), (16, "ret 2"),
              (16, "push 0x10"), (16, "retf"), (16, "jmp 0x300"), (32, "iret"),
@@ -487,8 +487,8 @@ def test_fix_up_tables_disabled_every_known_keystone_bug_is_rejected(monkeypatch
     ("add dword [ebx], 5", "66 83 03 05", "operand-size prefix"),
 ])
 def test_guard_rejects_wrong_keystone_output(monkeypatch, line, fake, problem):
-    monkeypatch.setattr(asm, "_KS_CACHE", {})
-    monkeypatch.setattr(asm, "_ks_call", lambda bits, text: bytes.fromhex(fake))
+    monkeypatch.setattr(keystone_glue, "_KS_CACHE", {})
+    monkeypatch.setattr(keystone_glue, "_ks_call", lambda bits, text: bytes.fromhex(fake))
     with pytest.raises(AsmError) as caught:
         assemble(f"bits 32\nnop\n{line}\n", filename="g.asm")
     assert (caught.value.filename, caught.value.lineno) == ("g.asm", 3)
