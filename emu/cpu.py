@@ -54,6 +54,7 @@ OFF_EIP, OFF_EFLAGS, OFF_HFLAGS, OFF_SEGS = 128, 136, 176, 184
 OFF_LDT, OFF_TR, OFF_GDT, OFF_IDT, OFF_CR = 328, 352, 376, 400, 424
 DR_RESET = struct.pack("<QQ", 0xFFFF0FF0, 0x400)  # DR6/DR7 reset values anchor the exception fields
 
+HALTED_WINDOW = 0x4000  # CPUState (with its halted flag) precedes CPUX86State inside X86CPU
 NO_UNTIL = 1 << 48  # an "until" address no 32-bit guest can reach: no extra TB invalidation
 
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
@@ -103,6 +104,7 @@ class Cpu:
         self._verify_layout()
         self.handler: CpuHandler | None = None
         self._budget = 0
+        self._counting = True
         self.hook_error: BaseException | None = None
         self._callbacks: list = []
         self._block_hook: int | None = None
@@ -116,11 +118,10 @@ class Cpu:
                                       X.UC_X86_REG_EBX)):
             self.uc.reg_write(reg, value)
         pattern = struct.pack("<4Q", *magic)
-        self.env = _find_in_pointees(self.uch.value, pattern)
-        raw = ctypes.string_at(self.env, 8192)
-        dr = raw.find(DR_RESET)
-        if dr < 0 or raw.count(DR_RESET) != 1:
-            raise CpuError("cannot find the DR6/DR7 anchor in CPUX86State")
+        self.env, dr = next(filter(None, map(self._check_env, _find_in_pointees(
+            self.uch.value, pattern))), (None, None))
+        if self.env is None:
+            raise CpuError("cannot locate QEMU's CPUX86State inside this Unicorn build")
         self._error_code = ctypes.c_int32.from_address(self.env + dr - 64)
         self._is_int = ctypes.c_int32.from_address(self.env + dr - 60)
         self._old_exception = ctypes.c_int32.from_address(self.env + dr + 48)
@@ -136,9 +137,19 @@ class Cpu:
         self.idtr = SegmentCache.from_address(self.env + OFF_IDT)
         self.cr = (ctypes.c_uint64 * 5).from_address(self.env + OFF_CR)
 
+    def _check_env(self, candidate: int) -> tuple[int, int] | None:
+        """A copy of the registers is the live state only if an API write shows up in it."""
+        probe = int.from_bytes(os.urandom(4), "little") | 1
+        self.uc.reg_write(X.UC_X86_REG_ESI, probe)
+        if ctypes.c_uint64.from_address(candidate + 8 * ESI).value != probe:
+            return None
+        dr = ctypes.string_at(candidate, 8192).find(DR_RESET)
+        return (candidate, dr) if dr > 0 else None
+
     def _locate_counter(self) -> None:
-        """Find uc->emu_counter: Unicorn counts executed instructions there for count-limited runs."""
-        self.uc.mem_write(0x1000, b"\x40" * 64)  # inc eax x 64
+        """Find uc->emu_counter (Unicorn counts executed instructions there for count-limited
+        runs) and QEMU's CPUState.halted (set by HLT), by running two tiny programs."""
+        self.uc.mem_write(0x1000, b"\x40" * 64 + b"\xf4")  # inc eax x 64; hlt
         self.uc.reg_write(X.UC_X86_REG_CS, 0)
         self.uc.reg_write(X.UC_X86_REG_CR0, 0x10)
         self.uc.emu_start(0x1000, NO_UNTIL, count=37)
@@ -147,7 +158,15 @@ class Cpu:
         if off < 0:
             raise CpuError("cannot find Unicorn's instruction counter")
         self._counter = ctypes.c_uint64.from_address(self.uch.value + off)
-        self.uc.mem_write(0x1000, b"\x00" * 64)
+        not_halted = ctypes.string_at(self.env - HALTED_WINDOW, HALTED_WINDOW)
+        self.uc.emu_start(0x1000, NO_UNTIL, count=100)
+        halted = ctypes.string_at(self.env - HALTED_WINDOW, HALTED_WINDOW)
+        flips = [off for off in range(0, HALTED_WINDOW, 4)
+                 if halted[off:off + 4] == b"\1\0\0\0" and not_halted[off:off + 4] == bytes(4)]
+        if len(flips) != 1:
+            raise CpuError("cannot find QEMU's halted flag")
+        self._halted = ctypes.c_int32.from_address(self.env - HALTED_WINDOW + flips[0])
+        self.uc.mem_write(0x1000, b"\x00" * 65)
 
     def _verify_layout(self) -> None:
         self.uc.reg_write(X.UC_X86_REG_CR3, 0x7000)
@@ -269,21 +288,29 @@ class Cpu:
         return handle.value
 
     # ----- running ------------------------------------------------------------------------------
-    def run(self, count: int) -> int:
-        """Run from CS:EIP for at most ``count`` instructions; return the Unicorn error code."""
+    def run(self, count: int, timeout_us: int = 0) -> int:
+        """Run from CS:EIP for at most ``count`` instructions; return the Unicorn error code.
+
+        ``count`` = 0 runs uncounted (Unicorn's per-instruction counting hook makes code ~3-4x
+        slower), stopped after ``timeout_us`` of wall time. Blocks translated while uncounted
+        lack the counting hook, so the first counted run after one flushes the block cache."""
         self.hook_error = None
         self._budget = count
-        return uclib.uc_emu_start(self.uch, self._eip.value, NO_UNTIL, 0, count)
+        if count and not self._counting:
+            self.uc.ctl_flush_tb()
+        self._counting = bool(count)
+        return uclib.uc_emu_start(self.uch, self._eip.value, NO_UNTIL, timeout_us, count)
+
+    @property
+    def halted(self) -> bool:
+        """The last run ended on HLT (QEMU's CPUState.halted)."""
+        return bool(self._halted.value)
 
     def executed(self) -> int:
-        """Instructions retired so far by the current or last run() (faulting ones included).
-
-        Unicorn counts an instruction before executing it, and counts the one it stops in front
-        of when the budget runs out."""
+        """Instructions retired so far by the current or last counted run() (faulting ones
+        included); 0 for an uncounted run. Unicorn counts an instruction before executing it,
+        and counts the one it stops in front of when the budget runs out."""
         return min(self._counter.value, self._budget)
-
-    def budget_exhausted(self) -> bool:
-        return self._counter.value > self._budget
 
     def stop(self) -> None:
         uclib.uc_emu_stop(self.uch)
@@ -407,18 +434,19 @@ class Cpu:
         self._callbacks.clear()
 
 
-def _find_in_pointees(struct_addr: int, pattern: bytes) -> int:
-    """Find ``pattern`` in the memory that the pointers of a C struct point at."""
+def _find_in_pointees(struct_addr: int, pattern: bytes):
+    """Yield every place ``pattern`` occurs in the memory the pointers of a C struct point at."""
     maps = _readable_maps()
     for off in range(0, 512, 8):
         ptr = ctypes.c_uint64.from_address(struct_addr + off).value
         end = next((hi for lo, hi in maps if lo <= ptr < hi), None)
         if end is None:
             continue
-        found = ctypes.string_at(ptr, min(end - ptr, 1 << 20)).find(pattern)
-        if found >= 0:
-            return ptr + found
-    raise CpuError("cannot locate the CPU state inside Unicorn")
+        window = ctypes.string_at(ptr, min(end - ptr, 1 << 20))
+        found = window.find(pattern)
+        while found >= 0:
+            yield ptr + found
+            found = window.find(pattern, found + 1)
 
 
 def _readable_maps() -> list[tuple[int, int]]:

@@ -10,7 +10,6 @@ from emu.cpu import FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView
 from vmm.engine import EngineBase
 
-HLT = 0xF4
 INT3, INTO = 0xCC, 0xCE
 
 
@@ -54,9 +53,6 @@ class NativeEngine(EngineBase):
         self.events.deliver(vector, EventKind.EXTERNAL)
 
     def after_run(self) -> None:
-        """A run that ended early without a stop request ended on HLT."""
-        kicked, self.vm.kicked = self.vm.kicked, False
-        if kicked or self.cpu.budget_exhausted():
-            return
-        if self.fetch((self.cpu.linear_pc() - 1) & 0xFFFFFFFF)[:1] == bytes([HLT]):
+        """HLT at ring 0 simply executes: the run ends with the CPU halted."""
+        if self.cpu.halted:
             self.vcpu.halted = True

@@ -17,7 +17,8 @@ from emu.events import TripleFault, UnsupportedEvent
 from vmm.exits import Outcome, dispatch
 from vmm.vmcs import VmExit
 
-MAX_SLICE = 2_000_000   # instructions per run() when no timer is due (bounds --timeout latency)
+MAX_SLICE = 2_000_000   # instructions per counted run() when no timer is due
+UNCOUNTED_SLICE_US = 50_000  # wall time per uncounted run(): bounds --timeout and input latency
 STI = 0xFB
 LAST_EXITS = 16
 
@@ -81,7 +82,7 @@ class RunResult:
     def report(self) -> str:
         lines = [f"trapvisor: {self.state.value}: {self.message}",
                  f"  guest RIP {self.rip:#010x}: {self.instruction or '?'}",
-                 f"  {self.instructions} instructions, {self.exits} exits, "
+                 f"  {self.instructions} instructions counted, {self.exits} exits, "
                  f"{self.wall_seconds:.3f} s"]
         if self.last_exits:
             lines.append(f"  last {len(self.last_exits)} recorded exits:")
@@ -193,13 +194,15 @@ class Vcpu:
         return self._result(time.perf_counter() - started)
 
     def _run_slice(self) -> None:
-        budget = self._budget()
-        clock = self.vm.clock
-        clock.running = True
-        self.vm.kicked = False
-        err = self.cpu.run(budget)
-        clock.running = False
-        clock.retire(self.cpu.executed())
+        budget, timeout_us = self._budget()
+        if self.wall_clock:
+            err = self.cpu.run(budget, timeout_us)
+        else:
+            clock = self.vm.clock
+            clock.running = True
+            err = self.cpu.run(budget, timeout_us)
+            clock.running = False
+            clock.retire(self.cpu.executed())
         self.instructions += self.cpu.executed()
         self.vm.update_timers()
         if self.cpu.hook_error is not None:
@@ -209,21 +212,24 @@ class Vcpu:
         elif self.state is RunState.RUNNING:
             self.engine.after_run()
 
-    def _budget(self) -> int:
+    def _budget(self) -> tuple[int, int]:
+        """(instructions, wall µs) for the next run; 0 instructions means an uncounted run."""
         if self.interrupt_shadow:
             self.interrupt_shadow = False
-            return 1
-        if self.wall_clock:
-            budget = MAX_SLICE // 20
-        else:
-            deadline = self.vm.next_deadline_ns()
-            budget = MAX_SLICE if deadline is None else min(
-                MAX_SLICE, self.vm.clock.budget_until(deadline))
+            return 1, 0
         if self.vm.irq_chip.has_interrupt():
             self.cpu.watch_blocks(self._window_check)
         else:
             self.cpu.unwatch_blocks()
-        return budget
+        deadline = self.vm.next_deadline_ns()
+        if self.wall_clock:
+            wait = UNCOUNTED_SLICE_US if deadline is None else (deadline - self.vm.clock.now_ns()) // 1000
+            return 0, min(max(wait, 100), UNCOUNTED_SLICE_US)
+        if not self.vm.timers_running():
+            return 0, UNCOUNTED_SLICE_US  # nothing can observe time: run uncounted, at full speed
+        if deadline is None:
+            return MAX_SLICE, 0
+        return min(MAX_SLICE, self.vm.clock.budget_until(deadline)), 0
 
     def _window_check(self) -> None:
         """Block hook while an interrupt is held: stop as soon as the guest can take it."""

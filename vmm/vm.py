@@ -23,6 +23,10 @@ class InterruptController(Protocol):
 
 
 class Timer(Protocol):
+    def counting(self) -> bool: ...
+    def timers_running(self) -> bool:
+        return any(timer.counting() for timer in self.timers)
+
     def next_deadline_ns(self) -> int | None: ...
     def update(self) -> None: ...
 
@@ -40,15 +44,16 @@ class Vm:
         self.irq_chip: InterruptController | None = None
         self.timers: list[Timer] = []
         self.input_sources: list = []
-        self.kicked = False
 
     def kick(self) -> None:
         """An interrupt line rose: leave the guest at the next boundary so it can be injected."""
-        self.kicked = True
         self.cpu.stop()
 
     def load(self, image: bytes, address: int) -> None:
         self.memory.write(address, image)
+
+    def timers_running(self) -> bool:
+        return any(timer.counting() for timer in self.timers)
 
     def next_deadline_ns(self) -> int | None:
         deadlines = [d for d in (t.next_deadline_ns() for t in self.timers) if d is not None]

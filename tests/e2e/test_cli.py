@@ -164,3 +164,11 @@ def test_stdin_reaches_the_uart_receiver():
                           input="typed line\n", capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "TYPED LINE\n"
+
+
+@pytest.mark.parametrize("engine", ["native", "trap"])
+def test_wall_clock_drives_the_timer(engine):
+    """usermode's output does not depend on slice lengths, so it must pass on real time too."""
+    done = trapvisor("run", "usermode", "--engine", engine, "--wall-clock", "--timeout", "60")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "both tasks preempted by the timer 5 times ... ok" in done.stdout

@@ -200,6 +200,10 @@ class Pit8254:
         self._irq0 = irq0
         self.counters = (PitCounter(), PitCounter(), PitCounter())
 
+    def counting(self) -> bool:
+        """Whether any counter is running, i.e. whether the guest could observe time passing."""
+        return any(counter.start_ns is not None for counter in self.counters)
+
     def next_deadline_ns(self) -> int | None:
         """Virtual time of IRQ0's next rising edge (may already be past), None if none pending."""
         counter = self.counters[0]
