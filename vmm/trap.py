@@ -42,13 +42,14 @@ class Plan(NamedTuple):
     emulator: Callable
     size: int
     eip_mask: int
+    cs_flags: int  # the code segment it was decoded under (its D bit decides 16/32-bit)
 
 
-def make_plan(insn, bits: int) -> Plan | None:
+def make_plan(insn, bits: int, cs_flags: int) -> Plan | None:
     emulator = emulator_for(insn) if insn is not None else None
     if emulator is None:
         return None
-    return Plan(insn, emulator, insn.size, 0xFFFFFFFF if bits == 32 else 0xFFFF)
+    return Plan(insn, emulator, insn.size, 0xFFFFFFFF if bits == 32 else 0xFFFF, cs_flags)
 
 
 class TrapEngine(EngineBase):
@@ -61,7 +62,7 @@ class TrapEngine(EngineBase):
         self.g = DeprivilegedGuest(vcpu, self.vmcs.guest)
         self.state = self.vmcs.guest
         self._cpuid_done = False
-        self._plans: dict[tuple[int, bytes], Plan | None] = {}
+        self._plans: dict[int, Plan] = {}
         vcpu.guest = self
 
     def reset(self) -> None:
@@ -126,18 +127,24 @@ class TrapEngine(EngineBase):
         self.vcpu.handle_exit(exit)
 
     def _plan(self) -> Plan | None:
-        """Decode the faulting instruction once per distinct byte sequence (a dict hit after)."""
+        """The faulting instruction's plan, cached per linear address and revalidated against
+        the bytes in memory (self-modifying code, another address space, another mode)."""
         cpu = self.cpu
+        cs = cpu.segs[CS]
+        linear = (cs.base + cpu.eip_reg.value) & 0xFFFFFFFF
+        plan = self._plans.get(linear)
+        if plan is not None and plan.cs_flags == cs.flags:
+            size = plan.size
+            if cpu.cr[0] & CR0_PG:
+                code = self.fetch(linear)[:size]
+            else:
+                code = self.vm.memory.mmap[linear:linear + size]
+            if code == plan.insn.raw:
+                return plan
         bits = cpu.code_bits
-        linear = (cpu.segs[CS].base + cpu.eip_reg.value) & 0xFFFFFFFF
-        memory = self.vm.memory
-        if not cpu.cr[0] & CR0_PG and linear + MAX_INSN <= memory.size:
-            key = (bits, memory.mmap[linear:linear + MAX_INSN])
-        else:
-            key = (bits, self.fetch(linear))
-        plan = self._plans.get(key, False)
-        if plan is False:
-            plan = self._plans[key] = make_plan(self.disasm.decode(key[1], cpu.eip, bits), bits)
+        plan = make_plan(self.disasm.decode(self.fetch(linear), cpu.eip, bits), bits, cs.flags)
+        if plan is not None:
+            self._plans[linear] = plan
         return plan
 
     def _instruction_exit(self, plan: Plan, error_code: int) -> None:
@@ -218,7 +225,7 @@ class TrapEngine(EngineBase):
         return Outcome.RESUME
 
     def emulate(self, exit: VmExit) -> Outcome:
-        return self.run_emulator(make_plan(exit.insn, self.cpu.code_bits))
+        return self.run_emulator(make_plan(exit.insn, self.cpu.code_bits, self.cpu.segs[CS].flags))
 
     def run_emulator(self, plan: Plan) -> Outcome:
         eip = self.cpu.eip
