@@ -225,8 +225,8 @@ class Vcpu:
         if self.wall_clock:
             wait = UNCOUNTED_SLICE_US if deadline is None else (deadline - self.vm.clock.now_ns()) // 1000
             return 0, min(max(wait, 100), UNCOUNTED_SLICE_US)
-        if not self.vm.timers_running():
-            return 0, UNCOUNTED_SLICE_US  # nothing can observe time: run uncounted, at full speed
+        if self.vm.quiescent():
+            return 0, UNCOUNTED_SLICE_US  # nothing can interrupt or observe time: full speed
         if deadline is None:
             return MAX_SLICE, 0
         return min(MAX_SLICE, self.vm.clock.budget_until(deadline)), 0

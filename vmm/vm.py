@@ -18,14 +18,18 @@ DEFAULT_RAM = 32 << 20
 
 
 class InterruptController(Protocol):
+    def all_masked(self) -> bool: ...
     def has_interrupt(self) -> bool: ...
     def acknowledge(self) -> int: ...
 
 
 class Timer(Protocol):
     def counting(self) -> bool: ...
-    def timers_running(self) -> bool:
-        return any(timer.counting() for timer in self.timers)
+    def quiescent(self) -> bool:
+        """Nothing asynchronous can happen: no timer counts (so time is unobservable) and every
+        interrupt line is masked. Only then may the CPU run uncounted, and so imprecisely
+        stoppable: Unicorn finishes the current block after a stop requested from a hook."""
+        return self.irq_chip.all_masked() and not any(t.counting() for t in self.timers)
 
     def next_deadline_ns(self) -> int | None: ...
     def update(self) -> None: ...
@@ -52,8 +56,11 @@ class Vm:
     def load(self, image: bytes, address: int) -> None:
         self.memory.write(address, image)
 
-    def timers_running(self) -> bool:
-        return any(timer.counting() for timer in self.timers)
+    def quiescent(self) -> bool:
+        """Nothing asynchronous can happen: no timer counts (so time is unobservable) and every
+        interrupt line is masked. Only then may the CPU run uncounted, and so imprecisely
+        stoppable: Unicorn finishes the current block after a stop requested from a hook."""
+        return self.irq_chip.all_masked() and not any(t.counting() for t in self.timers)
 
     def next_deadline_ns(self) -> int | None:
         deadlines = [d for d in (t.next_deadline_ns() for t in self.timers) if d is not None]

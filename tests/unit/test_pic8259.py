@@ -300,3 +300,16 @@ def test_irq2_and_out_of_range_lines_are_refused(irq):
         pic.set_irq(irq, True)
     with pytest.raises(ValueError):
         pic.irq_line(irq)
+
+
+def test_all_masked_follows_both_imrs_through_the_cascade():
+    pic = Pic8259Pair()
+    assert pic.all_masked()                      # power-on: IMR = 0xFF on both chips
+    pic.master.write(1, 1, 0xFB)                 # only the cascade input open
+    assert pic.all_masked()                      # ... but every slave line is masked
+    pic.slave.write(1, 1, 0xEF)                  # IRQ 12 open
+    assert not pic.all_masked()
+    pic.master.write(1, 1, 0xFF)
+    assert pic.all_masked()
+    pic.master.write(1, 1, 0xFE)                 # IRQ 0 open
+    assert not pic.all_masked()

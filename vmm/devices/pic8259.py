@@ -208,6 +208,10 @@ class Pic8259Pair:
         self._check_irq(irq)
         return IrqLine(self.set_irq, irq)
 
+    def all_masked(self) -> bool:
+        """No IRQ line can reach the CPU: every input is masked in the IMRs."""
+        return self.master.imr | (1 << CASCADE_IR if self.slave.imr == 0xFF else 0) == 0xFF
+
     def has_interrupt(self) -> bool:
         """The master's INT output."""
         return self._int_output
