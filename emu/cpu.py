@@ -13,7 +13,7 @@ import struct
 from typing import Protocol
 
 from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE
-from unicorn import (UC_HOOK_BLOCK, UC_HOOK_INTR, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
+from unicorn import (UC_HOOK_BLOCK, UC_HOOK_INTR, UC_HOOK_MEM_WRITE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
                      UC_HOOK_MEM_WRITE_UNMAPPED, UC_HOOK_MEM_FETCH_UNMAPPED)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
@@ -65,6 +65,8 @@ _OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
 _BOOL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
 _BLOCK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                              ctypes.c_void_p)
+_MEM_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
+                           ctypes.c_int64, ctypes.c_void_p)
 _UNMAPPED_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                                 ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
 
@@ -193,9 +195,9 @@ class Cpu:
     # ----- hooks --------------------------------------------------------------------------------
     def _install_hooks(self) -> None:
         self._hook(UC_HOOK_INTR, _INTR_CB(self._intr_cb))
-        self._hook(UC_HOOK_INSN, _IN_CB(self._in_cb), X.UC_X86_INS_IN)
-        self._hook(UC_HOOK_INSN, _OUT_CB(self._out_cb), X.UC_X86_INS_OUT)
-        self._hook(UC_HOOK_INSN, _BOOL_CB(self._cpuid_cb), X.UC_X86_INS_CPUID)
+        self._hook(UC_HOOK_INSN, _IN_CB(self._in_cb), insn=X.UC_X86_INS_IN)
+        self._hook(UC_HOOK_INSN, _OUT_CB(self._out_cb), insn=X.UC_X86_INS_OUT)
+        self._hook(UC_HOOK_INSN, _BOOL_CB(self._cpuid_cb), insn=X.UC_X86_INS_CPUID)
         self._hook(UC_HOOK_INSN_INVALID, _BOOL_CB(self._invalid_cb))
         unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
         self._hook(unmapped, _UNMAPPED_CB(self._unmapped_cb))
@@ -254,6 +256,32 @@ class Cpu:
             self.hook_error = exc
         self.stop()
 
+    def set_exits(self, linear_addresses) -> None:
+        """Stop before executing any of these linear addresses (Unicorn's exits)."""
+        addresses = sorted(linear_addresses)
+        self.uc.ctl_exits_enabled(bool(addresses))
+        if addresses:
+            self.uc.ctl_set_exits(addresses)
+
+    def watch_writes(self, start: int, end: int, callback) -> int:
+        """Call ``callback(address, size, value)`` before guest stores to physical [start, end].
+
+        Any memory hook slows every store of the guest by ~1.5x: debugging only."""
+        handle = self._hook(UC_HOOK_MEM_WRITE, _MEM_CB(self._make_write_cb(callback)), start, end)
+        self.uc.ctl_flush_tb()
+        return handle
+
+    def _make_write_cb(self, callback):
+        def write_cb(_uc, _access, address, size, value, _ud):
+            try:
+                callback(address, size, value)
+            except BaseException as exc:  # noqa: BLE001
+                self._hook_failed(exc)
+        return write_cb
+
+    def unhook(self, handle: int) -> None:
+        uclib.uc_hook_del(self.uch, handle)
+
     def watch_blocks(self, callback) -> None:
         """Call ``callback()`` at the start of every translation block until unwatch_blocks().
 
@@ -276,12 +304,12 @@ class Cpu:
         except BaseException as exc:  # noqa: BLE001
             self._hook_failed(exc)
 
-    def _hook(self, htype: int, cfunc, *extra) -> int:
+    def _hook(self, htype: int, cfunc, begin: int = 1, end: int = 0, insn: int | None = None) -> int:
         handle = ctypes.c_size_t()
-        args = [ctypes.c_int(x) for x in extra]
+        args = [] if insn is None else [ctypes.c_int(insn)]
         err = uclib.uc_hook_add(self.uch, ctypes.byref(handle), htype,
                                 ctypes.cast(cfunc, ctypes.c_void_p), None,
-                                ctypes.c_uint64(1), ctypes.c_uint64(0), *args)
+                                ctypes.c_uint64(begin), ctypes.c_uint64(end), *args)
         if err:
             raise UcError(err)
         self._callbacks.append(cfunc)

@@ -43,7 +43,9 @@ class LinearMemory:
         self.cr = cr  # live control registers: cr[0], cr[3], cr[4]
 
     def translate(self, linear: int, write: bool = False, user: bool = False,
-                  fetch: bool = False) -> int:
+                  fetch: bool = False, touch: bool = True) -> int:
+        """Linear -> physical as the MMU does it; ``touch=False`` leaves A/D bits alone (a
+        debugger looking, not the CPU accessing)."""
         linear &= 0xFFFFFFFF
         if not self.cr[0] & CR0_PG:
             return linear
@@ -56,15 +58,17 @@ class LinearMemory:
             raise Fault(14, err, linear)
         if pde & PG_PS and self.cr[4] & CR4_PSE:
             self._check(pde, pde, write, user, err, linear)
-            self._touch(pde_addr, pde, write)
+            if touch:
+                self._touch(pde_addr, pde, write)
             return (pde & 0xFFC00000) | (linear & 0x3FFFFF)
         pte_addr = (pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2)
         pte = self._entry(pte_addr)
         if not pte & PG_P:
             raise Fault(14, err, linear)
         self._check(pde, pte, write, user, err, linear)
-        self._touch(pde_addr, pde, False)
-        self._touch(pte_addr, pte, write)
+        if touch:
+            self._touch(pde_addr, pde, False)
+            self._touch(pte_addr, pte, write)
         return (pte & 0xFFFFF000) | (linear & 0xFFF)
 
     def _entry(self, addr: int) -> int:
@@ -84,18 +88,19 @@ class LinearMemory:
         if new != entry:
             self.memory.write_u32(addr, new)
 
-    def _spans(self, linear: int, length: int, write: bool, user: bool):
+    def _spans(self, linear: int, length: int, write: bool, user: bool, touch: bool = True):
         """Split an access at page boundaries into (physical, length) pieces."""
         while length:
             chunk = min(length, 0x1000 - (linear & 0xFFF))
-            phys = self.translate(linear, write, user)
+            phys = self.translate(linear, write, user, touch=touch)
             if not self.memory.contains(phys, chunk):
                 raise BusError(phys)
             yield phys, chunk
             linear, length = (linear + chunk) & 0xFFFFFFFF, length - chunk
 
-    def read(self, linear: int, length: int, user: bool = False) -> bytes:
-        return b"".join(self.memory.read(p, n) for p, n in self._spans(linear, length, False, user))
+    def read(self, linear: int, length: int, user: bool = False, touch: bool = True) -> bytes:
+        return b"".join(self.memory.read(p, n)
+                        for p, n in self._spans(linear, length, False, user, touch))
 
     def write(self, linear: int, data: bytes, user: bool = False) -> None:
         pieces = list(self._spans(linear, len(data), True, user))  # all checks before any store

@@ -1,5 +1,6 @@
 """Host input for a guest's UART: a scripted byte string, or the terminal's stdin, fed into the
-receive FIFO as it drains (polled by the vCPU loop between instruction slices)."""
+receive FIFO as it drains. The UART polls its line when the guest reads one of its registers,
+and the vCPU while the CPU idles in HLT: never at arbitrary slice ends, so runs replay exactly."""
 from __future__ import annotations
 
 import queue
@@ -10,8 +11,7 @@ from typing import BinaryIO
 class ScriptedInput:
     """Feeds ``data`` into the UART whenever its receive FIFO has room.
 
-    Nothing is fed before the first poll, which follows the guest's first instruction slice: as
-    on a real line, bytes that arrive before the guest resets its FIFOs would be lost."""
+    Nothing is fed before the first poll, so input waits for the guest to look at its UART."""
 
     def __init__(self, uart, data: bytes):
         self.uart = uart

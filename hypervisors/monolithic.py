@@ -68,10 +68,12 @@ class MonolithicHypervisor:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.vm = Vm(ram_size, wall_clock)
         self.platform = Platform(self.vm, sink, self._guest_exit)
-        if input_data:
-            self.vm.input_sources.append(ScriptedInput(self.platform.uart, input_data))
-        if input_stream is not None:
-            self.vm.input_sources.append(StreamInput(self.platform.uart, input_stream))
+        if input_data or input_stream is not None:
+            uart = self.platform.uart
+            line = (StreamInput(uart, input_stream) if input_stream is not None
+                    else ScriptedInput(uart, input_data))
+            uart.before_read = line.poll
+            self.vm.input_sources.append(line)
         self.vcpu = Vcpu(self.vm, ENGINES[engine](), self.handlers, observers, timeout,
                          max_exits, wall_clock)
 

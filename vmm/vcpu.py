@@ -119,6 +119,13 @@ class Vcpu:
         # Exit fastpath (as KVM's handle_fastpath_*): with nobody observing, engines skip building
         # VmExit records and call the hypervisor's port-I/O callables directly.
         self.fast = not self.observers and max_exits is None
+        self.precise = False          # a debugger needs stops from hooks to be exact: count always
+        self.pause_requested = False
+        self.breakpoints: frozenset[int] = frozenset()
+        self.breakpoint_hit: int | None = None
+        self.steps_left: int | None = None
+        self._started: float | None = None
+        self._deadline: float | None = None
         self.io_read = vm.pio.read
         self.io_write = vm.pio.write
         engine.attach(self)
@@ -180,9 +187,17 @@ class Vcpu:
 
     # ----- the loop ---------------------------------------------------------------------------
     def run(self) -> RunResult:
-        started = time.perf_counter()
-        self._deadline = started + self.timeout if self.timeout else None
-        while self.state is RunState.RUNNING:
+        """Run the guest to its end."""
+        self.resume()
+        return self.result()
+
+    def resume(self) -> None:
+        """Run until the guest ends or something requests a pause (a debugger's stop)."""
+        if self._started is None:
+            self._started = time.perf_counter()
+            self._deadline = self._started + self.timeout if self.timeout else None
+        self.pause_requested = False
+        while self.state is RunState.RUNNING and not self.pause_requested:
             self._service_interrupts()
             if self.state is not RunState.RUNNING:
                 break
@@ -191,7 +206,20 @@ class Vcpu:
             else:
                 self._run_slice()
             self._check_timeout()
-        return self._result(time.perf_counter() - started)
+
+    def request_pause(self) -> None:
+        """Stop at the next instruction boundary (precise in counted runs); thread-safe."""
+        self.pause_requested = True
+        self.cpu.stop()
+
+    def set_breakpoints(self, addresses) -> None:
+        """Linear addresses before which the CPU stops (Unicorn exits: no cost while running)."""
+        self.breakpoints = frozenset(addresses)
+        self.cpu.set_exits(self.breakpoints)
+
+    def step(self, instructions: int | None) -> None:
+        """Pause after this many more guest instructions (None: no limit)."""
+        self.steps_left = instructions
 
     def _run_slice(self) -> None:
         budget, timeout_us = self._budget()
@@ -204,19 +232,37 @@ class Vcpu:
             clock.running = False
             clock.retire(self.cpu.executed())
         self.instructions += self.cpu.executed()
+        self._count_steps()
         self.vm.update_timers()
         if self.cpu.hook_error is not None:
             self._hook_failed(self.cpu.hook_error)
         elif err:
             self.engine.machine_error(err)
-        elif self.state is RunState.RUNNING:
+        elif self.state is RunState.RUNNING and not self._at_breakpoint():
             self.engine.after_run()
+
+    def _count_steps(self) -> None:
+        if self.steps_left is not None:
+            self.steps_left -= self.cpu.executed()
+            if self.steps_left <= 0:
+                self.steps_left = None
+                self.pause_requested = True
+
+    def _at_breakpoint(self) -> bool:
+        """Unicorn stops at an exit address the way it stops on HLT, so this comes first."""
+        if self.breakpoints and self.cpu.linear_pc() in self.breakpoints:
+            self.breakpoint_hit = self.cpu.linear_pc()
+            self.pause_requested = True
+            return True
+        return False
 
     def _budget(self) -> tuple[int, int]:
         """(instructions, wall µs) for the next run; 0 instructions means an uncounted run."""
         if self.interrupt_shadow:
             self.interrupt_shadow = False
             return 1, 0
+        if self.steps_left is not None:
+            return self.steps_left, 0
         if self.vm.irq_chip.has_interrupt():
             self.cpu.watch_blocks(self._window_check)
         else:
@@ -225,7 +271,7 @@ class Vcpu:
         if self.wall_clock:
             wait = UNCOUNTED_SLICE_US if deadline is None else (deadline - self.vm.clock.now_ns()) // 1000
             return 0, min(max(wait, 100), UNCOUNTED_SLICE_US)
-        if self.vm.quiescent():
+        if self.vm.quiescent() and not self.precise:
             return 0, UNCOUNTED_SLICE_US  # nothing can interrupt or observe time: full speed
         if deadline is None:
             return MAX_SLICE, 0
@@ -266,6 +312,7 @@ class Vcpu:
             self.vm.wait_until(deadline)  # real time passes: for the next tick or for input
         else:
             self.vm.clock.skip_to(deadline)
+        self.vm.poll_input()
         self.vm.update_timers()
 
     def _check_timeout(self) -> None:
@@ -280,7 +327,9 @@ class Vcpu:
         else:
             self.finish(RunState.VMM_ERROR, f"{type(exc).__name__}: {exc}")
 
-    def _result(self, wall: float) -> RunResult:
+    def result(self) -> RunResult:
+        """How the run ended (or stands, if it is paused)."""
+        wall = time.perf_counter() - self._started if self._started else 0.0
         rip, text = self.engine.describe_pc()
         exits = self.exit_count if self.state is RunState.RUNNING else self.final_exit_count
         return RunResult(self.state, self.status, self.message, rip, text,

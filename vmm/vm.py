@@ -67,10 +67,14 @@ class Vm:
         return min(deadlines, default=None)
 
     def update_timers(self) -> None:
-        for source in self.input_sources:
-            source.poll()
         for timer in self.timers:
             timer.update()
+
+    def poll_input(self) -> None:
+        """Feed host input while the CPU idles (guests also pull it by reading the UART): input
+        arrives at points fixed by the guest's own execution, so replays see it at the same time."""
+        for source in self.input_sources:
+            source.poll()
 
     def input_pending(self) -> bool:
         return any(source.alive() for source in self.input_sources)

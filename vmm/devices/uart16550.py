@@ -66,6 +66,7 @@ class Uart16550:
         self._modem_inputs = HOST_MODEM_INPUTS
         self._modem_deltas = 0
         self._irq_level = False
+        self.before_read: Callable[[], None] | None = None  # the host line: feeds input on reads
 
     @property
     def fifo_enabled(self) -> bool:
@@ -92,6 +93,8 @@ class Uart16550:
         return (FIFO_DEPTH if self.fifo_enabled else 1) - len(self._rx)
 
     def read(self, offset: int, size: int) -> int:
+        if self.before_read is not None:
+            self.before_read()
         dlab = self.lcr & LCR_DLAB
         if offset == RBR:
             return self.divisor & 0xFF if dlab else self._read_rbr()

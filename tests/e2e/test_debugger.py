@@ -1,0 +1,265 @@
+"""`trapvisor debug` as a user scripts it: --batch with --ex / -x, asserting what each stop shows."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import guests
+from emu.asm import assemble_file
+
+CLI = [sys.executable, "-m", "hypervisors.cli", "debug"]
+TEST_GUESTS = Path(__file__).resolve().parents[1] / "guests"
+
+
+def debug(guest: str, *commands: str, options: tuple[str, ...] = (),
+          timeout: float = 60) -> subprocess.CompletedProcess:
+    args = [*CLI, guest, "--batch", *options]
+    for command in commands:
+        args += ["--ex", command]
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+
+
+def blocks(stdout: str) -> dict[str, list[str]]:
+    """The output of each echoed command, keyed by the command (a later repeat wins)."""
+    found: dict[str, list[str]] = {}
+    current = "<start>"
+    for line in stdout.splitlines():
+        if line.startswith("(trapvisor) "):
+            current = line.removeprefix("(trapvisor) ")
+            found[current] = []
+        else:
+            found.setdefault(current, []).append(line)
+    return found
+
+
+def register_row(stdout: str, name: str) -> list[str]:
+    row = next(line for line in stdout.splitlines() if line.split()[:1] == [name])
+    return row.split()
+
+
+def symbol(guest: str, name: str) -> int:
+    return assemble_file(guests.path(guest)).symbols[name]
+
+
+def test_stops_at_the_entry_before_the_first_instruction():
+    done = debug("hello", "info registers")
+    assert done.returncode == 0, done.stderr
+    start = blocks(done.stdout)["<start>"]
+    assert start[0] == "Stopped at the entry, before the guest's first instruction"
+    assert start[1] == "=> 0000:00007c00  fa  cli"
+    assert register_row(done.stdout, "eip")[1:3] == ["0x00007c00", "0x00007c00"]
+    assert "guest|" not in done.stdout  # nothing ran yet
+
+
+def test_exit_breakpoint_on_the_uart_shows_the_thr_write_of_h():
+    done = debug("hello", "break exit IO_INSTRUCTION port 0x3f8", "continue", "continue")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Breakpoint 1: exit IO_INSTRUCTION port 0x3f8" in out
+    first, second = [m.start() for m in re.finditer(r"Exit #\d+: IO_INSTRUCTION \(30\)", out)]
+    # The first write to 0x3f8 is the divisor latch (LCR.DLAB = 1), the second the first byte.
+    assert "OUT 0x3f8 <- 0x01 -> uart16550 DLL" in out[first:second]
+    stop = out[second:]
+    assert "qualification: port 0x3f8, 1 byte, out, port in dx" in stop
+    assert "ee  out dx, al" in stop
+    assert "handler: OUT 0x3f8 <- 0x48 'H' -> uart16550 THR" in stop
+    assert "guest| H\n" in out[first:second + 1]  # the byte reached the terminal before the stop
+
+
+def test_stepi_advances_by_instructions():
+    done = debug("hello", "stepi 3", "stepi", "si 2")
+    assert done.returncode == 0, done.stderr
+    steps = blocks(done.stdout)
+    # cli (trapped, emulated) ; xor ax, ax ; mov ds, ax -> the IER write sequence
+    assert steps["stepi 3"][-1] == "=> 0000:00007c05  ba f9 03  mov dx, 0x3f9"
+    assert steps["stepi"][-1] == "=> 0000:00007c08  30 c0  xor al, al"
+    assert steps["si 2"][-1] == "=> 0000:00007c0b  ba fb 03  mov dx, 0x3fb"
+    assert "Stepped (1 exit since boot)" in steps["stepi 3"]  # the CLI was an exit
+
+
+def test_break_at_an_address_stops_there_and_counts_hits():
+    done = debug("hello", "break 0x7c0a", "continue", "info breakpoints", "disas $pc 2")
+    assert done.returncode == 0, done.stderr
+    out = blocks(done.stdout)
+    assert out["break 0x7c0a"] == ["Breakpoint 1 at 0x7c0a"]
+    assert out["continue"] == ["Breakpoint 1, at 0x7c0a (1 exit since boot)",
+                               "=> 0000:00007c0a  ee  out dx, al"]
+    assert "1    break  1     at 0x7c0a" in out["info breakpoints"]
+    assert out["disas $pc 2"][0].startswith("=> 0x00007c0a  ee")
+
+
+def test_watch_reports_old_and_new_values_of_the_tick_counter():
+    ticks = symbol("usermode", "ticks")
+    done = debug("usermode", f"watch {ticks:#x}", "continue", "continue", f"x/1xw {ticks:#x}")
+    assert done.returncode == 0, done.stderr
+    out = blocks(done.stdout)
+    assert out[f"watch {ticks:#x}"] == [f"Watchpoint 1: 4 bytes at {ticks:#x}"]
+    first = out["continue"]  # the later `continue` wins: the second tick
+    assert re.fullmatch(rf"Watchpoint 1: 4 bytes at {ticks:#x} \(\d+ exits since boot\)",
+                        first[1])
+    assert "  old 01 00 00 00 = 0x1 (1)" in first
+    assert "  new 02 00 00 00 = 0x2 (2)" in first
+    assert "  old 00 00 00 00 = 0x0 (0)" in done.stdout
+    assert out[f"x/1xw {ticks:#x}"] == [f"{ticks:#010x}:  0x00000002"]
+
+
+def sections(stdout: str) -> list[tuple[str, list[str]]]:
+    """Each echoed command with its output lines, in order (guest output left out)."""
+    found: list[tuple[str, list[str]]] = [("<start>", [])]
+    for line in stdout.splitlines():
+        if line.startswith("(trapvisor) "):
+            found.append((line.removeprefix("(trapvisor) "), []))
+        elif not line.startswith("guest| "):
+            found[-1][1].append(line)
+    return found
+
+
+def test_reverse_exit_replays_to_the_same_exit_and_state():
+    """Three timer ticks in, usermode is preempting tasks: going back one exit by replay from
+    boot must land on the same exit with the same registers as the first time."""
+    ticks = symbol("usermode", "ticks")
+    done = debug("usermode", f"watch {ticks:#x}", "c", "c", "c", "delete", "next-exit",
+                 "info registers", "next-exit", "reverse-exit", "info registers")
+    assert done.returncode == 0, done.stderr
+    steps = sections(done.stdout)
+    first, registers_first, later, back, registers_back = (lines for _, lines in steps[-5:])
+    number = int(re.match(r"Exit #(\d+):", first[0]).group(1))
+    assert later[0].startswith(f"Exit #{number + 1}: ")
+    assert back == first
+    assert registers_back == registers_first
+
+
+def test_goto_exit_then_info_exits_shows_exactly_n_exits():
+    done = debug("usermode", "goto-exit 40", "info exits 1", "continue", "goto-exit 40",
+                 "info exits 1", "reverse-exit", "info exits 1")
+    assert done.returncode == 0, done.stderr
+    steps = sections(done.stdout)
+    first_goto, first_exits, _, second_goto, second_exits, back, back_exits = (
+        lines for _, lines in steps[1:])
+    assert first_goto[0].startswith("Exit #40: ")
+    assert second_goto == first_goto
+    assert first_exits[0] == "40 exits since boot; the last 1:"
+    assert first_exits[1].startswith("#40 ") and second_exits == first_exits
+    assert back[0].startswith("Exit #39: ")
+    assert back_exits[0] == "39 exits since boot; the last 1:"
+    assert "all checks passed" in done.stdout  # the continue ran the guest to its end
+
+
+def test_goto_exit_is_deterministic_across_sessions():
+    first = debug("usermode", "goto-exit 300", "info registers", "info exits 3")
+    second = debug("usermode", "goto-exit 250", "goto-exit 300", "info registers", "info exits 3")
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    one, two = blocks(first.stdout), blocks(second.stdout)
+    assert one["info registers"] == two["info registers"]
+    assert one["info exits 3"] == two["info exits 3"]
+    assert one["info exits 3"][0] == "300 exits since boot; the last 3:"
+
+
+def test_registers_under_trap_show_shadow_cr0_beside_the_real_one():
+    done = debug("hello", "info registers")
+    assert done.returncode == 0, done.stderr
+    # The guest is in real mode (CR0.PE = 0) but really runs in virtual-8086 mode (CR0.PE = 1).
+    assert register_row(done.stdout, "cr0") == ["cr0", "0x00000010", "ET", "0x00000011", "PE",
+                                                "ET", "<-", "differs"]
+    assert register_row(done.stdout, "cpl") == ["cpl", "0", "3", "<-", "differs"]
+    assert register_row(done.stdout, "mode") == ["mode", "real", "mode", "virtual-8086", "mode"]
+
+
+def test_registers_under_native_are_the_real_ones():
+    done = debug("hello", "stepi 5", "info registers", "info vmcs", options=("--engine", "native"))
+    assert done.returncode == 0, done.stderr
+    assert "differs" not in done.stdout
+    assert register_row(done.stdout, "cr0")[1] == "0x00000010"
+    assert "the native engine has no VMCS" in done.stdout
+
+
+def test_bad_input_gets_one_line_errors_and_the_session_goes_on():
+    commands = ["frobnicate", "x/4xw zz", "break 0x50000000", "watch", "delete 9", "stepi -1",
+                "break exit NOPE", "break exit IO_INSTRUCTION color 3", "info foo",
+                "reverse-exit", "x/4xw 0x1fffffc0", "goto-exit", "disas 0x7c00 1", "help x"]
+    done = debug("hello", *commands)
+    assert done.returncode == 1  # --batch: a command failed
+    errors = done.stderr.splitlines()
+    assert len(errors) == 12, done.stderr
+    assert all(line.startswith("error: ") for line in errors)
+    assert "Traceback" not in done.stderr
+    assert "unknown command 'frobnicate'" in errors[0]
+    assert "bad address: 'zz'" in errors[1]
+    assert "outside guest RAM" in errors[2]
+    assert "no breakpoint number 9" in done.stderr
+    assert "unknown exit reason 'NOPE'" in done.stderr
+    assert "already at the entry" in done.stderr
+    out = blocks(done.stdout)
+    assert out["disas 0x7c00 1"] == ["=> 0x00007c00  fa                       cli"]
+    assert out["help x"][0].startswith("x/NFU [-p] ADDR")
+
+
+def test_breakpoints_on_unmapped_pages_are_refused():
+    done = debug("paging", "break exit INVLPG", "continue", "info pages 0x50000000",
+                 "break 0x50000000", "watch 0x50000000", "info pages 0x7c00")
+    assert done.returncode == 1
+    out = blocks(done.stdout)
+    assert "Exit #" in "\n".join(out["continue"]) and "INVLPG (14)" in "\n".join(out["continue"])
+    assert "not mapped: an access raises #PF" in out["info pages 0x50000000"]
+    assert done.stderr.count("not mapped in the guest's address space") == 2
+    assert out["info pages 0x7c00"][-1] == "4 KiB page (supervisor, writable): physical 0x00007c00"
+
+
+def test_post_mortem_after_a_triple_fault():
+    done = debug(str(TEST_GUESTS / "triplefault.asm"), "c", "info registers",
+                 "x/2xb $pc", "info exits 1", "continue", "info gdt")
+    assert done.returncode == 1  # the second continue is refused
+    out = blocks(done.stdout)
+    assert "guest| T" in done.stdout
+    assert "trapvisor: triple-fault: triple fault (#BP -> #GP -> #DF -> #GP)" in out["c"]
+    assert register_row(done.stdout, "cr0")[1] == "0x00000011"
+    assert register_row(done.stdout, "idtr.limit")[1] == "0x0000"
+    assert out["x/2xb $pc"] == ["0x00007c37:  0xb0 0x01"]
+    assert out["info exits 1"][1].startswith("#11     EXCEPTION_NMI      rip 0x00007c37  vector 3")
+    assert "the guest has ended (triple-fault)" in done.stderr
+    assert "0x0008  00cf9a000000ffff  base 0x00000000 limit 0xffffffff code r-x" in "\n".join(
+        out["info gdt"])
+
+
+def test_commands_from_a_file_and_the_help(tmp_path: Path):
+    script = tmp_path / "commands.gdb"
+    script.write_text("# set up\nbreak exit cr_access\n\ncontinue\ninfo vmcs\n")
+    done = subprocess.run([*CLI, "pmode", "--batch", "--ex", "help", "-x", str(script),
+                           "--ex", "info idt"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = blocks(done.stdout)
+    help_text = "\n".join(out["help"])
+    for command in ("break", "watch", "delete", "continue", "stepi", "next-exit", "reverse-exit",
+                    "goto-exit", "info", "x/NFU", "disas", "quit"):
+        assert f"  {command}" in help_text
+    stop = "\n".join(out["continue"])
+    assert "CR_ACCESS (28), breakpoint 1" in stop
+    assert "qualification: CR0, MOV from CR to eax" in stop
+    assert "guest-state area:" in out["info vmcs"]
+    assert any(line.startswith("  0x0d ") or "0x0d" in line for line in out["info idt"]) or \
+        out["info idt"][0].startswith("IVT")
+
+
+def test_devices_and_descriptor_tables_after_setup():
+    done = debug("interrupts", "break exit HLT", "continue", "info devices", "info idt",
+                 "info gdt")
+    assert done.returncode == 0, done.stderr
+    out = blocks(done.stdout)
+    devices = "\n".join(out["info devices"])
+    assert "uart16550" in devices and "LCR 0x03" in devices
+    assert "pic-master" in devices and "vector base 0x20" in devices
+    assert "counter 0: mode 2, initial count 1193" in devices
+    stop = "\n".join(out["continue"])
+    assert "HLT (12), breakpoint 1" in stop and "outcome HALT" in stop
+    assert any("32-bit interrupt gate" in line for line in out["info idt"])
+
+
+@pytest.mark.parametrize("guest", ["no-such-guest"])
+def test_unknown_guest_is_bad_input(guest):
+    done = debug(guest)
+    assert done.returncode == 2
+    assert "unknown guest" in done.stderr

@@ -1,0 +1,114 @@
+"""The debugger's argument syntax, in gdb's spelling: numbers, addresses (``0x7c00``, ``*ADDR``,
+``$reg``, ``$reg+N``), ``x/NFU`` formats, and exit filters for ``break exit REASON [filter]``
+(port, CR number, MSR, vector, guest RIP range). Bad input raises ``DebuggerError`` with a
+message that says what was expected.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from emu.paging import BusError, Fault
+from vmm.control import ExitFilter
+from vmm.exitinfo import reason_by_name
+
+UNITS = {"b": 1, "h": 2, "w": 4, "g": 8}
+FILTERS = ("port", "cr", "msr", "vector", "rip")
+MAX_DUMP = 1 << 16
+DUMP_USAGE = "usage: x/NFU [-p] ADDR, for example x/16xb 0x7c00"
+FILTER_USAGE = "usage: break exit REASON [port N|cr N|msr N|vector N|rip A-B]"
+
+
+class DebuggerError(Exception):
+    """Bad input to a debugger command; the message says what was expected."""
+
+
+def parse_number(text: str, what: str = "number") -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise DebuggerError(f"bad {what}: {text!r} (use decimal or 0x-prefixed hex)") from None
+
+
+def parse_count(text: str, what: str) -> int:
+    value = parse_number(text, what)
+    if value < 1:
+        raise DebuggerError(f"{what} must be positive, not {value}")
+    return value
+
+
+def parse_address(text: str, registers: Callable[[], dict[str, int]]) -> int:
+    """A linear address: a number, `*N` (gdb style), or `$reg` with an optional +/- offset;
+    `$pc` is the linear address of the next instruction."""
+    text = text.strip().lstrip("*")
+    if not text.startswith("$"):
+        return parse_number(text, "address") & 0xFFFFFFFF
+    for sign in "+-":
+        name, op, offset = text[1:].partition(sign)
+        if op:
+            delta = parse_number(offset.strip(), "offset")
+            base = register_value(name.strip(), registers())
+            return (base + (delta if sign == "+" else -delta)) & 0xFFFFFFFF
+    return register_value(text[1:], registers())
+
+
+def register_value(name: str, regs: dict[str, int]) -> int:
+    value = regs.get(name.lower())
+    if value is None:
+        raise DebuggerError(f"no register ${name}; try $eip, $esp, $pc (linear), $eax ...")
+    return value
+
+
+def parse_dump(arg: str) -> tuple[int, int, bool, str]:
+    """`x/NFU [-p] ADDR` -> (count, unit bytes, physical?, address text)."""
+    spec, _, rest = arg.partition(" ")
+    if not spec.startswith("/"):
+        raise DebuggerError(DUMP_USAGE)
+    body = spec[1:]
+    digits = len(body) - len(body.lstrip("0123456789"))
+    count = int(body[:digits]) if digits else 1
+    letters = body[digits:]
+    units = [c for c in letters if c in UNITS]
+    if set(letters) - {"x"} - set(UNITS) or len(units) > 1:
+        raise DebuggerError(f"bad format {spec!r}: use x/Nx with b, h, w or g")
+    unit = UNITS[units[0] if units else "w"]
+    if not 1 <= count * unit <= MAX_DUMP:
+        raise DebuggerError(f"x shows 1..{MAX_DUMP} bytes at a time")
+    words = rest.split()
+    physical = "-p" in words
+    words = [w for w in words if w != "-p"]
+    if len(words) != 1:
+        raise DebuggerError(DUMP_USAGE)
+    return count, unit, physical, words[0]
+
+
+def parse_exit_filter(words: list[str]) -> ExitFilter:
+    """`REASON [port N] [cr N] [msr N] [vector N] [rip A-B]` -> ExitFilter."""
+    if not words:
+        raise DebuggerError(FILTER_USAGE)
+    fields = {"reason": reason_by_name(words[0])}
+    pairs = words[1:]
+    if len(pairs) % 2:
+        raise DebuggerError(f"filter {pairs[-1]!r} needs a value; {FILTER_USAGE}")
+    for key, value in zip(pairs[::2], pairs[1::2]):
+        if key not in FILTERS:
+            raise DebuggerError(f"unknown exit filter {key!r}; one of: {', '.join(FILTERS)}")
+        if key == "rip":
+            fields["rip_range"] = parse_range(value)
+        else:
+            fields[key] = parse_number(value, key)
+    return ExitFilter(**fields)
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("-")
+    if not sep:
+        raise DebuggerError(f"rip filter wants a range A-B, not {text!r}")
+    return parse_number(low, "address"), parse_number(high, "address")
+
+
+def describe_fault(exc: Fault | BusError) -> str:
+    if isinstance(exc, BusError):
+        return str(exc)
+    if exc.vector == 14:
+        return f"page fault at {exc.cr2:#x}, error code {exc.error_code:#x}"
+    return f"fault vector {exc.vector}"
