@@ -1,5 +1,5 @@
-"""Observers around exit dispatch: per-reason statistics (in the spirit of `perf kvm stat report`)
-and a JSON-lines exit trace. They watch exits; they never handle them.
+"""Observers around exit dispatch: per-reason statistics (in the spirit of `perf kvm stat report`),
+a JSON-lines exit trace, and a callback adapter for scripts. They watch exits; never handle them.
 """
 from __future__ import annotations
 
@@ -56,3 +56,19 @@ class JsonTrace:
         record = exit.to_json()
         record["outcome"] = outcome.value
         self.stream.write(json.dumps(record) + "\n")
+
+
+class ExitCallback:
+    """Calls ``fn(exit, outcome)`` after every exit was handled: the Python API for scripts.
+
+        MonolithicHypervisor(observers=[ExitCallback(lambda exit, outcome: print(exit.describe()))])
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_exit(self, vcpu, exit) -> None:
+        pass
+
+    def on_entry(self, vcpu, exit, outcome) -> None:
+        self.fn(exit, outcome)

@@ -3,7 +3,8 @@
 Exits are handled where Unicorn reports them (inside its hooks, like KVM handling an exit in the
 kernel); the loop itself only runs between instruction slices: it advances virtual time, fires
 timers, injects interrupts when the guest's interrupt window is open, idles a halted CPU straight
-to its next timer event and enforces --timeout / --max-exits.
+to its next timer event, enforces --timeout / --max-exits, and pauses where a debugger asks
+(address breakpoints as Unicorn exits, instruction steps, requests from exit observers).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import pytest
 
 import guests
 from conftest import ENGINES, run_guest
-from vmm.observers import ExitStats
+from vmm.observers import ExitCallback, ExitStats
 from vmm.vcpu import RunState
 
 EXPECTED = Path(__file__).resolve().parent / "expected"
@@ -59,3 +59,12 @@ def test_virtual_time_is_deterministic():
     first = run_guest("interrupts", "trap")
     second = run_guest("interrupts", "native")
     assert first.result.instructions == second.result.instructions
+
+
+def test_scripts_observe_exits_through_a_callback():
+    seen = []
+    run_guest("hello", "trap", observers=[ExitCallback(lambda exit, outcome: seen.append(
+        (exit.reason.name, exit.port, outcome.value)))])
+    assert seen[0] == ("EXCEPTION_NMI", None, "resume")           # the CLI
+    assert seen[-1] == ("IO_INSTRUCTION", 0xF4, "stop")           # the debug-exit write
+    assert len(seen) == run_guest("hello", "trap").result.exits
