@@ -61,6 +61,17 @@ def register_value(name: str, regs: dict[str, int]) -> int:
 def parse_dump(arg: str) -> tuple[int, int, bool, str]:
     """`x/NFU [-p] ADDR` -> (count, unit bytes, physical?, address text)."""
     spec, _, rest = arg.partition(" ")
+    count, unit = parse_format(spec)
+    words = rest.split()
+    physical = "-p" in words
+    words = [w for w in words if w != "-p"]
+    if len(words) != 1:
+        raise DebuggerError(DUMP_USAGE)
+    return count, unit, physical, words[0]
+
+
+def parse_format(spec: str) -> tuple[int, int]:
+    """gdb's /NFU with F = x: (count, unit bytes); the unit defaults to w."""
     if not spec.startswith("/"):
         raise DebuggerError(DUMP_USAGE)
     body = spec[1:]
@@ -73,12 +84,7 @@ def parse_dump(arg: str) -> tuple[int, int, bool, str]:
     unit = UNITS[units[0] if units else "w"]
     if not 1 <= count * unit <= MAX_DUMP:
         raise DebuggerError(f"x shows 1..{MAX_DUMP} bytes at a time")
-    words = rest.split()
-    physical = "-p" in words
-    words = [w for w in words if w != "-p"]
-    if len(words) != 1:
-        raise DebuggerError(DUMP_USAGE)
-    return count, unit, physical, words[0]
+    return count, unit
 
 
 def parse_exit_filter(words: list[str]) -> ExitFilter:

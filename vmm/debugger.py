@@ -12,6 +12,7 @@ import cmd
 import contextlib
 import signal
 import sys
+import textwrap
 from pathlib import Path
 
 from emu.paging import BusError, Fault
@@ -19,7 +20,8 @@ from vmm import inspect
 from vmm.control import Debuggee, StopKind
 from vmm.debugargs import (DebuggerError, describe_fault, parse_address, parse_count,
                            parse_dump, parse_exit_filter, parse_number)
-from vmm.exitinfo import ExitNotes, history_report, qualification, since_boot
+from vmm.exitinfo import ExitNotes, history_report, stop_report
+from vmm.vmcs import ExitReason
 
 PROMPT = "(trapvisor) "
 GUEST_PREFIX = b"guest| "
@@ -70,13 +72,12 @@ class Debugger(cmd.Cmd):
     """The command loop. ``make(sink, observers)`` builds a fresh, not yet booted hypervisor."""
 
     prompt = PROMPT
+    identchars = cmd.Cmd.identchars + "-"  # gdb's next-exit, reverse-exit, goto-exit
     doc_header = "Commands (help COMMAND for details):"
 
-    def __init__(self, make, image, stdout=None, stderr=None):
-        super().__init__(stdout=stdout or sys.stdout)
-        self.stderr = stderr or sys.stderr
-        self.echo = SerialEcho(self.stdout.buffer if hasattr(self.stdout, "buffer") else
-                               sys.stdout.buffer)
+    def __init__(self, make, image):
+        super().__init__()
+        self.echo = SerialEcho(sys.stdout.buffer)
         self.notes = ExitNotes(lambda: inspect.snapshot(self.debuggee))
         self.make = make
         self.failed = False
@@ -99,8 +100,8 @@ class Debugger(cmd.Cmd):
         self.failed = True
         self.echo.end_line()
         self.stdout.flush()
-        self.stderr.write(f"error: {text}\n")
-        self.stderr.flush()
+        sys.stderr.write(f"error: {text}\n")
+        sys.stderr.flush()
 
     # ----- the command loop ---------------------------------------------------------------------
     def parseline(self, line: str):
@@ -108,8 +109,6 @@ class Debugger(cmd.Cmd):
         if command is not None:
             command = ALIASES.get(command, command).replace("-", "_")
         return command, arg, line
-
-    identchars = cmd.Cmd.identchars + "-"
 
     def onecmd(self, line: str) -> bool:
         try:
@@ -126,7 +125,7 @@ class Debugger(cmd.Cmd):
         self.error(f"unknown command {line.split()[0]!r}; `help` lists the commands")
 
     def emptyline(self) -> bool:
-        if self.interactive and self.lastcmd.split(" ")[0] in REPEATABLE:
+        if self.interactive and self.parseline(self.lastcmd)[0] in REPEATABLE:
             return self.onecmd(self.lastcmd)
         return False
 
@@ -151,7 +150,7 @@ class Debugger(cmd.Cmd):
                     self.say("^C (type quit to leave)")
 
     def do_quit(self, arg: str) -> bool:
-        """quit: leave the debugger (the guest is discarded). Also `q`, `exit`, Ctrl-D."""
+        """quit: leave the debugger; the guest is discarded. Also `q`, `exit`, Ctrl-D."""
         return True
 
     def do_EOF(self, arg: str) -> bool:
@@ -161,24 +160,24 @@ class Debugger(cmd.Cmd):
     def do_help(self, arg: str) -> None:
         """help [COMMAND]: list the commands, or explain one."""
         name = ALIASES.get(arg.strip(), arg.strip()).replace("-", "_")
-        if name:
-            method = getattr(type(self), f"do_{name}", None)
-            if method is None or name == "EOF":
-                raise DebuggerError(f"no command {arg.strip()!r}; `help` lists the commands")
-            self.say(method.__doc__.strip())
+        if not name:
+            self.say("\n".join([self.doc_header] + [f"  {help_text(self, n)[0]}"
+                                                    for n in self.get_names()
+                                                    if n.startswith("do_") and n != "do_EOF"]))
             return
-        self.say(self.doc_header)
-        for command in sorted(n[3:] for n in dir(type(self)) if n.startswith("do_")):
-            if command != "EOF":
-                doc = getattr(type(self), f"do_{command}").__doc__.strip().splitlines()[0]
-                self.say(f"  {doc}")
+        if name == "EOF" or not hasattr(self, f"do_{name}"):
+            raise DebuggerError(f"no command {arg.strip()!r}; `help` lists the commands")
+        self.say("\n".join(help_text(self, f"do_{name}")))
 
     # ----- breakpoints --------------------------------------------------------------------------
     def do_break(self, arg: str) -> None:
-        """break ADDR | break exit REASON [port N] [cr N] [msr N] [vector N] [rip A-B]: stop when
-        the guest is about to execute the instruction at linear ADDR (`*ADDR`, `$reg+N` also
-        work), or after a VM exit of REASON (SDM name, case-insensitive, or number) was handled,
-        filtered by I/O port, control register, MSR (ECX), exception vector or guest RIP range."""
+        """break ADDR | break exit REASON [FILTER]: stop at an address, or on a VM exit. Also `b`.
+
+        break ADDR stops before the guest executes the instruction at linear ADDR (also written
+        *ADDR, $reg or $reg+N). break exit REASON stops right after an exit of REASON (its SDM
+        name, case-insensitive, or number) was handled; FILTER narrows it with any of
+        port N, cr N, msr N (ECX), vector N (exception or interrupt), rip A-B (guest RIP range).
+        Examples: break 0x7c10, break exit IO_INSTRUCTION port 0x3f8, break exit 28 cr 0"""
         words = arg.split()
         if not words:
             raise DebuggerError("usage: break ADDR | break exit REASON [filter]")
@@ -192,9 +191,15 @@ class Debugger(cmd.Cmd):
         number = self.debuggee.add_breakpoint(address)
         self.say(f"Breakpoint {number} at {address:#x}")
 
+    def complete_break(self, text: str, line: str, begin: int, end: int) -> list[str]:
+        if line.split()[1:2] == ["exit"] and len(line[:begin].split()) == 2:
+            return [r.name for r in ExitReason if r.name.startswith(text.upper())]
+        return ["exit"] if "exit".startswith(text) and len(line[:begin].split()) == 1 else []
+
     def do_watch(self, arg: str) -> None:
-        """watch ADDR [LEN]: stop when the guest writes to LEN bytes (default 4) at linear ADDR;
-        the stop shows the old and the new contents."""
+        """watch ADDR [LEN]: stop when the guest writes to LEN bytes (default 4) at ADDR.
+
+        ADDR is linear and must be mapped now; the stop shows the old and the new bytes."""
         words = arg.split()
         if not 1 <= len(words) <= 2:
             raise DebuggerError("usage: watch ADDR [LEN]")
@@ -230,8 +235,7 @@ class Debugger(cmd.Cmd):
 
     # ----- running ------------------------------------------------------------------------------
     def do_continue(self, arg: str) -> None:
-        """continue: run until a breakpoint, a watchpoint, an exit breakpoint, Ctrl-C or the end
-        of the guest. Also `c`."""
+        """continue: run until a breakpoint, a watchpoint, Ctrl-C or the guest's end. Also `c`."""
         self.go(self.debuggee.cont)
 
     def do_stepi(self, arg: str) -> None:
@@ -247,8 +251,10 @@ class Debugger(cmd.Cmd):
         self.go(self.debuggee.next_exit)
 
     def do_goto_exit(self, arg: str) -> None:
-        """goto-exit N: replay from boot and stop right after exit N was handled (0: the entry).
-        Replay is deterministic: virtual time comes from executed instructions."""
+        """goto-exit N: go to just after exit N was handled (0: the entry), by replay from boot.
+
+        Replay is deterministic: virtual time comes from executed instructions, so the same
+        exits happen in the same order with the same state. Breakpoints do not stop a replay."""
         if not arg.strip():
             raise DebuggerError("usage: goto-exit N")
         target = parse_number(arg.strip(), "exit number")
@@ -257,7 +263,7 @@ class Debugger(cmd.Cmd):
         self.replay(target)
 
     def do_reverse_exit(self, arg: str) -> None:
-        """reverse-exit: go back to the exit before the current one (by replay from boot)."""
+        """reverse-exit: go back to the exit before the current one (goto-exit N-1)."""
         current = self.debuggee.exit_number
         if current == 0:
             raise DebuggerError("already at the entry: there is no earlier exit")
@@ -281,57 +287,19 @@ class Debugger(cmd.Cmd):
 
     # ----- stops --------------------------------------------------------------------------------
     def report_stop(self) -> None:
-        stop = self.debuggee.stop
-        self.say("\n".join(self.stop_lines(stop)))
-
-    def stop_lines(self, stop) -> list[str]:
-        kind = stop.kind
-        if kind is StopKind.ENDED:
-            return [stop.result.report(), "The guest has ended; its final state can be "
-                    "inspected (info registers, x, ...)."]
-        if kind is StopKind.EXIT:
-            lines = self.exit_lines(stop)
-        elif kind is StopKind.WATCHPOINT:
-            lines = self.watch_lines(stop)
-        elif kind is StopKind.BREAKPOINT:
-            lines = [f"Breakpoint {stop.breakpoint}, at {stop.address:#x} "
-                     f"({since_boot(stop.exit_number)})"]
-        elif kind is StopKind.ENTRY:
-            lines = ["Stopped at the entry, before the guest's first instruction"]
-        else:
-            lines = [f"{'Stepped' if kind is StopKind.STEP else 'Interrupted'} "
-                     f"({since_boot(stop.exit_number)})"]
-        return lines + [f"=> {inspect.location(self.debuggee)}"]
-
-    def exit_lines(self, stop) -> list[str]:
-        exit = stop.exit
-        why = f", breakpoint {stop.breakpoint}" if stop.breakpoint is not None else ""
-        lines = [f"Exit #{stop.exit_number}: {exit.reason.name} ({int(exit.reason)}){why}"]
-        detail = qualification(exit)
-        if detail:
-            lines.append(f"  qualification: {detail}")
-        lines.append(f"  guest RIP {exit.rip:#010x}: "
-                     f"{inspect.exit_instruction(self.debuggee, exit)}")
-        action = self.notes.action(stop.exit_number)
-        if action:
-            lines.append(f"  handler: {action}")
-        return lines
-
-    def watch_lines(self, stop) -> list[str]:
-        new = stop.new if stop.new is not None else self.debuggee.read_virtual(
-            stop.address, len(stop.old))
-        lines = [f"Watchpoint {stop.breakpoint}: {len(stop.old)} bytes at {stop.address:#x} "
-                 f"({since_boot(stop.exit_number)})"]
-        for label, data in (("old", stop.old), ("new", new)):
-            value = int.from_bytes(data, "little")
-            number = f" = {value:#x} ({value})" if len(data) in (1, 2, 4, 8) else ""
-            lines.append(f"  {label} {data.hex(' ')}{number}")
-        return lines
+        self.say(stop_report(self.debuggee, self.debuggee.stop, self.notes))
 
     # ----- state --------------------------------------------------------------------------------
     def do_info(self, arg: str) -> None:
-        """info TOPIC: breakpoints | registers | gdt | idt | pages ADDR | vmcs | devices |
-        exits [N] (the last N exits, default 10, and the count per exit reason). Also `i`."""
+        """info TOPIC: show machine or debugger state (topics may be abbreviated). Also `i`.
+
+        info breakpoints   breakpoints and watchpoints with their hit counts
+        info registers     the registers as the guest sees them beside the real CPU's
+        info gdt, info idt the guest's descriptor tables (the IVT in real mode)
+        info pages ADDR    the page-table walk for linear ADDR: PDE, PTE, flags, physical
+        info vmcs          the guest-state area, the last exit's fields, the controls
+        info devices       the 16550 UART, 8259 PIC and 8254 PIT registers
+        info exits [N]     the last N exits (default 10) and the count per exit reason"""
         words = arg.split()
         topic = next((t for t in INFO_TOPICS if words and t.startswith(words[0])), None)
         if topic is None:
@@ -349,6 +317,9 @@ class Debugger(cmd.Cmd):
             self.say(self.breakpoint_table())
         else:
             self.say(self.simple_info(topic))
+
+    def complete_info(self, text: str, line: str, begin: int, end: int) -> list[str]:
+        return [topic for topic in INFO_TOPICS if topic.startswith(text)]
 
     def simple_info(self, topic: str) -> str:
         d = self.debuggee
@@ -371,9 +342,11 @@ class Debugger(cmd.Cmd):
         return "\n".join(lines)
 
     def do_x(self, arg: str) -> None:
-        """x/NFU [-p] ADDR: examine N units of guest memory in hex; U is b (bytes), h (16-bit),
-        w (32-bit) or g (64-bit). ADDR is linear (through the guest's page tables) unless -p
-        makes it guest-physical. Example: x/16xb 0x7c00, x/4xw -p 0x1000."""
+        """x/NFU [-p] ADDR: examine N units of guest memory in hex.
+
+        U is b (bytes), h (16-bit), w (32-bit) or g (64-bit). ADDR is linear, through the
+        guest's page tables, unless -p makes it guest-physical.
+        Examples: x/16xb 0x7c00, x/4xw -p 0x1000, x/8xb $pc"""
         count, unit, physical, where = parse_dump(arg)
         address = self.address(where)
         d = self.debuggee
@@ -386,8 +359,10 @@ class Debugger(cmd.Cmd):
         self.say(inspect.hexdump(data, address, unit))
 
     def do_disas(self, arg: str) -> None:
-        """disas [ADDR [N]]: disassemble N instructions (default 10) at linear ADDR (default:
-        where the guest is stopped, marked =>), in the current code size (16/32-bit)."""
+        """disas [ADDR [N]]: disassemble N instructions (default 10) at ADDR (default: $pc).
+
+        ADDR is linear; the code size (16/32-bit) is the current one; => marks the next
+        instruction the guest executes."""
         words = arg.split()
         if len(words) > 2:
             raise DebuggerError("usage: disas [ADDR [N]]")
@@ -404,6 +379,12 @@ class Debugger(cmd.Cmd):
         return {**self.debuggee.registers(), "pc": self.debuggee.cpu.linear_pc()}
 
 
+def help_text(shell: cmd.Cmd, method: str) -> list[str]:
+    """A command's docstring as lines: the summary line, then the dedented details."""
+    summary, _, details = getattr(shell, method).__doc__.partition("\n")
+    return [summary.strip(), *textwrap.dedent(details).strip("\n").splitlines()]
+
+
 @contextlib.contextmanager
 def interrupt_to(debuggee):
     """While the guest runs, Ctrl-C pauses it instead of killing the debugger."""
@@ -416,10 +397,12 @@ def interrupt_to(debuggee):
 
 @contextlib.contextmanager
 def readline_history():
-    """Line editing and a history kept across sessions in ~/.trapvisor_history."""
+    """Line editing and a history kept across sessions in ~/.trapvisor_history (terminals only)."""
     try:
         import readline
     except ImportError:
+        readline = None
+    if readline is None or not sys.stdin.isatty():
         yield
         return
     with contextlib.suppress(OSError):

@@ -8,6 +8,7 @@ from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
 
 from emu.cpu import CS
 from emu.disasm import Disassembler, Insn
+from emu.events import EventKind
 from emu.paging import BusError, Fault
 from vmm.vcpu import RunState
 
@@ -47,6 +48,16 @@ class EngineBase:
             except (Fault, BusError):
                 continue
         return b""
+
+    def software_event(self, vector: int) -> tuple[EventKind, bytes]:
+        """Which instruction raised software event ``vector``: Unicorn reports INT n, INT3 and
+        INTO with EIP already past them, so look back (CD nn, CC, CE)."""
+        before = self.fetch((self.cpu.linear_pc() - 2) & 0xFFFFFFFF)[:2]
+        if before == bytes([0xCD, vector]):
+            return EventKind.SOFTWARE_INTERRUPT, before
+        if before[1:] in (b"\xcc", b"\xce"):
+            return EventKind.SOFTWARE_EXCEPTION, before[1:]
+        return EventKind.SOFTWARE_INTERRUPT, b""
 
     def current_insn(self) -> Insn | None:
         cpu = self.cpu

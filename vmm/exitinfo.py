@@ -1,13 +1,17 @@
 """VM exits in words, for the debugger: SDM exit qualifications decoded (Intel SDM Vol. 3,
-Tables 28-1 to 28-5 and 25-19), and what the exit handler did, with devices named by the bus and
+Tables 28-1 to 28-5 and 25-19), what the exit handler did, with devices named by the bus and
 their registers by the 16550, 8259A and 8254 datasheet names (``OUT 0x3f8 <- 0x48 'H' ->
-uart16550 THR``). ``ExitNotes`` is the observer that writes the latter down as each exit is handled.
+uart16550 THR``), the exit history, and the report printed at every debugger stop.
+``ExitNotes`` is the observer that writes down what each handler did as the exit is handled.
 """
 from __future__ import annotations
 
 from collections import Counter
 
-from emu.events import vector_name
+from emu.cpu import CS
+from emu.events import EXCEPTION_NAMES, vector_name
+from vmm import inspect
+from vmm.control import StopKind
 from vmm.devices import pic8259
 from vmm.devices.pic8259 import Pic8259
 from vmm.devices.pit8254 import Pit8254
@@ -21,15 +25,16 @@ PIT_MODES = ("interrupt on terminal count", "hardware retriggerable one-shot", "
              "square wave", "software triggered strobe", "hardware triggered strobe",
              "rate generator", "square wave")
 PIT_ACCESS = ("counter latch", "lobyte", "hibyte", "lobyte/hibyte")
-CR_ACCESS_TYPES = ("MOV to CR", "MOV from CR", "CLTS", "LMSW")
 GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 EVENT_TYPES = {0: "external interrupt", 2: "NMI", 3: "hardware exception",
                4: "software interrupt", 5: "privileged software exception",
                6: "software exception"}
 WATCHED = ("cr0", "cr2", "cr3", "cr4", "gdtr.base", "gdtr.limit", "idtr.base", "idtr.limit",
-           "ldtr", "tr", "cpl", "cs", "ss", "ds", "es", "fs", "gs")
+           "ldtr.base", "tr", "cpl", "cs", "ss", "ds", "es", "fs", "gs")
 GPR_RESULTS = ("eax", "ebx", "ecx", "edx")
 IOPL_SHIFT = 12
+SHORT_REASONS = {"IO": R.IO_INSTRUCTION, "CR": R.CR_ACCESS, "DR": R.DR_ACCESS,
+                 "EXCEPTION": R.EXCEPTION_NMI, "RDMSR": R.MSR_READ, "WRMSR": R.MSR_WRITE}
 DATA_REGISTERS = (" THR", " RBR", "debug-console")
 
 
@@ -79,7 +84,8 @@ def event_qualification(exit: VmExit) -> str:
         return f"qualification {exit.qualification:#x}"
     vector = info & 0xFF
     kind = EVENT_TYPES.get((info >> 8) & 7, f"type {(info >> 8) & 7}")
-    text = f"vector {vector} {vector_name(vector)}, {kind}"
+    name = EXCEPTION_NAMES.get(vector)
+    text = f"vector {vector:#x}{f' {name}' if name else ''}, {kind}"
     if info & (1 << 11) and exit.error_code is not None:
         text += f", error code {exit.error_code:#x}"
     if vector == 14:
@@ -176,19 +182,8 @@ def register_changes(before: dict, after: dict, exit: VmExit) -> list[str]:
 def handler_action(exit: VmExit, target: str, before: dict, after: dict, outcome) -> str:
     """One line: what the handler did with this exit."""
     if exit.reason is R.IO_INSTRUCTION:
-        if exit.is_in:
-            value = "?" if exit.value is None else show_value(exit.value, exit.size, target)
-            return f"IN {exit.port:#x} -> {value} <- {target}"
-        return f"OUT {exit.port:#x} <- {show_value(exit.value, exit.size, target)} -> {target}"
-    words = []
-    if exit.reason is R.EXCEPTION_NMI and exit.insn is None and exit.intr_info is not None:
-        vector = exit.intr_info & 0xFF
-        words.append(f"reflected {vector_name(vector)} through the guest's "
-                     f"{'IDT' if after['cr0'] & 1 else 'IVT'}")
-    elif exit.insn is not None:
-        words.append(f"emulated `{exit.insn}`")
-    elif exit.reason is R.CPUID:
-        words.append(f"CPUID leaf {before['eax']:#x}")
+        return io_action(exit, target)
+    words = [what_was_handled(exit, before, after)]
     changes = register_changes(before, after, exit)
     if changes:
         words.append(", ".join(changes))
@@ -197,34 +192,73 @@ def handler_action(exit: VmExit, target: str, before: dict, after: dict, outcome
                      else "no guest-visible register changed")
     if outcome is not None and outcome.value != "resume":
         words.append(f"outcome {outcome.value.upper()}")
-    return ": ".join(words)
+    return ": ".join(w for w in words if w)
+
+
+def io_action(exit: VmExit, target: str) -> str:
+    """`OUT 0x3f8 <- 0x48 'H' -> uart16550 THR` / `IN 0x3fd -> 0x60 <- uart16550 LSR`."""
+    if exit.is_in:
+        value = "?" if exit.value is None else show_value(exit.value, exit.size, target)
+        return f"IN {exit.port:#x} -> {value} <- {target}"
+    return f"OUT {exit.port:#x} <- {show_value(exit.value, exit.size, target)} -> {target}"
+
+
+def what_was_handled(exit: VmExit, before: dict, after: dict) -> str:
+    if exit.insn is not None:
+        return f"emulated `{exit.insn}`"
+    if exit.reason is R.EXCEPTION_NMI and exit.intr_info is not None:
+        table = "IDT" if after["cr0"] & 1 else "IVT"
+        return f"reflected {vector_name(exit.intr_info & 0xFF)} through the guest's {table}"
+    if exit.reason is R.CPUID:
+        return f"CPUID leaf {before['eax']:#x}"
+    return ""
+
+
+def instruction_at_exit(engine, exit: VmExit) -> str:
+    """The instruction that caused the exit, decoded while CS and the code size are still the
+    ones it ran under (the engine records the bytes of INT n / INT3 / INTO itself)."""
+    if exit.insn is not None:
+        return f"{exit.insn.raw.hex(' ')}  {exit.insn}"
+    cpu = engine.cpu
+    code = exit.insn_bytes or engine.fetch((cpu.segs[CS].base + exit.rip) & 0xFFFFFFFF)
+    insn = engine.disasm.decode(code, exit.rip, cpu.code_bits) if code else None
+    if insn is None:
+        return "(the instruction cannot be read)"
+    return f"{insn.raw.hex(' ')}  {insn}"
 
 
 class ExitNotes:
-    """Observer: for each exit, the device register it hits (named before the handler runs, as
-    that depends on device state the access changes) and, after handling, what the handler did.
-    Notes are kept by exit number; ``registers`` is a callable returning the guest's registers."""
+    """Observer: for each exit, the instruction that caused it and the device register it hits
+    (both found before the handler runs: the handler changes CS, the mode and device state) and
+    what the handler did. Notes are kept by exit number; ``registers`` returns the guest's
+    registers (``vmm.inspect.snapshot``)."""
 
     def __init__(self, registers):
         self.registers = registers
-        self.notes: dict[int, str] = {}
+        self.instructions: dict[int, str] = {}
+        self.actions: dict[int, str] = {}
         self._before: dict = {}
         self._target = ""
 
     def reset(self) -> None:
-        self.notes.clear()
+        self.instructions.clear()
+        self.actions.clear()
 
     def on_exit(self, vcpu, exit: VmExit) -> None:
         self._before = self.registers()
+        self.instructions[vcpu.exit_count] = instruction_at_exit(vcpu.engine, exit)
         if exit.reason is R.IO_INSTRUCTION:
             self._target = port_target(vcpu.vm.pio, exit.port, exit.is_in, exit.value or 0)
 
     def on_entry(self, vcpu, exit: VmExit, outcome) -> None:
-        self.notes[vcpu.exit_count] = handler_action(exit, self._target, self._before,
-                                                     self.registers(), outcome)
+        self.actions[vcpu.exit_count] = handler_action(exit, self._target, self._before,
+                                                       self.registers(), outcome)
+
+    def instruction(self, number: int) -> str:
+        return self.instructions.get(number, "")
 
     def action(self, number: int) -> str:
-        return self.notes.get(number, "")
+        return self.actions.get(number, "")
 
 
 # ----- history ----------------------------------------------------------------------------------
@@ -234,6 +268,54 @@ def exit_line(number: int, exit: VmExit, notes: ExitNotes) -> str:
     text += f"  {detail}" if detail else ""
     action = notes.action(number)
     return text + (f"\n{'':8}{action}" if action else "")
+
+
+# ----- stops ------------------------------------------------------------------------------------
+def stop_report(debuggee, stop, notes: ExitNotes) -> str:
+    """What the debugger prints when the guest stops: why, then where (=> the next instruction)."""
+    kind = stop.kind
+    if kind is StopKind.ENDED:
+        return (stop.result.report() + "\nThe guest has ended; its final state can be "
+                "inspected (info registers, x, ...).")
+    if kind is StopKind.EXIT:
+        lines = exit_stop(debuggee, stop, notes)
+    elif kind is StopKind.WATCHPOINT:
+        lines = watch_stop(debuggee, stop)
+    elif kind is StopKind.BREAKPOINT:
+        lines = [f"Breakpoint {stop.breakpoint}, at {stop.address:#x} "
+                 f"({since_boot(stop.exit_number)})"]
+    elif kind is StopKind.ENTRY:
+        lines = ["Stopped at the entry, before the guest's first instruction"]
+    else:
+        lines = [f"{'Stepped' if kind is StopKind.STEP else 'Interrupted'} "
+                 f"({since_boot(stop.exit_number)})"]
+    return "\n".join(lines + [f"=> {inspect.location(debuggee)}"])
+
+
+def exit_stop(debuggee, stop, notes: ExitNotes) -> list[str]:
+    """Reason and SDM number, decoded qualification, guest RIP and instruction, handler action."""
+    exit = stop.exit
+    why = f", breakpoint {stop.breakpoint}" if stop.breakpoint is not None else ""
+    lines = [f"Exit #{stop.exit_number}: {exit.reason.name} ({int(exit.reason)}){why}"]
+    detail = qualification(exit)
+    if detail:
+        lines.append(f"  qualification: {detail}")
+    lines.append(f"  guest RIP {exit.rip:#010x}: {notes.instruction(stop.exit_number)}")
+    action = notes.action(stop.exit_number)
+    if action:
+        lines.append(f"  handler: {action}")
+    return lines
+
+
+def watch_stop(debuggee, stop) -> list[str]:
+    new = stop.new if stop.new is not None else debuggee.read_virtual(stop.address, len(stop.old))
+    lines = [f"Watchpoint {stop.breakpoint}: {len(stop.old)} bytes at {stop.address:#x} "
+             f"({since_boot(stop.exit_number)})"]
+    for label, data in (("old", stop.old), ("new", new)):
+        value = int.from_bytes(data, "little")
+        number = f" = {value:#x} ({value})" if len(data) in (1, 2, 4, 8) else ""
+        lines.append(f"  {label} {data.hex(' ')}{number}")
+    return lines
 
 
 def since_boot(exits: int) -> str:
@@ -255,12 +337,16 @@ def history_report(history: list[VmExit], notes: ExitNotes, last: int) -> str:
 
 
 def reason_by_name(text: str) -> ExitReason:
-    """An exit reason by name (case-insensitive, 'IO' style prefixes allowed) or SDM number."""
-    try:
-        return ExitReason(int(text, 0))
-    except ValueError:
-        pass
+    """An exit reason by SDM number or name: case-insensitive, a unique prefix, or a short name
+    (io, cr, dr, exception, rdmsr, wrmsr)."""
+    if text[:1].isdigit():
+        try:
+            return ExitReason(int(text, 0))
+        except ValueError:
+            raise ValueError(f"no exit reason number {text} in SDM Appendix C") from None
     upper = text.upper().replace("-", "_")
+    if upper in SHORT_REASONS:
+        return SHORT_REASONS[upper]
     if upper in ExitReason.__members__:
         return ExitReason[upper]
     matches = [r for r in ExitReason if r.name.startswith(upper)]
@@ -271,4 +357,4 @@ def reason_by_name(text: str) -> ExitReason:
 
 
 __all__ = ["ExitNotes", "qualification", "history_report", "exit_line", "reason_by_name",
-           "since_boot"]
+           "stop_report"]

@@ -34,7 +34,6 @@ SYSTEM = [Register(name, 32, "int32", "system") for name in ("cr0", "cr2", "cr3"
 
 CORE = GENERAL + CONTROL_FLOW + SEGMENTS + X87
 REGISTERS = CORE + SYSTEM
-BY_NAME = {reg.name: reg for reg in REGISTERS}
 
 EFLAGS_BITS = ((0, "CF"), (1, ""), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"),
                (9, "IF"), (10, "DF"), (11, "OF"), (14, "NT"), (16, "RF"), (17, "VM"),

@@ -20,11 +20,12 @@ from typing import Callable
 
 from emu.paging import BusError, Fault
 from vmm import gdbregs
-from vmm.control import Debuggee, ExitFilter, Stop, StopKind
+from vmm.control import Debuggee, Stop, StopKind
+from vmm.debugargs import DebuggerError, parse_exit_filter
+from vmm.exitinfo import ExitNotes, qualification
 from vmm.gdbwire import PACKET_SIZE, Link, escape, unescape
-from vmm.vcpu import RunResult, RunState
-from vmm.exitinfo import ExitNotes, qualification, reason_by_name
 from vmm.inspect import snapshot
+from vmm.vcpu import RunResult, RunState
 
 REPEAT_S = 0.02          # how often a stop request is repeated until the run it targets returns
 PAGE = 0x1000
@@ -76,23 +77,12 @@ class Ending(enum.Enum):
     KILLED = "killed"
 
 
-def parse_exit_filter(words: list[str]) -> ExitFilter:
-    """REASON [port N] [cr N] [msr N] [vector N] [rip START-END] -> ExitFilter."""
-    if not words or len(words) % 2 == 0:
-        raise ValueError(f"usage: monitor {BREAK_EXIT_USAGE}")
-    fields: dict = {}
-    for key, text in zip(words[1::2], words[2::2]):
-        if key == "rip":
-            start, _, end = text.partition("-")
-            fields["rip_range"] = (int(start, 0), int(end or start, 0))
-        elif key in ("port", "cr", "msr", "vector"):
-            fields[key] = int(text, 0)
-        else:
-            raise ValueError(f"unknown exit filter {key!r}: use port, cr, msr, vector or rip")
-    return ExitFilter(reason_by_name(words[0]), **fields)
+SESSION_ENDS = {Ending.STOPPED: "gone; the guest waits for the next gdb",
+                Ending.RUNNING: "detached or gone; the guest runs on",
+                Ending.KILLED: "killed the guest"}
 
 
-BREAK_EXIT_USAGE = "break-exit REASON [port N] [cr N] [msr N] [vector N] [rip START-END]"
+BREAK_EXIT_USAGE = "break-exit REASON [port N] [cr N] [msr N] [vector N] [rip A-B]"
 MONITOR_HELP = f"""trapvisor monitor commands:
   {BREAK_EXIT_USAGE}
         stop on a VM exit of that reason (name or SDM number), optionally filtered
@@ -130,7 +120,7 @@ class GdbStub:
             "qSupported": lambda _: (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;"
                                      "swbreak+;hwbreak+;QStartNoAckMode+"),
             "qXfer": self._xfer, "qRcmd": self._monitor,
-            "D": self._detach, "k": self._kill, "vKill": self._kill}
+            "D": self._detach, "k": self._kill, "vKill": lambda a: self._kill(a) or "OK"}
 
     def interrupt(self) -> None:
         """From the reader thread: Ctrl-C, or gdb hung up."""
@@ -316,11 +306,13 @@ class GdbStub:
             return f"unknown monitor command {words[0]!r}; try `monitor help`\n"
         try:
             return commands[words[0]](words[1:])
-        except ValueError as exc:
+        except (ValueError, DebuggerError) as exc:
             return f"{exc}\n"
 
     def _break_exit(self, words: list[str]) -> str:
-        flt = parse_exit_filter(words)
+        if not words:
+            raise ValueError(f"usage: monitor {BREAK_EXIT_USAGE}")
+        flt = parse_exit_filter(words)  # the debugger's `break exit` syntax
         bp = self.debuggee.add_exit_breakpoint(flt)
         self.exit_points.add(bp)
         return f"exit breakpoint {bp}: {flt.describe()} (exit reason {int(flt.reason)})\n"
@@ -353,9 +345,9 @@ class GdbStub:
         self.ending = Ending.RUNNING
         return "OK"
 
-    def _kill(self, _: bytes) -> str:
+    def _kill(self, _: bytes) -> None:
+        """k gets no reply (vKill gets OK); the session ends and the guest with it."""
         self.ending = Ending.KILLED
-        return "OK"
 
 
 def exit_note(stop: Stop) -> str:
@@ -398,7 +390,6 @@ class GdbServer:
                 break
             ending = self._session(conn)
             if ending is Ending.KILLED:
-                self.log("gdb: killed the guest")
                 return None
         self.log(f"gdb: {self.debuggee.stop.describe()}")
         return self.debuggee.ended
@@ -412,10 +403,8 @@ class GdbServer:
         finally:
             link.close()
             self.debuggee.delete()  # breakpoints belong to the session that set them
-        if self.debuggee.ended is None:
-            self.log(f"gdb: {'detached or gone' if ending is Ending.RUNNING else 'gone'}; "
-                     + ("the guest runs on" if ending is Ending.RUNNING
-                        else "the guest waits for the next gdb"))
+        if self.debuggee.ended is None or ending is Ending.KILLED:
+            self.log(f"gdb: {SESSION_ENDS[ending]}")
         return ending
 
     def _run_free(self) -> socket.socket | None:

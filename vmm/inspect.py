@@ -29,8 +29,8 @@ SYSTEM_TYPES = {0x1: "16-bit TSS (available)", 0x2: "LDT", 0x3: "16-bit TSS (bus
                 0x4: "16-bit call gate", 0x5: "task gate", 0x6: "16-bit interrupt gate",
                 0x7: "16-bit trap gate", 0x9: "32-bit TSS (available)", 0xB: "32-bit TSS (busy)",
                 0xC: "32-bit call gate", 0xE: "32-bit interrupt gate", 0xF: "32-bit trap gate"}
-TABLES = ("gdtr", "idtr")
 UNIT_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
+RESET_GDTR = (0, 0xFFFF)
 
 
 def bit_names(value: int, bits) -> str:
@@ -44,23 +44,21 @@ def guest_view(engine):
 
 def snapshot(debuggee) -> dict[str, int]:
     """The guest's registers plus its descriptor-table registers, flattened to ints."""
-    regs = debuggee.registers()
     view = guest_view(debuggee.engine)
-    for name in TABLES:
-        regs[f"{name}.base"], regs[f"{name}.limit"] = getattr(view, name)()
-    regs["ldtr"] = view.ldtr()[0]
-    regs["tr"] = view.tss()[0]
-    return regs
+    return {**debuggee.registers(), **tables(view.gdtr(), view.idtr(), view.ldtr()[0],
+                                              view.tss()[0])}
 
 
 def real_snapshot(debuggee) -> dict[str, int]:
-    regs = debuggee.real_registers()
     cpu = debuggee.cpu
-    for name in TABLES:
-        table = getattr(cpu, name)
-        regs[f"{name}.base"], regs[f"{name}.limit"] = table.base, table.limit
-    regs["ldtr"], regs["tr"] = cpu.ldtr.selector, cpu.tr.selector
-    return regs
+    return {**debuggee.real_registers(),
+            **tables((cpu.gdtr.base, cpu.gdtr.limit), (cpu.idtr.base, cpu.idtr.limit),
+                     cpu.ldtr.base, cpu.tr.selector)}
+
+
+def tables(gdtr: tuple[int, int], idtr: tuple[int, int], ldt_base: int, tr: int) -> dict:
+    return {"gdtr.base": gdtr[0], "gdtr.limit": gdtr[1], "idtr.base": idtr[0],
+            "idtr.limit": idtr[1], "ldtr.base": ldt_base, "tr": tr}
 
 
 # ----- registers --------------------------------------------------------------------------------
@@ -73,7 +71,7 @@ def mode_name(regs: dict, vm86: bool = False) -> str:
 
 
 def show_register(name: str, value: int) -> str:
-    if name in SEG_NAMES or name in ("ldtr", "tr", "gdtr.limit", "idtr.limit"):
+    if name in SEG_NAMES or name in ("tr", "gdtr.limit", "idtr.limit"):
         return f"{value:#06x}"
     if name == "cpl":
         return str(value)
@@ -88,7 +86,7 @@ def registers_report(debuggee) -> str:
     """`info registers`: guest view | real CPU, with '<- differs' where they disagree."""
     guest, real = snapshot(debuggee), real_snapshot(debuggee)
     order = [*GPR_NAMES, "eip", "eflags", *SEG_NAMES, "cpl", "cr0", "cr2", "cr3", "cr4",
-             "gdtr.base", "gdtr.limit", "idtr.base", "idtr.limit", "ldtr", "tr"]
+             "gdtr.base", "gdtr.limit", "idtr.base", "idtr.limit", "ldtr.base", "tr"]
     lines = [f"{'':<11} {'guest view':<32} real CPU ({debuggee.engine.name} engine)",
              f"{'mode':<11} {mode_name(guest):<32} {mode_name(real, debuggee.cpu.vm86)}"]
     for name in order:
@@ -147,18 +145,6 @@ def disassembly(debuggee, address: int, count: int, bits: int, current: int | No
     return "\n".join(lines)
 
 
-def exit_instruction(debuggee, exit) -> str:
-    """The instruction an exit happened on, from its recorded bytes or from memory."""
-    bits = debuggee.cpu.code_bits
-    if exit.insn is not None:
-        return f"{exit.insn.raw.hex(' ')}  {exit.insn}"
-    if exit.insn_bytes:
-        insn = debuggee.engine.disasm.decode(exit.insn_bytes, exit.rip, bits)
-        if insn is not None:
-            return f"{insn.raw.hex(' ')}  {insn}"
-    return "(instruction bytes not recorded)"
-
-
 # ----- descriptor tables ------------------------------------------------------------------------
 def descriptor_text(desc: Descriptor) -> str:
     if not desc.present:
@@ -176,18 +162,24 @@ def descriptor_text(desc: Descriptor) -> str:
 
 
 def gdt_report(debuggee) -> str:
+    """The guest's GDT; all-zero entries after the null descriptor are counted, not listed."""
     base, limit = guest_view(debuggee.engine).gdtr()
-    lines = [f"GDTR base {base:#010x} limit {limit:#06x} ({(limit + 1) // 8} entries)"]
+    count = (limit + 1) // 8
+    lines = [f"GDTR base {base:#010x} limit {limit:#06x} ({count} entries)"]
+    if (base, limit) == RESET_GDTR:
+        return lines[0] + ": the reset value, no GDT loaded yet"
     if not snapshot(debuggee)["cr0"] & 1:
         lines.append("(the guest is in real mode: segments are selector * 16, the GDT is unused)")
-    for index in range((limit + 1) // 8):
-        raw = readable(debuggee.read_virtual, base + 8 * index, 8)
-        if len(raw) < 8:
-            lines.append(f"  {index * 8:#06x}  <unreadable at {base + 8 * index:#x}>")
-            break
-        value = struct.unpack("<Q", raw)[0]
-        text = "null descriptor" if index == 0 else descriptor_text(Descriptor.decode(value))
-        lines.append(f"  {index * 8:#06x}  {value:016x}  {text}")
+    data = readable(debuggee.read_virtual, base, count * 8)
+    entries = struct.unpack(f"<{len(data) // 8}Q", data[:len(data) // 8 * 8])
+    lines += [f"  {8 * index:#06x}  {raw:016x}  "
+              + ("null descriptor" if index == 0 else descriptor_text(Descriptor.decode(raw)))
+              for index, raw in enumerate(entries) if raw or index == 0]
+    if len(entries) < count:
+        lines.append(f"  (unreadable from {base + 8 * len(entries):#x}: not mapped)")
+    empty = entries[1:].count(0)
+    if empty:
+        lines.append(f"  ({empty} empty entries not shown)")
     return "\n".join(lines)
 
 
@@ -247,24 +239,25 @@ def page_walk_report(debuggee, linear: int) -> str:
     if regs["cr4"] & (1 << 5):
         return "PAE paging (CR4.PAE = 1) is not modelled"
     directory = regs["cr3"] & 0xFFFFF000
-    lines = [f"linear {linear:#010x}: directory index {linear >> 22}, table index "
-             f"{linear >> 12 & 0x3FF}, offset {linear & 0xFFF:#05x}",
-             f"CR3 {regs['cr3']:#010x}: page directory at {directory:#010x}"]
-    pde, text = page_entry(debuggee, "PDE", linear >> 22, directory)
-    lines.append(text)
+    return "\n".join([f"linear {linear:#010x}: directory index {linear >> 22}, table index "
+                      f"{linear >> 12 & 0x3FF}, offset {linear & 0xFFF:#05x}",
+                      f"CR3 {regs['cr3']:#010x}: page directory at {directory:#010x}",
+                      *walk(debuggee, linear, directory, regs["cr4"])])
+
+
+def walk(debuggee, linear: int, directory: int, cr4: int) -> list[str]:
+    pde, pde_text = page_entry(debuggee, "PDE", linear >> 22, directory)
     if not pde & 1:
-        return "\n".join(lines + ["not mapped: an access raises #PF"])
-    if pde & 0x80 and regs["cr4"] & (1 << 4):
-        physical = (pde & 0xFFC00000) | (linear & 0x3FFFFF)
-        return "\n".join(lines + [f"4 MiB page: physical {physical:#010x}"])
-    pte, text = page_entry(debuggee, "PTE", linear >> 12 & 0x3FF, pde & 0xFFFFF000)
-    lines.append(text)
+        return [pde_text, "not mapped: an access raises #PF"]
+    if pde & 0x80 and cr4 & (1 << 4):
+        return [pde_text, f"4 MiB page: physical {(pde & 0xFFC00000) | (linear & 0x3FFFFF):#010x}"]
+    pte, pte_text = page_entry(debuggee, "PTE", linear >> 12 & 0x3FF, pde & 0xFFFFF000)
     if not pte & 1:
-        return "\n".join(lines + ["not mapped: an access raises #PF"])
+        return [pde_text, pte_text, "not mapped: an access raises #PF"]
     rights = ("user" if pde & pte & 4 else "supervisor") + (
         ", writable" if pde & pte & 2 else ", read-only")
     physical = (pte & 0xFFFFF000) | (linear & 0xFFF)
-    return "\n".join(lines + [f"4 KiB page ({rights}): physical {physical:#010x}"])
+    return [pde_text, pte_text, f"4 KiB page ({rights}): physical {physical:#010x}"]
 
 
 # ----- VMCS -------------------------------------------------------------------------------------
@@ -287,28 +280,34 @@ def vmcs_report(debuggee, exit) -> str:
     lines += [f"  {f.name:<16} {field_text(getattr(vmcs.guest, f.name))}"
               for f in dataclasses.fields(vmcs.guest)]
     lines.append("VM-exit information (the last exit):")
+    lines += exit_fields(exit)
+    return "\n".join(lines + controls(vmcs, debuggee.engine.name))
+
+
+def exit_fields(exit) -> list[str]:
     if exit is None:
-        lines.append("  no exit yet")
-    else:
-        lines += [f"  exit reason      {exit.reason.name} ({int(exit.reason)})",
-                  f"  qualification    {exit.qualification:#x}",
-                  f"  instruction len  {exit.insn_len}",
-                  f"  guest RIP        {exit.rip:#010x}"]
-    controls = getattr(vmcs, "controls", None)
-    if controls is None:
-        lines.append(f"VM-execution controls: none (the {debuggee.engine.name} engine intercepts "
-                     "by deprivileging: every privileged instruction and all I/O exit)")
-    else:
-        lines.append("VM-execution controls:")
-        lines += [f"  {f.name:<24} {field_text(getattr(controls, f.name))}"
-                  for f in dataclasses.fields(controls)]
-    return "\n".join(lines)
+        return ["  no exit yet"]
+    return [f"  exit reason      {exit.reason.name} ({int(exit.reason)})",
+            f"  qualification    {exit.qualification:#x}",
+            f"  instruction len  {exit.insn_len}",
+            f"  guest RIP        {exit.rip:#010x}"]
+
+
+def controls(vmcs, engine: str) -> list[str]:
+    """The VM-execution controls, for an engine whose VMCS has them."""
+    fields = getattr(vmcs, "controls", None)
+    if fields is None:
+        return [f"VM-execution controls: none (the {engine} engine intercepts by "
+                "deprivileging: every privileged instruction and all I/O exit)"]
+    return ["VM-execution controls:"] + [f"  {f.name:<24} {field_text(getattr(fields, f.name))}"
+                                         for f in dataclasses.fields(fields)]
 
 
 # ----- devices ----------------------------------------------------------------------------------
 def uart_text(uart: Uart16550, now: int) -> list[str]:
     baud = f"{uart.baud} baud" if uart.baud else "divisor 0 (no baud rate)"
-    return [f"IER {uart.ier:#04x}  IIR {uart.interrupt_id() | (0xC0 if uart.fifo_enabled else 0):#04x}"
+    iir = uart.interrupt_id() | (0xC0 if uart.fifo_enabled else 0)
+    return [f"IER {uart.ier:#04x}  IIR {iir:#04x}"
             f"  FCR {uart.fcr:#04x}  LCR {uart.lcr:#04x}  MCR {uart.mcr:#04x}  SCR {uart.scr:#04x}",
             f"DLL {uart.divisor & 0xFF:#04x}  DLM {uart.divisor >> 8:#04x}  ({baud}), "
             f"FIFOs {'on' if uart.fifo_enabled else 'off'}"]
@@ -351,5 +350,4 @@ def devices_report(vm) -> str:
 
 
 __all__ = ["registers_report", "hexdump", "readable", "location", "disassembly", "gdt_report",
-           "idt_report", "page_walk_report", "vmcs_report", "devices_report", "snapshot",
-           "exit_instruction"]
+           "idt_report", "page_walk_report", "vmcs_report", "devices_report", "snapshot"]

@@ -10,7 +10,6 @@ from emu.cpu import FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView
 from vmm.engine import EngineBase
 
-INT3, INTO = 0xCC, 0xCE
 
 
 class NativeEngine(EngineBase):
@@ -24,12 +23,7 @@ class NativeEngine(EngineBase):
     # ----- CpuHandler ---------------------------------------------------------------------------
     def on_interrupt(self, intno: int) -> None:
         error_code, software = self.cpu.take_exception()
-        if software:
-            opcode = self.fetch((self.cpu.linear_pc() - 1) & 0xFFFFFFFF)[:1]
-            kind = (EventKind.SOFTWARE_EXCEPTION if opcode in (bytes([INT3]), bytes([INTO]))
-                    else EventKind.SOFTWARE_INTERRUPT)
-        else:
-            kind = EventKind.HARDWARE_EXCEPTION
+        kind = self.software_event(intno)[0] if software else EventKind.HARDWARE_EXCEPTION
         self.events.deliver(intno, kind, error_code)
 
     def on_in(self, port: int, size: int) -> int:

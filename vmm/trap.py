@@ -70,6 +70,10 @@ class TrapEngine(EngineBase):
 
     # ----- Unicorn events -> exits --------------------------------------------------------------
     def _exit(self, reason: ExitReason, qualification: int = 0) -> VmExit:
+        """A recorded exit (the slow path); the VMCS exit-information fields follow it."""
+        vmcs = self.vmcs
+        vmcs.exit_reason, vmcs.exit_qualification = reason, qualification
+        vmcs.exit_instruction_length = 0
         return VmExit(reason, self.cpu.eip, qualification, time.perf_counter_ns())
 
     def on_in(self, port: int, size: int) -> int:
@@ -100,7 +104,8 @@ class TrapEngine(EngineBase):
     def on_interrupt(self, intno: int) -> None:
         error_code, software = self.cpu.take_exception()
         if software:
-            self._event_exit(intno, self._software_kind(), None)
+            kind, raw = self.software_event(intno)
+            self._event_exit(intno, kind, None, raw)
             return
         if intno == GP and (self.cpu.cpl != 3 or not self.state.cr0 & CR0_PE):
             plan = self._plan()
@@ -114,14 +119,15 @@ class TrapEngine(EngineBase):
         self._event_exit(UD, EventKind.HARDWARE_EXCEPTION, None)
         return True
 
-    def _software_kind(self) -> EventKind:
-        opcode = self.fetch((self.cpu.linear_pc() - 1) & 0xFFFFFFFF)[:1]
-        return (EventKind.SOFTWARE_EXCEPTION if opcode and opcode[0] in (0xCC, 0xCE)
-                else EventKind.SOFTWARE_INTERRUPT)
-
-    def _event_exit(self, vector: int, kind: EventKind, error_code: int | None) -> None:
+    def _event_exit(self, vector: int, kind: EventKind, error_code: int | None,
+                    raw: bytes = b"") -> None:
+        """An exception or software interrupt to reflect. A software event's exit names the INT
+        instruction itself (RIP and bytes), as VT-x reports it, though EIP is already past it."""
         qualification = self.cpu.cr[2] & 0xFFFFFFFF if vector == PF else 0
         exit = self._exit(R.EXCEPTION_NMI, qualification)
+        exit.rip = (exit.rip - len(raw)) & 0xFFFFFFFF
+        exit.insn_bytes = raw
+        self.vmcs.exit_instruction_length = len(raw)
         exit.intr_info = interruption_info(vector, kind.value, error_code is not None)
         exit.error_code = error_code
         self.vcpu.handle_exit(exit)
@@ -167,6 +173,7 @@ class TrapEngine(EngineBase):
         reason, qualification = self._classify(insn)
         exit = self._exit(reason, qualification)
         exit.insn, exit.insn_bytes, exit.detail = insn, insn.raw, str(insn)
+        self.vmcs.exit_instruction_length = insn.size
         if reason is R.EXCEPTION_NMI:
             exit.intr_info = interruption_info(GP, EventKind.HARDWARE_EXCEPTION.value, True)
             exit.error_code = error_code

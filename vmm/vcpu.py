@@ -144,17 +144,24 @@ class Vcpu:
         self.recent.append(exit)
         for observer in self.observers:
             observer.on_exit(self, exit)
-        outcome = dispatch(self.handlers, self, exit)
+        try:
+            outcome = dispatch(self.handlers, self, exit)
+        except BaseException:
+            self._observe_entry(exit, Outcome.STOP)  # observers see the exit that killed the run
+            raise
         if outcome is Outcome.HALT:
             self.halt()
         elif outcome is Outcome.STOP:
             self.cpu.stop()
         if self.max_exits is not None and self.exit_count >= self.max_exits and not self.stopping:
             self.finish(RunState.MAX_EXITS, f"--max-exits {self.max_exits} reached")
+        self._observe_entry(exit, outcome)
+        return outcome
+
+    def _observe_entry(self, exit: VmExit, outcome: Outcome) -> None:
         exit.entry_ns = time.perf_counter_ns()
         for observer in self.observers:
             observer.on_entry(self, exit, outcome)
-        return outcome
 
     def finish(self, state: RunState, message: str, status: int | None = None) -> None:
         """End the run (from a hook or the loop); the first reason given wins.

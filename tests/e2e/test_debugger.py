@@ -1,18 +1,20 @@
-"""`trapvisor debug` as a user scripts it: --batch with --ex / -x, asserting what each stop shows."""
+"""`trapvisor debug` as a user scripts it: --batch with --ex and -x, asserting what stops show."""
 from __future__ import annotations
 
 import re
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
-
-import pytest
 
 import guests
 from emu.asm import assemble_file
 
 CLI = [sys.executable, "-m", "hypervisors.cli", "debug"]
 TEST_GUESTS = Path(__file__).resolve().parents[1] / "guests"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def debug(guest: str, *commands: str, options: tuple[str, ...] = (),
@@ -23,17 +25,20 @@ def debug(guest: str, *commands: str, options: tuple[str, ...] = (),
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
 
 
-def blocks(stdout: str) -> dict[str, list[str]]:
-    """The output of each echoed command, keyed by the command (a later repeat wins)."""
-    found: dict[str, list[str]] = {}
-    current = "<start>"
+def sections(stdout: str) -> list[tuple[str, list[str]]]:
+    """Each echoed command with its output lines, in order (guest output left out)."""
+    found: list[tuple[str, list[str]]] = [("<start>", [])]
     for line in stdout.splitlines():
         if line.startswith("(trapvisor) "):
-            current = line.removeprefix("(trapvisor) ")
-            found[current] = []
-        else:
-            found.setdefault(current, []).append(line)
+            found.append((line.removeprefix("(trapvisor) "), []))
+        elif not line.startswith("guest| "):
+            found[-1][1].append(line)
     return found
+
+
+def blocks(stdout: str) -> dict[str, list[str]]:
+    """The output of each command, keyed by the command (a later repeat wins)."""
+    return dict(sections(stdout))
 
 
 def register_row(stdout: str, name: str) -> list[str]:
@@ -100,22 +105,11 @@ def test_watch_reports_old_and_new_values_of_the_tick_counter():
     assert out[f"watch {ticks:#x}"] == [f"Watchpoint 1: 4 bytes at {ticks:#x}"]
     first = out["continue"]  # the later `continue` wins: the second tick
     assert re.fullmatch(rf"Watchpoint 1: 4 bytes at {ticks:#x} \(\d+ exits since boot\)",
-                        first[1])
+                        first[0])
     assert "  old 01 00 00 00 = 0x1 (1)" in first
     assert "  new 02 00 00 00 = 0x2 (2)" in first
     assert "  old 00 00 00 00 = 0x0 (0)" in done.stdout
     assert out[f"x/1xw {ticks:#x}"] == [f"{ticks:#010x}:  0x00000002"]
-
-
-def sections(stdout: str) -> list[tuple[str, list[str]]]:
-    """Each echoed command with its output lines, in order (guest output left out)."""
-    found: list[tuple[str, list[str]]] = [("<start>", [])]
-    for line in stdout.splitlines():
-        if line.startswith("(trapvisor) "):
-            found.append((line.removeprefix("(trapvisor) "), []))
-        elif not line.startswith("guest| "):
-            found[-1][1].append(line)
-    return found
 
 
 def test_reverse_exit_replays_to_the_same_exit_and_state():
@@ -219,10 +213,30 @@ def test_post_mortem_after_a_triple_fault():
     assert register_row(done.stdout, "cr0")[1] == "0x00000011"
     assert register_row(done.stdout, "idtr.limit")[1] == "0x0000"
     assert out["x/2xb $pc"] == ["0x00007c37:  0xb0 0x01"]
-    assert out["info exits 1"][1].startswith("#11     EXCEPTION_NMI      rip 0x00007c37  vector 3")
+    assert out["info exits 1"][1] == ("#11     EXCEPTION_NMI      rip 0x00007c36  "
+                                      "vector 0x3 #BP, software exception")
     assert "the guest has ended (triple-fault)" in done.stderr
     assert "0x0008  00cf9a000000ffff  base 0x00000000 limit 0xffffffff code r-x" in "\n".join(
         out["info gdt"])
+
+
+def test_exit_filters_by_cr_rip_and_vector():
+    done = debug(str(TEST_GUESTS / "triplefault.asm"),
+                 "break exit cr_access cr 0 rip 0x7c16-0x7c18", "continue", "x/3xb -p 0x7c16")
+    assert done.returncode == 0, done.stderr
+    out = blocks(done.stdout)
+    assert out["continue"] == ["Exit #5: CR_ACCESS (28), breakpoint 1",
+                               "  qualification: CR0, MOV to CR from eax",
+                               "  guest RIP 0x00007c16: 0f 22 c0  mov cr0, eax",
+                               "  handler: emulated `mov cr0, eax`: cr0 0x10 -> 0x11",
+                               "=> 0000:00007c19  66 ea 21 7c 00 00 08 00  ljmp 8:0x7c21"]
+    assert out["x/3xb -p 0x7c16"] == ["0x00007c16:  0x0f 0x22 0xc0"]
+    syscall = blocks(debug("usermode", "break exit exception vector 0x80", "continue").stdout)
+    stop = syscall["continue"]
+    assert stop[1] == "  qualification: vector 0x80, software interrupt"
+    assert stop[2].endswith("0x00007deb: cd 80  int 0x80")
+    assert stop[3].startswith("  handler: reflected vector 0x80 through the guest's IDT: "
+                              "cpl 0x3 -> 0x0, cs 0x1b -> 0x8")
 
 
 def test_commands_from_a_file_and_the_help(tmp_path: Path):
@@ -240,8 +254,9 @@ def test_commands_from_a_file_and_the_help(tmp_path: Path):
     assert "CR_ACCESS (28), breakpoint 1" in stop
     assert "qualification: CR0, MOV from CR to eax" in stop
     assert "guest-state area:" in out["info vmcs"]
-    assert any(line.startswith("  0x0d ") or "0x0d" in line for line in out["info idt"]) or \
-        out["info idt"][0].startswith("IVT")
+    assert "  cr0              0x10" in out["info vmcs"]  # still real mode: mov eax, cr0 reads
+    assert out["info idt"] == ["IVT: IDTR base 0x00000000 limit 0x03ff (256 vectors)",
+                               "  (256 empty vectors not shown)"]
 
 
 def test_devices_and_descriptor_tables_after_setup():
@@ -258,8 +273,39 @@ def test_devices_and_descriptor_tables_after_setup():
     assert any("32-bit interrupt gate" in line for line in out["info idt"])
 
 
-@pytest.mark.parametrize("guest", ["no-such-guest"])
-def test_unknown_guest_is_bad_input(guest):
-    done = debug(guest)
+def test_ctrl_c_interrupts_a_running_guest_and_the_session_goes_on():
+    process = subprocess.Popen([*CLI, str(TEST_GUESTS / "forever.asm"), "--batch", "--ex",
+                                "continue", "--ex", "info exits 1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while process.stdout.readline() != "(trapvisor) continue\n":
+            pass
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert out.startswith("Interrupted (1 exit since boot)\n=> 0000:00007c01  eb fe  jmp 0x7c01")
+    assert "(trapvisor) info exits 1\n1 exit since boot; the last 1:" in out
+
+
+def test_readme_debugging_examples_work():
+    text = README.read_text()
+    section = text[text.index("## Debugging"):]
+    section = section[:section.index("\n## ")]
+    commands = [line[2:] for line in section.splitlines() if line.startswith("$ trapvisor debug")]
+    assert len(commands) == 2
+    runs = [subprocess.run([sys.executable, "-m", "hypervisors.cli", *shlex.split(c)[1:]],
+                           capture_output=True, text=True, timeout=120) for c in commands]
+    assert all(done.returncode == 0 for done in runs), [done.stderr for done in runs]
+    shown = section[section.index("```text\n") + 8:]
+    shown = shown[:shown.index("```")]
+    assert shown in runs[0].stdout
+    assert "300 exits since boot; the last 4:" in runs[1].stdout
+
+
+def test_unknown_guest_is_bad_input():
+    done = debug("no-such-guest")
     assert done.returncode == 2
     assert "unknown guest" in done.stderr
