@@ -137,6 +137,7 @@ class Debuggee:
         self.hypervisor.boot(self.image)
         self.ended: RunResult | None = None
         self._pending: Stop | None = None
+        self._interrupted = False
         self._unwatched = False
         self._stop_at_exit: int | None = None
         self._lock = threading.Lock()
@@ -234,13 +235,19 @@ class Debuggee:
         return self.goto_exit(max(self.exit_number - 1, 0))
 
     def interrupt(self) -> None:
-        """Ask a running cont()/stepi() to stop; safe to call from another thread."""
-        self._request(Stop(StopKind.INTERRUPTED, self.exit_number))
+        """Ask a running cont()/stepi() to stop; safe to call from another thread. A request
+        that arrives between runs stops the next one before it executes anything."""
+        self._interrupted = True
+        self.vcpu.request_pause()
 
     def _go(self, steps: int | None) -> Stop:
         if self.ended is not None:
             return self.stop
         self._pending = None
+        if self._interrupted:
+            self._interrupted = False
+            self.stop = Stop(StopKind.INTERRUPTED, self.exit_number)
+            return self.stop
         stepped = self._step_over_breakpoint()
         remaining = None if steps is None else steps - stepped
         if self._pending is None and self.vcpu.state is RunState.RUNNING and remaining != 0:
@@ -277,6 +284,9 @@ class Debuggee:
             return self._finish_watch(self._pending)
         if self._pending is not None:
             return self._pending
+        if self._interrupted:
+            self._interrupted = False
+            return Stop(StopKind.INTERRUPTED, self.exit_number)
         if vcpu.breakpoint_hit is not None:
             address, vcpu.breakpoint_hit = vcpu.breakpoint_hit, None
             bp = next((b for b in self.table.values() if b.address == address and b.kind == "break"),
@@ -372,13 +382,18 @@ class Debuggee:
         return regs
 
     def set_register(self, name: str, value: int) -> None:
-        cpu = self.cpu
+        """Write a register as the guest sees it (through the shadow state where there is one)."""
+        cpu, guest = self.cpu, getattr(self.engine, "g", None)
         if name in GPR_NAMES:
             cpu.gpr[GPR_NAMES.index(name)] = value & 0xFFFFFFFF
         elif name == "eip":
             cpu.eip = value
+        elif name == "eflags" and guest is not None:
+            guest.view.set_flags(value)
         elif name == "eflags":
             cpu.eflags = value
+        elif name in ("cr0", "cr2", "cr3", "cr4"):
+            (guest or cpu).write_cr(int(name[2]), value)
         else:
             raise KeyError(f"register {name!r} cannot be written")
 

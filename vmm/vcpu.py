@@ -125,7 +125,7 @@ class Vcpu:
         self.breakpoints: frozenset[int] = frozenset()
         self.breakpoint_hit: int | None = None
         self.steps_left: int | None = None
-        self._started: float | None = None
+        self.run_seconds = 0.0
         self._deadline: float | None = None
         self.io_read = vm.pio.read
         self.io_write = vm.pio.write
@@ -200,20 +200,25 @@ class Vcpu:
         return self.result()
 
     def resume(self) -> None:
-        """Run until the guest ends or something requests a pause (a debugger's stop)."""
-        if self._started is None:
-            self._started = time.perf_counter()
-            self._deadline = self._started + self.timeout if self.timeout else None
-        self.pause_requested = False
-        while self.state is RunState.RUNNING and not self.pause_requested:
-            self._service_interrupts()
-            if self.state is not RunState.RUNNING:
-                break
-            if self.halted:
-                self._idle()
-            else:
-                self._run_slice()
-            self._check_timeout()
+        """Run until the guest ends or something requests a pause (a debugger's stop).
+
+        A pause requested before or during the call is consumed when it returns, never lost.
+        --timeout counts only the time spent here, not time spent stopped in a debugger."""
+        started = time.perf_counter()
+        self._deadline = started + self.timeout - self.run_seconds if self.timeout else None
+        try:
+            while self.state is RunState.RUNNING and not self.pause_requested:
+                self._service_interrupts()
+                if self.state is not RunState.RUNNING:
+                    break
+                if self.halted:
+                    self._idle()
+                else:
+                    self._run_slice()
+                self._check_timeout()
+        finally:
+            self.pause_requested = False
+            self.run_seconds += time.perf_counter() - started
 
     def request_pause(self) -> None:
         """Stop at the next instruction boundary (precise in counted runs); thread-safe."""
@@ -337,7 +342,7 @@ class Vcpu:
 
     def result(self) -> RunResult:
         """How the run ended (or stands, if it is paused)."""
-        wall = time.perf_counter() - self._started if self._started else 0.0
+        wall = self.run_seconds
         rip, text = self.engine.describe_pc()
         exits = self.exit_count if self.state is RunState.RUNNING else self.final_exit_count
         return RunResult(self.state, self.status, self.message, rip, text,

@@ -298,6 +298,8 @@ def test_monitor_last_exit_and_break_exit(hello):
     assert "guest RIP 0x00007c10" in shown
     assert "uart16550 LCR" in shown
     assert "unknown exit reason 'NOPE'" in client.monitor("break-exit NOPE")
+    assert "unknown exit filter 'nope'" in client.monitor("break-exit HLT nope 1")
+    assert "usage: monitor break-exit REASON" in client.monitor("break-exit")
     assert "unknown monitor command" in client.monitor("frobnicate")
     assert "deleted 1" in client.monitor("delete-exit")
     assert client.ask("c") == "W00"
@@ -560,3 +562,26 @@ def test_killing_gdb_while_the_guest_runs_leaves_it_running(trapvisor, tmp_path)
     out = tv.gdb("set var $eax = 1", "continue")  # a new gdb stops the running guest
     assert "exited with code 07" in out, out
     assert tv.finish()[0] == 7
+
+
+@needs_gdb
+def test_gdb_kill_ends_trapvisor_with_status_3(trapvisor):
+    tv = trapvisor("hello")
+    assert "[Inferior 1 (Remote target) killed]" in tv.gdb("kill")
+    assert tv.finish()[0] == 3
+    assert "trapvisor: gdb killed the guest" in tv.log.text()
+
+
+def test_gdb_option_wants_host_and_port():
+    done = subprocess.run([*CLI, "run", "hello", "--gdb", "nonsense"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "not HOST:PORT: 'nonsense'" in done.stderr
+
+
+def test_a_port_in_use_is_refused_with_a_message():
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        done = subprocess.run([*CLI, "run", "hello", "--gdb", f"127.0.0.1:{port}"],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"--gdb 127.0.0.1:{port}: cannot listen: Address already in use" in done.stderr
