@@ -203,6 +203,17 @@ def io_action(exit: VmExit, target: str) -> str:
     return f"OUT {exit.port:#x} <- {show_value(exit.value, exit.size, target)} -> {target}"
 
 
+def handled_summary(vm, exit: VmExit) -> str:
+    """What the handler did, from the exit record alone (for traces; no register snapshots)."""
+    if exit.reason is R.IO_INSTRUCTION:
+        return io_action(exit, port_target(vm.pio, exit.port, exit.is_in, exit.value or 0))
+    if exit.insn is not None:
+        return f"emulated `{exit.insn}`"
+    if exit.reason is R.EXCEPTION_NMI and exit.intr_info is not None:
+        return f"reflected {vector_name(exit.intr_info & 0xFF)} into the guest"
+    return exit.reason.name
+
+
 def what_was_handled(exit: VmExit, before: dict, after: dict) -> str:
     if exit.insn is not None:
         return f"emulated `{exit.insn}`"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+from vmm.exitinfo import handled_summary, qualification
+
 
 class ExitStats:
     """Samples and handling time per exit reason, plus a breakdown by emulated instruction."""
@@ -54,6 +56,8 @@ class JsonTrace:
 
     def on_entry(self, vcpu, exit, outcome) -> None:
         record = exit.to_json()
+        record["qualification_decoded"] = qualification(exit)
+        record["handled"] = handled_summary(vcpu.vm, exit)
         record["outcome"] = outcome.value
         self.stream.write(json.dumps(record) + "\n")
 

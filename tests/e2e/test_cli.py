@@ -149,6 +149,11 @@ def test_trace_writes_one_json_line_per_exit(tmp_path: Path):
     # `out 0xf4, al` is E6 F4: immediate operand (bit 6), 1 byte (bits 2:0 = 0), port in 31:16.
     assert last["qualification"] == (0xF4 << 16) | (1 << 6)
     assert last["insn_bytes"] == "e6f4"
+    assert last["handled"] == "OUT 0xf4 <- 0x00 -> debug-exit"
+    assert last["outcome"] == "stop"
+    thr = [r for r in io if r["port"] == 0x3F8 and r["direction"] == "out"]
+    assert thr[1]["handled"] == "OUT 0x3f8 <- 0x48 'H' -> uart16550 THR"
+    assert "port 0x3f8" in thr[1]["qualification_decoded"]
 
 
 @pytest.mark.parametrize("engine", ["native", "trap"])
