@@ -87,3 +87,19 @@ def test_unmapped_watchpoint_is_refused():
     d = debuggee("hello", "native")
     with pytest.raises(ValueError, match="not RAM"):
         d.add_watchpoint(0xF000_0000, 4)
+
+
+@pytest.mark.parametrize("name", ["interrupts", "usermode"])
+def test_two_runs_take_the_same_exits(name):
+    """Deterministic replay: virtual time from executed instructions, the same exit sequence."""
+    from conftest import run_guest
+    from vmm.observers import ExitCallback
+
+    def exits() -> list:
+        seen = []
+        run_guest(name, "trap", observers=[ExitCallback(lambda exit, outcome: seen.append(
+            (exit.reason, exit.rip, exit.qualification, exit.port, exit.value)))])
+        return seen
+
+    first = exits()
+    assert len(first) > 100 and exits() == first
