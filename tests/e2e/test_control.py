@@ -8,8 +8,10 @@ import pytest
 
 from emu.asm import assemble_file
 from hypervisors.images import resolve
+from conftest import run_guest
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.control import Debuggee, ExitFilter, StopKind
+from vmm.observers import ExitCallback
 from vmm.vmcs import ExitReason
 
 GUESTS = Path(__file__).resolve().parents[2] / "guests"
@@ -92,9 +94,6 @@ def test_unmapped_watchpoint_is_refused():
 @pytest.mark.parametrize("name", ["interrupts", "usermode"])
 def test_two_runs_take_the_same_exits(name):
     """Deterministic replay: virtual time from executed instructions, the same exit sequence."""
-    from conftest import run_guest
-    from vmm.observers import ExitCallback
-
     def exits() -> list:
         seen = []
         run_guest(name, "trap", observers=[ExitCallback(lambda exit, outcome: seen.append(
