@@ -55,7 +55,7 @@ OFF_LDT, OFF_TR, OFF_GDT, OFF_IDT, OFF_CR = 328, 352, 376, 400, 424
 DR_RESET = struct.pack("<QQ", 0xFFFF0FF0, 0x400)  # DR6/DR7 reset values anchor the exception fields
 
 HALTED_WINDOW = 0x4000  # CPUState (with its halted flag) precedes CPUX86State inside X86CPU
-NO_UNTIL = 1 << 48  # an "until" address no 32-bit guest can reach: no extra TB invalidation
+NO_UNTIL = 1 << 48  # an "until" address no 32-bit guest can reach (ignored in exits mode)
 
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 _IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
@@ -111,6 +111,11 @@ class Cpu:
         self._callbacks: list = []
         self._block_hook: int | None = None
         self._install_hooks()
+        # Exits mode, with no exits: Unicorn ignores `until`, and no longer ends every run by
+        # looking up the code page of until-1 (with guest paging on, that lookup page-faults
+        # behind our back: CR2 = 0xffffffff and a pending #PF that turns the next fault to #DF).
+        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_set_exits([])
         self.reset_real_mode()
 
     # ----- locating QEMU state -------------------------------------------------------------
@@ -258,10 +263,7 @@ class Cpu:
 
     def set_exits(self, linear_addresses) -> None:
         """Stop before executing any of these linear addresses (Unicorn's exits)."""
-        addresses = sorted(linear_addresses)
-        self.uc.ctl_exits_enabled(bool(addresses))
-        if addresses:
-            self.uc.ctl_set_exits(addresses)
+        self.uc.ctl_set_exits(sorted(linear_addresses))
 
     def watch_writes(self, start: int, end: int, callback) -> int:
         """Call ``callback(address, size, value)`` before guest stores to physical [start, end].
@@ -316,18 +318,23 @@ class Cpu:
         return handle.value
 
     # ----- running ------------------------------------------------------------------------------
-    def run(self, count: int, timeout_us: int = 0) -> int:
+    def run(self, count: int) -> int:
         """Run from CS:EIP for at most ``count`` instructions; return the Unicorn error code.
 
         ``count`` = 0 runs uncounted (Unicorn's per-instruction counting hook makes code ~3-4x
-        slower), stopped after ``timeout_us`` of wall time. Blocks translated while uncounted
-        lack the counting hook, so the first counted run after one flushes the block cache."""
+        slower) until something stops it. Blocks translated while uncounted lack the counting
+        hook, so the first counted run after one flushes the block cache."""
         self.hook_error = None
         self._budget = count
         if count and not self._counting:
             self.uc.ctl_flush_tb()
         self._counting = bool(count)
-        return uclib.uc_emu_start(self.uch, self._eip.value, NO_UNTIL, timeout_us, count)
+        return uclib.uc_emu_start(self.uch, self._eip.value, NO_UNTIL, 0, count)
+
+    @property
+    def counting(self) -> bool:
+        """The current (or last) run counts instructions."""
+        return self._counting
 
     @property
     def halted(self) -> bool:

@@ -48,6 +48,7 @@ class Platform:
         self.post = NullDevice("post-0x80")
         vm.irq_chip = self.pic
         vm.timers.append(self.pit)
+        self.pic.on_reconfigure = self.pit.on_reconfigure = vm.reconfigured
         for device, base, length in ((self.pic.master, 0x20, 2), (self.pic.slave, 0xA0, 2),
                                      (self.pit, 0x40, 4), (self.uart, COM1, 8),
                                      (DebugExit(on_exit), 0xF4, 4), (DebugConsole(sink), 0xE9, 1),

@@ -238,7 +238,7 @@ class Debuggee:
         """Ask a running cont()/stepi() to stop; safe to call from another thread. A request
         that arrives between runs stops the next one before it executes anything."""
         self._interrupted = True
-        self.vcpu.request_pause()
+        self.vcpu.interrupt()
 
     def _go(self, steps: int | None) -> Stop:
         if self.ended is not None:

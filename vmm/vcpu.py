@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,7 +20,8 @@ from vmm.exits import Outcome, dispatch
 from vmm.vmcs import VmExit
 
 MAX_SLICE = 2_000_000   # instructions per counted run() when no timer is due
-UNCOUNTED_SLICE_US = 50_000  # wall time per uncounted run(): bounds --timeout and input latency
+WALL_SLICE = 100_000    # instructions per run() under --wall-clock (the PIT is checked between)
+DEBUG_SLICE = 200_000   # instructions per run() under a debugger: bounds Ctrl-C latency
 STI = 0xFB
 LAST_EXITS = 16
 
@@ -126,7 +128,6 @@ class Vcpu:
         self.breakpoint_hit: int | None = None
         self.steps_left: int | None = None
         self.run_seconds = 0.0
-        self._deadline: float | None = None
         self.io_read = vm.pio.read
         self.io_write = vm.pio.write
         engine.attach(self)
@@ -205,7 +206,7 @@ class Vcpu:
         A pause requested before or during the call is consumed when it returns, never lost.
         --timeout counts only the time spent here, not time spent stopped in a debugger."""
         started = time.perf_counter()
-        self._deadline = started + self.timeout - self.run_seconds if self.timeout else None
+        watchdog = self._watchdog()
         try:
             while self.state is RunState.RUNNING and not self.pause_requested:
                 self._service_interrupts()
@@ -215,15 +216,33 @@ class Vcpu:
                     self._idle()
                 else:
                     self._run_slice()
-                self._check_timeout()
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             self.pause_requested = False
             self.run_seconds += time.perf_counter() - started
 
+    def _watchdog(self) -> threading.Timer | None:
+        """--timeout: a timer thread ends the run. Unicorn may stop the CPU inside an
+        instruction when asked from another thread (and would execute it again on resume), so
+        this is the only stop that comes from outside, and it ends the run for good."""
+        if not self.timeout:
+            return None
+        expire = lambda: self.finish(RunState.TIMEOUT, f"--timeout {self.timeout:g} s expired")
+        watchdog = threading.Timer(max(self.timeout - self.run_seconds, 0), expire)
+        watchdog.daemon = True
+        watchdog.start()
+        return watchdog
+
     def request_pause(self) -> None:
-        """Stop at the next instruction boundary (precise in counted runs); thread-safe."""
+        """From a hook: stop at the next instruction boundary (precise in counted runs)."""
         self.pause_requested = True
         self.cpu.stop()
+
+    def interrupt(self) -> None:
+        """From another thread: pause at the end of the current slice. (A stop requested from
+        outside can land inside an instruction, which Unicorn then executes twice.)"""
+        self.pause_requested = True
 
     def set_breakpoints(self, addresses) -> None:
         """Linear addresses before which the CPU stops (Unicorn exits: no cost while running)."""
@@ -235,13 +254,13 @@ class Vcpu:
         self.steps_left = instructions
 
     def _run_slice(self) -> None:
-        budget, timeout_us = self._budget()
+        budget = self._budget()
         if self.wall_clock:
-            err = self.cpu.run(budget, timeout_us)
+            err = self.cpu.run(budget)
         else:
             clock = self.vm.clock
             clock.running = True
-            err = self.cpu.run(budget, timeout_us)
+            err = self.cpu.run(budget)
             clock.running = False
             clock.retire(self.cpu.executed())
         self.instructions += self.cpu.executed()
@@ -269,26 +288,24 @@ class Vcpu:
             return True
         return False
 
-    def _budget(self) -> tuple[int, int]:
-        """(instructions, wall µs) for the next run; 0 instructions means an uncounted run."""
+    def _budget(self) -> int:
+        """Instructions for the next run; 0 means an uncounted run that ends on its own."""
         if self.interrupt_shadow:
             self.interrupt_shadow = False
-            return 1, 0
+            return 1
         if self.steps_left is not None:
-            return self.steps_left, 0
+            return min(self.steps_left, DEBUG_SLICE)
         if self.vm.irq_chip.has_interrupt():
             self.cpu.watch_blocks(self._window_check)
         else:
             self.cpu.unwatch_blocks()
-        deadline = self.vm.next_deadline_ns()
         if self.wall_clock:
-            wait = UNCOUNTED_SLICE_US if deadline is None else (deadline - self.vm.clock.now_ns()) // 1000
-            return 0, min(max(wait, 100), UNCOUNTED_SLICE_US)
+            return WALL_SLICE
         if self.vm.quiescent() and not self.precise:
-            return 0, UNCOUNTED_SLICE_US  # nothing can interrupt or observe time: full speed
-        if deadline is None:
-            return MAX_SLICE, 0
-        return min(MAX_SLICE, self.vm.clock.budget_until(deadline)), 0
+            return 0  # nothing can interrupt or observe time: uncounted, full speed
+        deadline = self.vm.next_deadline_ns()
+        limit = DEBUG_SLICE if self.precise else MAX_SLICE
+        return limit if deadline is None else min(limit, self.vm.clock.budget_until(deadline))
 
     def _window_check(self) -> None:
         """Block hook while an interrupt is held: stop as soon as the guest can take it."""
@@ -327,10 +344,6 @@ class Vcpu:
             self.vm.clock.skip_to(deadline)
         self.vm.poll_input()
         self.vm.update_timers()
-
-    def _check_timeout(self) -> None:
-        if self._deadline is not None and time.perf_counter() > self._deadline:
-            self.finish(RunState.TIMEOUT, f"--timeout {self.timeout:g} s expired")
 
     def _hook_failed(self, exc: BaseException) -> None:
         if isinstance(exc, TripleFault):

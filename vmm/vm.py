@@ -25,6 +25,12 @@ class InterruptController(Protocol):
 
 class Timer(Protocol):
     def counting(self) -> bool: ...
+    def reconfigured(self) -> None:
+        """A device changed how it can interrupt or observe time. An uncounted run must then
+        end (synchronously, from the hook that programmed the device) so that counting starts."""
+        if not self.cpu.counting and not self.quiescent():
+            self.cpu.stop()
+
     def quiescent(self) -> bool:
         """Nothing asynchronous can happen: no timer counts (so time is unobservable) and every
         interrupt line is masked. Only then may the CPU run uncounted, and so imprecisely
@@ -55,6 +61,12 @@ class Vm:
 
     def load(self, image: bytes, address: int) -> None:
         self.memory.write(address, image)
+
+    def reconfigured(self) -> None:
+        """A device changed how it can interrupt or observe time. An uncounted run must then
+        end (synchronously, from the hook that programmed the device) so that counting starts."""
+        if not self.cpu.counting and not self.quiescent():
+            self.cpu.stop()
 
     def quiescent(self) -> bool:
         """Nothing asynchronous can happen: no timer counts (so time is unobservable) and every

@@ -11,9 +11,14 @@ from vmm.observers import ExitCallback, ExitStats
 from vmm.vcpu import RunState
 
 EXPECTED = Path(__file__).resolve().parent / "expected"
+# `sensitive` differs under trap by design (the sensitive instructions that do not trap at ring 1):
+# test_sensitive.py compares it line by line against a named list instead.
+NAMES = [pytest.param(name, marks=pytest.mark.skip(reason="differs under trap by design; "
+                                                   "covered by test_sensitive.py"))
+         if name == "sensitive" else name for name in guests.names()]
 
 
-@pytest.mark.parametrize("name", guests.names())
+@pytest.mark.parametrize("name", NAMES)
 def test_guest_output_and_status(name, engine):
     run = run_guest(name, engine)
     assert run.result.state is RunState.EXITED, run.result.report()
@@ -21,7 +26,7 @@ def test_guest_output_and_status(name, engine):
     assert run.text == (EXPECTED / f"{name}.txt").read_text()
 
 
-@pytest.mark.parametrize("name", guests.names())
+@pytest.mark.parametrize("name", NAMES)
 def test_engines_agree_byte_for_byte(name):
     outputs = {engine: run_guest(name, engine) for engine in ENGINES}
     texts = {engine: run.output for engine, run in outputs.items()}

@@ -192,6 +192,7 @@ class Pic8259Pair:
 
     def __init__(self, on_intr: Callable[[], None] | None = None) -> None:
         self._on_intr = on_intr
+        self.on_reconfigure: Callable[[], None] | None = None  # told after masks may have changed
         self._int_output = False
         self.master = Pic8259("pic-master", self._update)
         self.slave = Pic8259("pic-slave", self._update)
@@ -235,6 +236,8 @@ class Pic8259Pair:
 
     def _update(self) -> None:
         """Propagate slave INT to master IR2, then report a rising master INT to the CPU."""
+        if self.on_reconfigure is not None:
+            self.on_reconfigure()
         self.master.set_line(CASCADE_IR, self.slave.int_output())
         output = self.master.int_output()
         rising = output and not self._int_output

@@ -6,6 +6,8 @@ time elapsed. Channel 0's OUT drives IRQ0 as one edge (pulse) per rising edge of
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from vmm.bus import IrqLine
 from vmm.clock import Clock
 
@@ -199,6 +201,7 @@ class Pit8254:
         self._clock = clock
         self._irq0 = irq0
         self.counters = (PitCounter(), PitCounter(), PitCounter())
+        self.on_reconfigure: Callable[[], None] | None = None  # told after every programming write
 
     def counting(self) -> bool:
         """Whether any counter is running, i.e. whether the guest could observe time passing."""
@@ -235,6 +238,8 @@ class Pit8254:
             self.counters[value >> 6].latch_count(now)
         else:
             self.counters[value >> 6].program(value, now)
+        if self.on_reconfigure is not None:
+            self.on_reconfigure()
 
     def _read_back(self, command: int, now: int) -> None:
         for index, counter in enumerate(self.counters):
