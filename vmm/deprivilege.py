@@ -12,7 +12,7 @@ from emu.cpu import (CS, DS, ES, FS, GS, SS, DESC_DPL_SHIFT, DESC_P, DESC_S, DES
                      FLAG_IF, FLAG_VM, IOPL_MASK, IOPL_SHIFT, Cpu)
 from emu.events import EventDelivery, EventKind, GuestView
 from emu.paging import CR0_PE, Fault
-from emu.segments import Descriptor, DescriptorTables
+from emu.segments import TYPE_ACCESSED, Descriptor, DescriptorTables
 
 REAL_RING = (1, 2, 2, 3)           # guest ring -> the ring it really runs in
 GUEST_RING = (0, 0, 2, 3)          # real ring -> the ring the guest believes it is in
@@ -198,6 +198,7 @@ class DeprivilegedGuest:
         desc = self.descriptor(selector)
         if seg == SS:
             self._check_stack_segment(selector, desc, cpl)
+            self._mark_accessed(selector)
             self.view.load_stack(selector, desc)
             return
         readable = not desc.system and (not desc.is_code or desc.type & 0x2)
@@ -205,7 +206,12 @@ class DeprivilegedGuest:
             raise Fault(13, selector & 0xFFFC)
         if not desc.present:
             raise Fault(11, selector & 0xFFFC)
-        self.cpu.load_segment(seg, selector, desc.base, desc.limit, desc.flags)
+        self._mark_accessed(selector)
+        self.cpu.load_segment(seg, selector, desc.base, desc.limit, desc.flags | TYPE_ACCESSED << 8)
+
+    def _mark_accessed(self, selector: int) -> None:
+        """A data or stack segment load sets the descriptor's accessed bit, as the CPU does."""
+        self.tables.set_bits(selector, self.view.gdtr(), self.view.ldtr(), TYPE_ACCESSED)
 
     @staticmethod
     def _check_stack_segment(selector: int, desc: Descriptor, cpl: int) -> None:

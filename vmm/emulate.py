@@ -352,6 +352,9 @@ EMULATORS: dict[str, Callable[[DeprivilegedGuest, Insn], bool]] = {
 }
 
 
+FAR_INDIRECT = {("call", 3): emulate_lcall, ("jmp", 5): emulate_ljmp}
+
+
 def emulator_for(insn: Insn):
     """The emulator for a faulting instruction, or None if the VMM does not emulate it."""
     if insn.mnemonic == "mov":
@@ -365,4 +368,15 @@ def emulator_for(insn: Insn):
         return None
     if insn.mnemonic == "pop" and not (insn.operands and insn.operands[0].reg in SEGMENTS):
         return None
+    if insn.mnemonic in ("jmp", "call"):
+        return FAR_INDIRECT.get((insn.mnemonic, indirect_group(insn)))
     return EMULATORS.get(insn.mnemonic)
+
+
+def indirect_group(insn: Insn) -> int | None:
+    """The ModRM reg field of an FF-group instruction (3: CALL far m16:xx, 5: JMP far m16:xx);
+    capstone names these plain `call`/`jmp`, like their near forms."""
+    raw = insn.raw[len(insn.prefixes):]
+    if len(raw) < 2 or raw[0] != 0xFF:
+        return None
+    return (raw[1] >> 3) & 7

@@ -59,18 +59,6 @@ NON_TRAPPING = {
 
 # Lines where trap differs because of a VMM bug, not because an instruction failed to trap: each
 # instruction here does fault at ring 1, and the VMM then emulates it wrongly or not at all.
-TRAP_BUGS = {
-    # trap shows "0x92 then 0x92"
-    "MOV ES,AX 0x0038 -> descriptor access byte": "an emulated data-segment load does not set the "
-    "descriptor's accessed bit in the guest's GDT (DeprivilegedGuest.load_data_segment)",
-    # trap shows "#GP(0x0008)"
-    "JMP FAR [m16:32] 0x0008": "capstone names FF /5 'jmp', not 'ljmp', so emulator_for finds no "
-    "emulator and the #GP is reflected into the guest",
-    # trap shows "#GP(0x0008)"
-    "CALL FAR [m16:32] 0x0008": "capstone names FF /3 'call', not 'lcall' (as for JMP FAR m16:32)",
-}
-
-
 def tagged(text: str) -> list[tuple[str, str]]:
     """'TAG: observation' lines -> [(tag, observation)], in order."""
     return [tuple(line.split(": ", 1)) for line in text.splitlines()]
@@ -109,12 +97,4 @@ def test_trap_differs_exactly_on_the_non_trapping_instructions(native, trap):
     differing = {tag: seen for (tag, seen), (_, native_seen) in zip(theirs, ours)
                  if seen != native_seen}
     expected = {tag: seen for tag, (seen, _) in NON_TRAPPING.items()}
-    assert {tag: seen for tag, seen in differing.items() if tag not in TRAP_BUGS} == expected
-
-
-@pytest.mark.parametrize("tag", [
-    pytest.param(tag, marks=pytest.mark.xfail(strict=True, reason=f"VMM bug: {why}"))
-    for tag, why in sorted(TRAP_BUGS.items())])
-def test_trap_matches_native_where_only_a_vmm_bug_differs(native, trap, tag):
-    """Strict xfail: once the bug is fixed this passes, fails as XPASS, and its entry goes."""
-    assert dict(tagged(trap.text))[tag] == dict(tagged(native.text))[tag]
+    assert differing == expected
