@@ -118,11 +118,18 @@ def write_stdout(data: bytes) -> None:
         sys.stdout.buffer.flush()
 
 
-def run_guest(args) -> int:
+def load_image(args):
+    """The guest image, or None after saying on stderr why it cannot be loaded."""
     try:
-        image = resolve(args.guest, args.ram)
+        return resolve(args.guest, args.ram)
     except (ImageError, AsmError) as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
+        return None
+
+
+def run_guest(args) -> int:
+    image = load_image(args)
+    if image is None:
         return EXIT_BAD_INPUT
     stats = ExitStats() if args.stats else None
     trace = open(args.trace, "w") if args.trace else None
@@ -149,12 +156,17 @@ def run_guest(args) -> int:
     return exit_status(result, args.qemu_exit_codes)
 
 
+def hypervisor_options(args) -> dict:
+    """The hypervisor's keyword arguments that `run` and `debug` share."""
+    return dict(engine=args.engine, ram_size=args.ram,
+                input_data=args.input.encode().decode("unicode_escape").encode("latin-1"))
+
+
 def hypervisor_factory(args, observers):
     """build(extra_observers) -> a fresh, not yet booted hypervisor with the run options."""
     def build(extra: list):
         return HYPERVISORS[args.hypervisor](
-            engine=args.engine, ram_size=args.ram, sink=write_stdout,
-            input_data=args.input.encode().decode("unicode_escape").encode("latin-1"),
+            **hypervisor_options(args), sink=write_stdout,
             input_stream=sys.stdin.buffer if args.stdin else None,
             observers=[*observers, *extra], timeout=args.timeout, max_exits=args.max_exits,
             wall_clock=args.wall_clock)
@@ -163,16 +175,13 @@ def hypervisor_factory(args, observers):
 
 def debug_guest(args) -> int:
     from vmm import debugger  # the debugger's modules load only for `trapvisor debug`
-    try:
-        image = resolve(args.guest, args.ram)
-    except (ImageError, AsmError) as exc:
-        print(f"trapvisor: {exc}", file=sys.stderr)
+    image = load_image(args)
+    if image is None:
         return EXIT_BAD_INPUT
 
     def make(sink, observers):
-        return HYPERVISORS[args.hypervisor](
-            engine=args.engine, ram_size=args.ram, sink=sink, observers=observers,
-            input_data=args.input.encode().decode("unicode_escape").encode("latin-1"))
+        return HYPERVISORS[args.hypervisor](**hypervisor_options(args), sink=sink,
+                                            observers=observers)
     script = [line for item in args.script for line in ([item] if isinstance(item, str) else item)]
     return debugger.run(make, image, script, args.batch)
 

@@ -25,18 +25,6 @@ class InterruptController(Protocol):
 
 class Timer(Protocol):
     def counting(self) -> bool: ...
-    def reconfigured(self) -> None:
-        """A device changed how it can interrupt or observe time. An uncounted run must then
-        end (synchronously, from the hook that programmed the device) so that counting starts."""
-        if not self.cpu.counting and not self.quiescent():
-            self.cpu.stop()
-
-    def quiescent(self) -> bool:
-        """Nothing asynchronous can happen: no timer counts (so time is unobservable) and every
-        interrupt line is masked. Only then may the CPU run uncounted, and so imprecisely
-        stoppable: Unicorn finishes the current block after a stop requested from a hook."""
-        return self.irq_chip.all_masked() and not any(t.counting() for t in self.timers)
-
     def next_deadline_ns(self) -> int | None: ...
     def update(self) -> None: ...
 
