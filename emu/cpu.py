@@ -13,7 +13,8 @@ import struct
 from typing import Protocol
 
 from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE
-from unicorn import (UC_HOOK_BLOCK, UC_HOOK_INTR, UC_HOOK_MEM_WRITE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
+from unicorn import (UC_HOOK_BLOCK, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
+                     UC_MEM_WRITE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
                      UC_HOOK_MEM_WRITE_UNMAPPED, UC_HOOK_MEM_FETCH_UNMAPPED)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
@@ -265,21 +266,21 @@ class Cpu:
         """Stop before executing any of these linear addresses (Unicorn's exits)."""
         self.uc.ctl_set_exits(sorted(linear_addresses))
 
-    def watch_writes(self, start: int, end: int, callback) -> int:
-        """Call ``callback(address, size, value)`` before guest stores to physical [start, end].
-
-        Any memory hook slows every store of the guest by ~1.5x: debugging only."""
-        handle = self._hook(UC_HOOK_MEM_WRITE, _MEM_CB(self._make_write_cb(callback)), start, end)
+    def watch_memory(self, start: int, end: int, callback, reads: bool, writes: bool) -> int:
+        """Call ``callback(address, size, is_write)`` before guest loads and/or stores to
+        physical [start, end]. A memory hook slows every load or store: debugging only."""
+        htype = (UC_HOOK_MEM_READ if reads else 0) | (UC_HOOK_MEM_WRITE if writes else 0)
+        handle = self._hook(htype, _MEM_CB(self._make_memory_cb(callback)), start, end)
         self.uc.ctl_flush_tb()
         return handle
 
-    def _make_write_cb(self, callback):
-        def write_cb(_uc, _access, address, size, value, _ud):
+    def _make_memory_cb(self, callback):
+        def memory_cb(_uc, access, address, size, _value, _ud):
             try:
-                callback(address, size, value)
+                callback(address, size, access == UC_MEM_WRITE)
             except BaseException as exc:  # noqa: BLE001
                 self._hook_failed(exc)
-        return write_cb
+        return memory_cb
 
     def unhook(self, handle: int) -> None:
         uclib.uc_hook_del(self.uch, handle)

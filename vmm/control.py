@@ -19,6 +19,9 @@ from vmm.vcpu import RunResult, RunState
 from vmm.vmcs import ExitReason, VmExit
 
 
+WATCH_ACCESS = ("write", "read", "access")
+
+
 class StopKind(enum.Enum):
     ENTRY = "entry"
     BREAKPOINT = "breakpoint"
@@ -40,10 +43,13 @@ class Stop:
     old: bytes | None = None
     new: bytes | None = None
     result: RunResult | None = None
+    is_write: bool = True          # watchpoints: the access that hit was a store
 
     def describe(self) -> str:
         if self.kind is StopKind.EXIT:
             return f"exit #{self.exit_number}: {self.exit.reason.name} ({int(self.exit.reason)})"
+        if self.kind is StopKind.WATCHPOINT and not self.is_write:
+            return f"watchpoint {self.breakpoint}: {self.address:#x} read: {self.new.hex(' ')}"
         if self.kind is StopKind.WATCHPOINT:
             return (f"watchpoint {self.breakpoint}: {self.address:#x}: "
                     f"{self.old.hex(' ')} -> {self.new.hex(' ')}")
@@ -95,6 +101,7 @@ class Breakpoint:
     address: int | None = None     # linear (break, watch)
     length: int = 0
     physical: int | None = None
+    access: str = "write"          # watchpoints: 'write' | 'read' | 'access'
     exit_filter: ExitFilter | None = None
     hits: int = 0
     hook: int | None = field(default=None, repr=False)
@@ -156,7 +163,10 @@ class Debuggee:
     def add_breakpoint(self, linear: int) -> int:
         return self._add(Breakpoint(0, "break", f"at {linear:#x}", address=linear & 0xFFFFFFFF))
 
-    def add_watchpoint(self, linear: int, length: int = 4) -> int:
+    def add_watchpoint(self, linear: int, length: int = 4, access: str = "write") -> int:
+        """Stop when the guest writes ('write'), reads ('read') or does either ('access') there."""
+        if access not in WATCH_ACCESS:
+            raise ValueError(f"a watchpoint watches {', '.join(WATCH_ACCESS)}, not {access!r}")
         if not 1 <= length <= 4096:
             raise ValueError(f"watch length must be 1..4096 bytes, not {length}")
         physical = self.translate(linear)
@@ -164,8 +174,9 @@ class Debuggee:
             raise ValueError(f"{linear:#x}+{length} crosses into a discontiguous page")
         if not self.vm.memory.contains(physical, length):
             raise ValueError(f"{linear:#x} is guest-physical {physical:#x}, which is not RAM")
-        return self._add(Breakpoint(0, "watch", f"writes to {linear:#x}+{length}", address=linear,
-                                    length=length, physical=physical))
+        what = {"write": "writes to", "read": "reads of", "access": "accesses to"}[access]
+        return self._add(Breakpoint(0, "watch", f"{what} {linear:#x}+{length}", address=linear,
+                                    length=length, physical=physical, access=access))
 
     def add_exit_breakpoint(self, flt: ExitFilter) -> int:
         return self._add(Breakpoint(0, "exit", flt.describe(), exit_filter=flt))
@@ -189,8 +200,10 @@ class Debuggee:
 
     def _arm(self, bp: Breakpoint) -> None:
         if bp.kind == "watch":
-            bp.hook = self.cpu.watch_writes(bp.physical, bp.physical + bp.length - 1,
-                                            lambda a, s, v, bp=bp: self._watch_hit(bp, a, s))
+            bp.hook = self.cpu.watch_memory(
+                bp.physical, bp.physical + bp.length - 1,
+                lambda address, size, is_write, bp=bp: self._watch_hit(bp, is_write),
+                reads=bp.access != "write", writes=bp.access != "read")
         self._sync_addresses()
 
     def _sync_addresses(self, skip: int | None = None) -> None:
@@ -314,17 +327,17 @@ class Debuggee:
                 self._request(Stop(StopKind.EXIT, self.exit_number, exit=exit, breakpoint=bp.id))
                 return
 
-    def _watch_hit(self, bp: Breakpoint, address: int, size: int) -> None:
-        """A guest store into a watched range is about to happen: note the old bytes and stop.
-        Unicorn stops on the storing instruction with its store already done (the rest of the
-        instruction rolled back), so _finish_watch puts the old bytes back and executes the
-        instruction once more, unwatched: the stop then shows old -> new after it, as gdb does."""
+    def _watch_hit(self, bp: Breakpoint, is_write: bool) -> None:
+        """A guest access to a watched range is about to happen: note the bytes and stop.
+        Unicorn stops on the accessing instruction, rolled back but with a store already done,
+        so _finish_watch puts the old bytes back and executes the instruction once more,
+        unwatched: the stop then shows old -> new after it, as gdb does."""
         if self._pending is not None or self._unwatched:
             return
         bp.hits += 1
         old = self.vm.memory.read(bp.physical, bp.length)
         self._request(Stop(StopKind.WATCHPOINT, self.exit_number, breakpoint=bp.id,
-                           address=bp.address, old=old))
+                           address=bp.address, old=old, is_write=is_write))
 
     def _finish_watch(self, stop: Stop) -> Stop:
         bp = self.table[stop.breakpoint]

@@ -4,7 +4,7 @@ run under ``vmm.control.Debuggee``: real gdb attaches with ``target remote HOST:
 The guest runs in the thread that serves gdb; a reader thread per connection splits gdb's byte
 stream into packets, acknowledgements and Ctrl-C, so an interrupt or a hang-up can stop a running
 ``cont()``. Breakpoints (Z0/Z1) are the core's address breakpoints (guest memory is never patched),
-write watchpoints (Z2) its write watchpoints; ``monitor`` commands break on VM exits. A gdb that
+write, read and access watchpoints (Z2/Z3/Z4) its watchpoints; ``monitor`` commands break on VM exits. A gdb that
 detaches or disconnects leaves the hypervisor running: the guest waits for the next gdb, or runs
 to its end if it had been told to continue (a new gdb may still connect and stop it).
 """
@@ -33,6 +33,7 @@ SIGINT, SIGTRAP = 2, 5   # gdb's own signal numbers (include/gdb/signals.def), a
 END_SIGNALS = {RunState.TRIPLE_FAULT: 11, RunState.GUEST_FAULT: 10, RunState.HALTED: 15,
                RunState.TIMEOUT: 14, RunState.MAX_EXITS: 24, RunState.VMM_ERROR: 6}
 E_FAULT, E_INVALID = "E14", "E22"   # errno-style error replies (EFAULT, EINVAL), as QEMU gives
+WATCH_KINDS = {2: "write", 3: "read", 4: "access"}  # Z2/Z3/Z4
 
 
 class Runner:
@@ -157,7 +158,9 @@ class GdbStub:
         if stop.kind is StopKind.INTERRUPTED:
             return f"T{SIGINT:02x}"
         if stop.kind is StopKind.WATCHPOINT:
-            return f"T{SIGTRAP:02x}watch:{stop.address:x};"
+            access = self.debuggee.table[stop.breakpoint].access
+            name = {"write": "watch", "read": "rwatch", "access": "awatch"}[access]
+            return f"T{SIGTRAP:02x}{name}:{stop.address:x};"
         if stop.kind is StopKind.BREAKPOINT:
             hardware = any(key[0] == 1 for key, bp in self.inserted.items() if bp == stop.breakpoint)
             return f"T{SIGTRAP:02x}{'hwbreak' if hardware else 'swbreak'}:;"
@@ -250,12 +253,11 @@ class GdbStub:
     # ----- breakpoints and watchpoints ----------------------------------------------------------
     def _insert(self, args: bytes) -> str:
         """Z0/Z1 ADDR: the core's address breakpoints (no 0xCC in guest memory; like debug
-        registers they may name a linear address not mapped yet). Z2: write watchpoints, on mapped
-        memory only. Z3/Z4 (read/access watchpoints) get '' (unsupported): the core watches
-        writes only."""
+        registers they may name a linear address not mapped yet). Z2/Z3/Z4: write, read and
+        access watchpoints, on mapped memory only."""
         key = point(args)
         ztype, address, kind = key
-        if ztype > 2:
+        if ztype > 4:
             return ""
         if key not in self.inserted:
             try:
@@ -268,11 +270,11 @@ class GdbStub:
         if ztype < 2:
             return self.debuggee.add_breakpoint(address)
         self.debuggee.read_virtual(address, kind)  # Fault/BusError: not mapped
-        return self.debuggee.add_watchpoint(address, kind)
+        return self.debuggee.add_watchpoint(address, kind, WATCH_KINDS[ztype])
 
     def _remove(self, args: bytes) -> str:
         key = point(args)
-        if key[0] > 2:
+        if key[0] > 4:
             return ""
         if key in self.inserted:
             self.debuggee.delete(self.inserted.pop(key))

@@ -305,11 +305,21 @@ def test_monitor_last_exit_and_break_exit(hello):
     assert client.ask("c") == "W00"
 
 
-def test_read_and_access_watchpoints_are_unsupported(hello):
+def test_read_and_access_watchpoints_stop_after_the_access(hello):
+    """hello reads its message with LODSB: a read watchpoint on the third byte stops right
+    after the LODSB that read it (SI has moved past it); an access watchpoint does too."""
     _, client = hello
-    assert client.ask("Z3,9000,4") == ""
-    assert client.ask("Z4,9000,4") == ""
+    third = HELLO.symbols["message"] + 2
+    assert client.ask(f"Z3,{third:x},1") == "OK"
+    assert client.ask("c") == f"T05rwatch:{third:x};"
+    esi = int.from_bytes(bytes.fromhex(client.ask("p6")), "little")
+    assert esi & 0xFFFF == third + 1
+    assert client.ask(f"z3,{third:x},1") == "OK"
+    assert client.ask(f"Z4,{third + 1:x},1") == "OK"
+    assert client.ask("c") == f"T05awatch:{third + 1:x};"
+    assert client.ask(f"z4,{third + 1:x},1") == "OK"
     assert client.ask("Z2,4000000,4") == "E14"
+    assert client.ask("c") == "W00"
 
 
 def test_no_ack_mode(hello):
