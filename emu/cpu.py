@@ -134,8 +134,7 @@ class Cpu:
         self._is_int = ctypes.c_int32.from_address(self.env + dr - 60)
         self._old_exception = ctypes.c_int32.from_address(self.env + dr + 48)
         self.gpr = (ctypes.c_uint64 * 8).from_address(self.env)
-        self._eip = ctypes.c_uint64.from_address(self.env + OFF_EIP)
-        self.eip_reg = self._eip  # the raw field, for exit handlers that count every 0.1 µs
+        self.eip_reg = ctypes.c_uint64.from_address(self.env + OFF_EIP)  # raw, for hot handlers
         self._eflags = ctypes.c_uint64.from_address(self.env + OFF_EFLAGS)
         self._hflags = ctypes.c_uint32.from_address(self.env + OFF_HFLAGS)
         self.segs = [SegmentCache.from_address(self.env + OFF_SEGS + 24 * i) for i in range(6)]
@@ -330,7 +329,7 @@ class Cpu:
         if count and not self._counting:
             self.uc.ctl_flush_tb()
         self._counting = bool(count)
-        return uclib.uc_emu_start(self.uch, self._eip.value, NO_UNTIL, 0, count)
+        return uclib.uc_emu_start(self.uch, self.eip_reg.value, NO_UNTIL, 0, count)
 
     @property
     def counting(self) -> bool:
@@ -354,11 +353,11 @@ class Cpu:
     # ----- registers ----------------------------------------------------------------------------
     @property
     def eip(self) -> int:
-        return self._eip.value & 0xFFFFFFFF
+        return self.eip_reg.value & 0xFFFFFFFF
 
     @eip.setter
     def eip(self, value: int) -> None:
-        self._eip.value = value & 0xFFFFFFFF
+        self.eip_reg.value = value & 0xFFFFFFFF
 
     @property
     def eflags(self) -> int:

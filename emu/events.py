@@ -167,7 +167,7 @@ class EventDelivery:
     # ----- protected mode -----------------------------------------------------------------------
     def _deliver_protected(self, vector: int, kind: EventKind, error_code: int | None) -> None:
         ext = 0 if kind in (EventKind.SOFTWARE_INTERRUPT, EventKind.SOFTWARE_EXCEPTION) else 1
-        gate_type, gate_dpl, selector, offset = self._read_gate(vector, kind, ext)
+        gate_type, selector, offset = self._read_gate(vector, kind, ext)
         desc = self._handler_segment(selector, ext)
         cpl = self.view.cpl()
         bits = 32 if gate_type in (GATE_INT32, GATE_TRAP32) else 16
@@ -202,7 +202,7 @@ class EventDelivery:
         if not present:
             raise Fault(NP, gate_error)
         offset = (lo & 0xFFFF) | (hi & 0xFFFF0000)
-        return gate_type, dpl, lo >> 16, offset
+        return gate_type, lo >> 16, offset
 
     def _handler_segment(self, selector: int, ext: int) -> Descriptor:
         if selector & 0xFFFC == 0:

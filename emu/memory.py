@@ -45,21 +45,9 @@ class GuestMemory:
         self._check(addr, len(data))
         self.mmap[addr:addr + len(data)] = data
 
-    def read_u8(self, addr: int) -> int:
-        self._check(addr, 1)
-        return self.mmap[addr]
-
-    def read_u16(self, addr: int) -> int:
-        self._check(addr, 2)
-        return struct.unpack_from("<H", self.mmap, addr)[0]
-
     def read_u32(self, addr: int) -> int:
         self._check(addr, 4)
         return struct.unpack_from("<I", self.mmap, addr)[0]
-
-    def write_u16(self, addr: int, value: int) -> None:
-        self._check(addr, 2)
-        struct.pack_into("<H", self.mmap, addr, value & 0xFFFF)
 
     def write_u32(self, addr: int, value: int) -> None:
         self._check(addr, 4)

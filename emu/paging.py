@@ -6,7 +6,6 @@ architectural: a ``Fault`` carrying #PF with the SDM error code and CR2 (Intel S
 """
 from __future__ import annotations
 
-import struct
 
 from emu.memory import GuestMemory
 
@@ -108,12 +107,3 @@ class LinearMemory:
         for phys, n in pieces:
             self.memory.write(phys, data[offset:offset + n])
             offset += n
-
-    def read_u16(self, linear: int, user: bool = False) -> int:
-        return struct.unpack("<H", self.read(linear, 2, user))[0]
-
-    def read_u32(self, linear: int, user: bool = False) -> int:
-        return struct.unpack("<I", self.read(linear, 4, user))[0]
-
-    def write_uint(self, linear: int, value: int, size: int, user: bool = False) -> None:
-        self.write(linear, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"), user)

@@ -16,8 +16,6 @@ TYPE_CODE = 0x8
 TYPE_CONFORMING = 0x4
 TYPE_READABLE_OR_WRITABLE = 0x2
 TYPE_ACCESSED = 0x1
-TSS_TYPES = {0x1: 16, 0x3: 16, 0x9: 32, 0xB: 32}  # available/busy 16- and 32-bit TSS
-TSS_BUSY = 0x2
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from emu.cpu import GPR_NAMES, SEG_NAMES
-from emu.paging import LinearMemory
 from vmm.vcpu import RunResult, RunState
 from vmm.vmcs import ExitReason, VmExit
 
@@ -354,9 +353,6 @@ class Debuggee:
         return stop
 
     # ----- state --------------------------------------------------------------------------------
-    def lin(self) -> LinearMemory:
-        return self.vm.lin
-
     def translate(self, linear: int) -> int:
         return self.vm.lin.translate(linear, touch=False)
 

@@ -9,7 +9,7 @@ from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
 from emu.cpu import CS
 from emu.disasm import Disassembler, Insn
 from emu.events import EventKind
-from emu.paging import BusError, Fault
+from emu.paging import CR0_PG, BusError, Fault
 from vmm.vcpu import RunState
 
 UC_ERR_NAMES = {6: "read from unmapped memory", 7: "write to unmapped memory",
@@ -40,9 +40,14 @@ class EngineBase:
         return b""
 
     # ----- reading the guest's code -------------------------------------------------------------
-    def fetch(self, linear: int) -> bytes:
-        """Up to 15 instruction bytes at a linear address (fewer at the end of mapped memory)."""
-        for length in (MAX_INSN, 8, 4, 2, 1):
+    def fetch(self, linear: int, length: int = MAX_INSN) -> bytes:
+        """Up to ``length`` instruction bytes at a linear address (fewer at the end of mapped
+        memory). While paging is off this is a plain slice of RAM: trap handlers call it on
+        every exit."""
+        memory = self.vm.memory
+        if not self.cpu.cr[0] & CR0_PG and linear + length <= memory.size:
+            return memory.mmap[linear:linear + length]
+        for length in sorted({length, 8, 4, 2, 1} & set(range(1, length + 1)), reverse=True):
             try:
                 return self.lin.read(linear, length)
             except (Fault, BusError):

@@ -9,9 +9,12 @@ with no handler fails loudly with ``UnhandledExit``.
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from vmm.vmcs import ExitReason, VmExit
+
+if TYPE_CHECKING:
+    from vmm.vcpu import Vcpu
 
 HYPERVISOR_LEAF = 0x40000000
 HYPERVISOR_SIGNATURE = b"TrapVisorVMM"
@@ -28,7 +31,7 @@ class UnhandledExit(RuntimeError):
     """An exit reason arrived that the hypervisor has no handler for."""
 
 
-Handler = Callable[["Vcpu", VmExit], Outcome]  # noqa: F821 - Vcpu is vmm.vcpu.Vcpu
+Handler = Callable[["Vcpu", VmExit], Outcome]
 
 
 def handle_cpuid(vcpu, exit: VmExit) -> Outcome:

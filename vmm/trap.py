@@ -13,10 +13,10 @@ from typing import Callable, NamedTuple
 
 from emu.cpu import CS, EAX, EBX, ECX, EDX
 from emu.events import GP, PF, UD, ERROR_CODE_VECTORS, EventKind
-from emu.paging import CR0_PE, CR0_PG, Fault
+from emu.paging import CR0_PE, Fault
 from vmm.deprivilege import DeprivilegedGuest, UnsupportedGuestState
 from vmm.emulate import emulate_hlt, emulator_for, effective_address
-from vmm.engine import MAX_INSN, EngineBase
+from vmm.engine import EngineBase
 from vmm.exits import Outcome
 from vmm.vcpu import RunState
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
@@ -140,12 +140,7 @@ class TrapEngine(EngineBase):
         linear = (cs.base + cpu.eip_reg.value) & 0xFFFFFFFF
         plan = self._plans.get(linear)
         if plan is not None and plan.cs_flags == cs.flags:
-            size = plan.size
-            if cpu.cr[0] & CR0_PG:
-                code = self.fetch(linear)[:size]
-            else:
-                code = self.vm.memory.mmap[linear:linear + size]
-            if code == plan.insn.raw:
+            if self.fetch(linear, plan.size) == plan.insn.raw:
                 return plan
         bits = cpu.code_bits
         plan = make_plan(self.disasm.decode(self.fetch(linear), cpu.eip, bits), bits, cs.flags)
@@ -160,14 +155,8 @@ class TrapEngine(EngineBase):
             if plan.emulator is emulate_hlt:
                 emulate_hlt(self.g, plan.insn)
                 vcpu.halt()
-                return
-            eip = self.cpu.eip_reg
-            start = eip.value
-            try:
-                if not plan.emulator(self.g, plan.insn):
-                    eip.value = (start + plan.size) & plan.eip_mask
-            except (Fault, UnsupportedGuestState) as exc:
-                self._emulation_failed(exc)
+            else:
+                self.run_emulator(plan)
             return
         insn = plan.insn
         reason, qualification = self._classify(insn)
@@ -207,7 +196,7 @@ class TrapEngine(EngineBase):
         return R.EXCEPTION_NMI, 0
 
     def _io_qualification(self, port: int, size: int, is_in: bool) -> int:
-        code = self.fetch_code(self.cpu.linear_pc(), 4)
+        code = self.fetch(self.cpu.linear_pc(), 4)
         rep = False
         for byte in code:
             if byte not in PREFIXES:
@@ -215,13 +204,6 @@ class TrapEngine(EngineBase):
                                         byte in IMM_IO_OPCODES)
             rep = rep or byte == 0xF3
         return io_qualification(port, size, is_in)
-
-    def fetch_code(self, linear: int, length: int = 15) -> bytes:
-        """Instruction bytes at a linear address; a plain slice of RAM while paging is off."""
-        memory = self.vm.memory
-        if not self.cpu.cr[0] & CR0_PG and linear + length <= memory.size:
-            return memory.mmap[linear:linear + length]
-        return self.fetch(linear)[:length]
 
     # ----- what the exit handlers call (vcpu.guest) ---------------------------------------------
     def handle_exception(self, exit: VmExit) -> Outcome:
@@ -232,13 +214,15 @@ class TrapEngine(EngineBase):
         return Outcome.RESUME
 
     def emulate(self, exit: VmExit) -> Outcome:
-        return self.run_emulator(make_plan(exit.insn, self.cpu.code_bits, self.cpu.segs[CS].flags))
+        """The handler side of an instruction exit: run the plan _plan() cached for its RIP."""
+        return self.run_emulator(self._plans[(self.cpu.segs[CS].base + exit.rip) & 0xFFFFFFFF])
 
     def run_emulator(self, plan: Plan) -> Outcome:
-        eip = self.cpu.eip
+        eip = self.cpu.eip_reg
+        start = eip.value
         try:
             if not plan.emulator(self.g, plan.insn):
-                self.cpu.eip = (eip + plan.size) & plan.eip_mask
+                eip.value = (start + plan.size) & plan.eip_mask
         except (Fault, UnsupportedGuestState) as exc:
             return self._emulation_failed(exc)
         return Outcome.RESUME
