@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 HYPERVISOR_LEAF = 0x40000000
 HYPERVISOR_SIGNATURE = b"TrapVisorVMM"
+HV_STATUS_INVALID_HYPERCALL_CODE = 0x0002
 
 
 class Outcome(enum.Enum):
@@ -55,6 +56,14 @@ def handle_exception(vcpu, exit: VmExit) -> Outcome:
     return vcpu.guest.handle_exception(exit)
 
 
+def handle_vmcall(vcpu, exit: VmExit) -> Outcome:
+    """A hypercall to a hypervisor that offers none: fail it the way Hyper-V fails an unknown
+    call code (HV_STATUS_INVALID_HYPERCALL_CODE in EAX, EDX = 0) and step over VMCALL."""
+    vcpu.cpu.gpr[0], vcpu.cpu.gpr[2] = HV_STATUS_INVALID_HYPERCALL_CODE, 0
+    vcpu.guest.complete_vmcall()
+    return Outcome.RESUME
+
+
 def handle_triple_fault(vcpu, exit: VmExit) -> Outcome:
     vcpu.finish_triple_fault(exit.detail)
     return Outcome.STOP
@@ -64,6 +73,7 @@ EXIT_HANDLERS: dict[ExitReason, Handler] = {
     ExitReason.EXCEPTION_NMI: handle_exception,
     ExitReason.TRIPLE_FAULT: handle_triple_fault,
     ExitReason.CPUID: handle_cpuid,
+    ExitReason.VMCALL: handle_vmcall,
     ExitReason.HLT: handle_hlt,
     ExitReason.INVLPG: handle_emulated,
     ExitReason.CR_ACCESS: handle_emulated,

@@ -34,6 +34,7 @@ IMM_IO_OPCODES = frozenset((0xE4, 0xE5, 0xE6, 0xE7))
 STRING_IO_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F))
 PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
 HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
+VMCALL_BYTES = b"\x0f\x01\xc1"
 
 
 class Plan(NamedTuple):
@@ -116,6 +117,14 @@ class TrapEngine(EngineBase):
                          error_code if intno in ERROR_CODE_VECTORS else None)
 
     def on_invalid_opcode(self) -> bool:
+        """#UD. VMCALL (0F 01 C1) raises #UD on a CPU without VMX; here it is the hypercall
+        instruction and exits with reason VMCALL, as it does in VMX non-root operation."""
+        if self.fetch(self.cpu.linear_pc(), 3) == VMCALL_BYTES:
+            exit = self._exit(R.VMCALL)
+            exit.insn_bytes = VMCALL_BYTES
+            self.vmcs.exit_instruction_length = 3
+            self.vcpu.handle_exit(exit)
+            return True
         self._event_exit(UD, EventKind.HARDWARE_EXCEPTION, None)
         return True
 
@@ -239,6 +248,11 @@ class TrapEngine(EngineBase):
 
     def skip_instruction(self, exit: VmExit) -> None:
         emulate_hlt(self.g, exit.insn)
+
+    def complete_vmcall(self) -> None:
+        """A hypercall handler finished: step over the 3-byte VMCALL."""
+        eip = self.cpu.eip_reg
+        eip.value = (eip.value + len(VMCALL_BYTES)) & 0xFFFFFFFF
 
     def cpuid(self, leaf_base: int, signature: bytes) -> Outcome:
         """CPUID passes through, except the hypervisor leaves, which name this VMM."""
