@@ -13,7 +13,7 @@ import struct
 from typing import Protocol
 
 from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE
-from unicorn import (UC_HOOK_BLOCK, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
+from unicorn import (UC_HOOK_BLOCK, UC_HOOK_EDGE_GENERATED, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
                      UC_MEM_WRITE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
                      UC_HOOK_MEM_WRITE_UNMAPPED, UC_HOOK_MEM_FETCH_UNMAPPED)
 from unicorn import x86_const as X
@@ -68,8 +68,15 @@ _BLOCK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_ui
                              ctypes.c_void_p)
 _MEM_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
                            ctypes.c_int64, ctypes.c_void_p)
+_EDGE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_void_p)
 _UNMAPPED_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                                 ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
+
+
+class TranslationBlock(ctypes.Structure):
+    """Unicorn's uc_tb: a newly translated block (linear start, instruction count, byte size)."""
+    _fields_ = [("pc", ctypes.c_uint64), ("icount", ctypes.c_uint16), ("size", ctypes.c_uint16)]
 
 
 class SegmentCache(ctypes.Structure):
@@ -111,6 +118,8 @@ class Cpu:
         self.hook_error: BaseException | None = None
         self._callbacks: list = []
         self._block_hook: int | None = None
+        self._translation_hook: int | None = None
+        self._exits: dict[str, frozenset[int]] = {}
         self._install_hooks()
         # Exits mode, with no exits: Unicorn ignores `until`, and no longer ends every run by
         # looking up the code page of until-1 (with guest paging on, that lookup page-faults
@@ -261,9 +270,34 @@ class Cpu:
             self.hook_error = exc
         self.stop()
 
-    def set_exits(self, linear_addresses) -> None:
-        """Stop before executing any of these linear addresses (Unicorn's exits)."""
-        self.uc.ctl_set_exits(sorted(linear_addresses))
+    def set_exits(self, linear_addresses, owner: str = "debugger") -> None:
+        """Stop before executing any of these linear addresses (Unicorn's exits). Each owner (the
+        debugger's breakpoints, an engine's translated sites) keeps its own set; the CPU stops at
+        their union. Unicorn checks exits when it translates a block, so the blocks holding a new
+        exit are invalidated (it only re-translates those at exit-1 after each run by itself)."""
+        before = set().union(*self._exits.values())
+        self._exits[owner] = frozenset(linear_addresses)
+        after = set().union(*self._exits.values())
+        if after == before:
+            return
+        self.uc.ctl_set_exits(sorted(after))
+        for address in after ^ before:
+            self.uc.ctl_remove_cache(address, address + 1)
+
+    def watch_translations(self, callback) -> None:
+        """Call ``callback(linear, size)`` for every block Unicorn translates, before it first
+        runs (UC_HOOK_EDGE_GENERATED: at translation time, never per execution). Blocks already
+        translated are flushed so that every block passes through the callback."""
+        self._translation_callback = callback
+        self._translation_hook = self._hook(UC_HOOK_EDGE_GENERATED, _EDGE_CB(self._edge_cb))
+        self.uc.ctl_flush_tb()
+
+    def _edge_cb(self, _uc, current, _previous, _ud):
+        try:
+            block = TranslationBlock.from_address(current)
+            self._translation_callback(block.pc & 0xFFFFFFFF, block.size)
+        except BaseException as exc:  # noqa: BLE001
+            self._hook_failed(exc)
 
     def watch_memory(self, start: int, end: int, callback, reads: bool, writes: bool) -> int:
         """Call ``callback(address, size, is_write)`` before guest loads and/or stores to

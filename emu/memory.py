@@ -1,12 +1,15 @@
-"""Guest-physical RAM: one shared anonymous mapping that Unicorn executes from and the VMM reads.
+"""Guest-physical RAM: one shared mapping of a memfd that Unicorn executes from and the VMM reads.
 
-The RAM is an ``mmap`` (MAP_SHARED, anonymous), so a later parent-partition process can map the
-same pages; the VMM reads and writes it directly, without going through Unicorn's API.
+The RAM is a sealed-size ``memfd`` mapped MAP_SHARED, so another process (the micro hypervisor's
+parent partition) can be handed the descriptor and map the page ranges a guest grants it; the VMM
+reads and writes it directly, without going through Unicorn's API.
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
+import os
 import struct
 
 PAGE_SIZE = 0x1000
@@ -25,7 +28,10 @@ class GuestMemory:
             raise GuestMemoryError(
                 f"guest RAM must be a multiple of 4 KiB and at least 1 MiB, not {size:#x} bytes")
         self.size = size
-        self.mmap = mmap.mmap(-1, size, flags=mmap.MAP_SHARED)
+        self.fd = os.memfd_create("trapvisor-guest-ram", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(self.fd, size)
+        fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        self.mmap = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
         self.view = memoryview(self.mmap)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
 
@@ -56,3 +62,4 @@ class GuestMemory:
     def close(self) -> None:
         self.view.release()
         self.mmap.close()
+        os.close(self.fd)

@@ -17,12 +17,13 @@ from vmm.devices.pit8254 import Pit8254
 from vmm.devices.uart16550 import Uart16550
 from vmm.exits import EXIT_HANDLERS, Outcome
 from vmm.native import NativeEngine
+from vmm.bt import BtEngine
 from vmm.trap import TrapEngine
 from vmm.vcpu import RunResult, Vcpu
 from vmm.vm import DEFAULT_RAM, Vm
 from vmm.vmcs import ExitReason
 
-ENGINES = {"native": NativeEngine, "trap": TrapEngine}
+ENGINES = {"native": NativeEngine, "trap": TrapEngine, "bt": BtEngine}
 COM1, COM1_IRQ = 0x3F8, 4
 
 

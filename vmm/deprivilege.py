@@ -88,13 +88,14 @@ class TrapView(GuestView):
 
 class DeprivilegedGuest:
     """Shadow state of one deprivileged guest, and the real-CPU configuration that follows it."""
+    view_class = TrapView
 
     def __init__(self, vcpu, state):
         self.vcpu = vcpu
         self.cpu: Cpu = vcpu.vm.cpu
         self.lin = vcpu.vm.lin
         self.state = state
-        self.view = TrapView(self.cpu, self)
+        self.view = self.view_class(self.cpu, self)
         self.events = EventDelivery(self.cpu, self.lin, self.view)
         self.tables = DescriptorTables(self.lin)
         self.debug_regs = [0, 0, 0, 0, 0, 0, 0xFFFF0FF0, 0x400]

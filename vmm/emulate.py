@@ -295,6 +295,7 @@ def return_outward(g, selector: int, offset: int, size: int) -> None:
 
 def emulate_iret(g, insn) -> bool:
     size = insn.opsize // 8
+    before = g.view.flags(), g.guest_cpl()  # IRET's flag rules use the CPL it ran at
     offset, selector, flags = pop(g, size), pop(g, size) & 0xFFFF, pop(g, size)
     if size == 2:
         flags |= g.view.flags() & 0xFFFF0000
@@ -308,14 +309,15 @@ def emulate_iret(g, insn) -> bool:
     else:
         g.load_code_segment(selector, g.guest_cpl())
         g.cpu.eip = offset
-    set_guest_flags(g, flags)
+    set_guest_flags(g, flags, *before)
     return True
 
 
-def set_guest_flags(g, flags: int) -> None:
-    """IRET/POPF rules: IOPL only changes at CPL 0, IF only when CPL <= IOPL."""
-    current = g.view.flags()
-    cpl = g.guest_cpl()
+def set_guest_flags(g, flags: int, current: int | None = None, cpl: int | None = None) -> None:
+    """IRET/POPF rules: IOPL only changes at CPL 0, IF only when CPL <= IOPL (the flags and CPL
+    the instruction started with)."""
+    current = g.view.flags() if current is None else current
+    cpl = g.guest_cpl() if cpl is None else cpl
     keep = 0
     if cpl > 0:
         keep |= 0x3000

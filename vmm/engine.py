@@ -39,6 +39,10 @@ class EngineBase:
     def exit_bytes(self, exit) -> bytes:
         return b""
 
+    def translation_report(self) -> str:
+        """What the engine translated (binary translation's site table); empty for others."""
+        return ""
+
     # ----- reading the guest's code -------------------------------------------------------------
     def fetch(self, linear: int, length: int = MAX_INSN) -> bytes:
         """Up to ``length`` instruction bytes at a linear address (fewer at the end of mapped

@@ -84,6 +84,7 @@ EXIT_HANDLERS: dict[ExitReason, Handler] = {
     ExitReason.MSR_WRITE: handle_emulated,
     ExitReason.GDTR_IDTR_ACCESS: handle_emulated,
     ExitReason.LDTR_TR_ACCESS: handle_emulated,
+    ExitReason.BT_CALLOUT: handle_emulated,
 }
 
 

@@ -15,9 +15,10 @@ class ExitStats:
     def __init__(self):
         self.samples: dict[str, list[int]] = defaultdict(list)
         self.details: dict[str, int] = defaultdict(int)
+        self.engine = None
 
     def on_exit(self, vcpu, exit) -> None:
-        pass
+        self.engine = vcpu.engine
 
     def on_entry(self, vcpu, exit, outcome) -> None:
         self.samples[exit.reason.name].append(exit.duration_ns)
@@ -41,6 +42,9 @@ class ExitStats:
             lines += ["", "By instruction:"]
             lines += [f"  {k:<40} {v:>9}" for k, v in sorted(self.details.items(),
                                                                key=lambda kv: -kv[1])]
+        translated = self.engine.translation_report() if self.engine is not None else ""
+        if translated:
+            lines += ["", translated]
         return "\n".join(lines)
 
 

@@ -56,11 +56,12 @@ def make_plan(insn, bits: int, cs_flags: int) -> Plan | None:
 class TrapEngine(EngineBase):
     """Deprivileged guest kernel; privileged instructions and all I/O exit to the VMM."""
     name = "trap"
+    guest_class = DeprivilegedGuest
 
     def attach(self, vcpu) -> None:
         super().attach(vcpu)
         self.vmcs = Vmcs()
-        self.g = DeprivilegedGuest(vcpu, self.vmcs.guest)
+        self.g = self.guest_class(vcpu, self.vmcs.guest)
         self.state = self.vmcs.guest
         self._cpuid_done = False
         self._plans: dict[int, Plan] = {}

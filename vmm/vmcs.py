@@ -74,6 +74,9 @@ class ExitReason(enum.IntEnum):
     PML_FULL = 62
     XSAVES = 63
     XRSTORS = 64
+    # Not an SDM reason: a binary-translation callout (VMware's term) for a sensitive instruction
+    # that VT-x would not exit on. The SDM never uses basic reason 0xFFFF.
+    BT_CALLOUT = 0xFFFF
 
 
 def io_qualification(port: int, size: int, is_in: bool, string: bool = False, rep: bool = False,

@@ -5,8 +5,12 @@
 ;   0  empty      dec ecx / jnz only
 ;   1  out        out 0x80, al      -> IO_INSTRUCTION exit
 ;   2  cli        cli               (ring 1 under the trap engine: IOPL 0 -> #GP -> emulate)
+;   3  cpuid      cpuid             (bare-CPU floor of a CPUID exit: the CPUID hook; ECX kept in EBP)
+;   4  int 0x80   int 0x80          (bare-CPU floor of a software interrupt: the INTR hook only;
+;                                    no IDT here, so only a bare CPU with a hook can run it)
 ; `entry32` holds the address of the 32-bit part, so the benchmark can start a bare CPU there
-; with its own flat segments at CPL 3. exit_cost.py patches the dwords after "BNCH".
+; with its own flat segments at CPL 3. exit_cost.py and the `trapvisor bench`
+; floors patch the dwords after "BNCH".
 
 bits 16
 org 0x7c00
@@ -52,6 +56,10 @@ bench32:
     je out_loop
     cmp eax, 2
     je cli_loop
+    cmp eax, 3
+    je cpuid_loop
+    cmp eax, 4
+    je int_loop
 
 empty_loop:
     dec ecx
@@ -68,6 +76,22 @@ cli_loop:
     cli
     dec ecx
     jnz cli_loop
+    jmp done
+
+cpuid_loop:
+    mov ebp, ecx
+.next:
+    xor eax, eax
+    cpuid
+    dec ebp
+    jnz .next
+    xor ecx, ecx
+    jmp done
+
+int_loop:
+    int 0x80
+    dec ecx
+    jnz int_loop
 
 done:
     xor al, al

@@ -98,3 +98,11 @@ def test_trap_differs_exactly_on_the_non_trapping_instructions(native, trap):
                  if seen != native_seen}
     expected = {tag: seen for tag, (seen, _) in NON_TRAPPING.items()}
     assert differing == expected
+
+
+@pytest.mark.parametrize("engine", ["bt"])
+def test_translating_engines_match_native_byte_for_byte(native, engine):
+    """Binary translation (and VT-x) virtualize every line trap gets wrong."""
+    run = run_guest("sensitive", engine)
+    assert run.result.state is RunState.EXITED, run.result.report()
+    assert run.output == native.output

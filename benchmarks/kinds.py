@@ -1,0 +1,110 @@
+"""Benchmark 1, exit cost by kind: what one VM exit of each kind costs under each engine and
+hypervisor, beside the same loop under the native engine and the bare-Unicorn floor of that
+kind of event measured in the same run.
+
+Kinds: CPUID, VMCALL, IN from an in-hypervisor device (port 0x80 null device), IN from a
+parent-partition device (micro hypervisor only), MOV to CR0, RDMSR, WRMSR, HLT woken by a timer,
+page fault, exception reflection (#DE), INT 0x80 system call from ring 3. Per combination: median
+µs per guest iteration with p10/p90 over the repetitions, exits per iteration (vCPU exit count),
+µs per exit, x native (same loop, native engine) and x floor (Unicorn's cheapest round trip).
+"""
+from __future__ import annotations
+
+from benchmarks.loops import Context
+from benchmarks.records import (BARE, NONE, Section, fmt, missing, ratio, record, spread,
+                                with_spread)
+
+NAME = "exits"
+TITLE = "1. Exit cost by kind: µs per guest iteration (median, p10-p90), exits per iteration"
+# kind -> (guest, floor kind, what one iteration does)
+KINDS = {
+    "cpuid": ("exit-cpuid", "cpuid", "CPUID leaf 0"),
+    "vmcall": ("exit-vmcall", "fault", "VMCALL (native: #UD to the guest)"),
+    "io_hypervisor": ("nano-in", "io", "IN port 0x80, device in the hypervisor"),
+    "io_parent": ("nano-in", "io", "IN port 0x80, device in the parent partition"),
+    "cr_write": ("nano-crwrite", "fault", "MOV CR0, EAX"),
+    "msr_read": ("exit-rdmsr", "fault", "RDMSR 0x174"),
+    "msr_write": ("exit-wrmsr", "fault", "WRMSR 0x174"),
+    "hlt_wakeup": ("exit-hlt", "fault", "STI; HLT woken by a PIT tick, EOI, IRET"),
+    "page_fault": ("nano-pgfault", "fault", "#PF, handler maps the page, unmap + INVLPG"),
+    "exception": ("nano-divzero", "fault", "DIV by 0 -> #DE to the guest's handler"),
+    "syscall": ("nano-syscall", "softint", "INT 0x80 from ring 3 and IRET"),
+}
+WRONG_HYPERVISOR = {
+    ("io_parent", "monolithic"): "monolithic: every device model is in the hypervisor process",
+    ("io_hypervisor", "micro"): "micro: legacy port I/O is forwarded to the parent partition "
+                                "(see io_parent)",
+}
+
+
+def run(ctx: Context) -> Section:
+    ctx.ensure_floors()
+    ctx.ensure_loops(sorted({guest for guest, _, _ in KINDS.values()}))
+    section = Section(NAME, TITLE)
+    section.records += floor_records(ctx)
+    section.lines += floor_lines(ctx)
+    header = (f"    {'engine/hypervisor':<20} {'µs/iter':>8} {'p10':>8} {'p90':>8} "
+              f"{'exits/it':>8} {'µs/exit':>8} {'x native':>8} {'x floor':>8}")
+    for kind, (guest, floor, what) in KINDS.items():
+        section.lines += [f"  {kind}: {what} ({guest})", header]
+        for name in ctx.hypervisors:
+            for engine in ctx.engines:
+                line, records = combination(ctx, kind, engine, name)
+                section.lines.append(line)
+                section.records += records
+    return section
+
+
+def floor_records(ctx: Context) -> list[dict]:
+    return [with_spread(NAME, BARE, NONE, f"floor_{kind}_us_per_event", floor.samples, "us",
+                        description=floor.description) for kind, floor in ctx.floors.items()]
+
+
+def floor_lines(ctx: Context) -> list[str]:
+    lines = ["  bare-Unicorn floors (emu.cpu.Cpu, no VMM; µs per event, median p10-p90):"]
+    for kind, floor in ctx.floors.items():
+        s = spread(floor.samples)
+        lines.append(f"    {kind:<8} {s['median']:8.3f} {s['p10']:8.3f} {s['p90']:8.3f}  "
+                     f"{floor.description}")
+    return lines
+
+
+def combination(ctx: Context, kind: str, engine: str, hypervisor: str) -> tuple[str, list]:
+    """The table line and records of one kind under one engine and hypervisor."""
+    label = f"{engine}/{hypervisor}"
+    reason = unavailable(ctx, kind, engine, hypervisor)
+    if reason:
+        return (f"    {label:<20} not measured: {reason}",
+                [missing(NAME, engine, hypervisor, f"{kind}_us_per_iteration", "us", reason)])
+    loop = ctx.loop(KINDS[kind][0], engine, hypervisor)
+    s = spread(loop.us_per_iteration)
+    exits = loop.exits_per_iteration
+    per_exit = s["median"] / exits if exits else None
+    native = ctx.loop(loop.guest, "native", hypervisor) if "native" in ctx.engines else None
+    x_native = ratio(s["median"], spread(native.us_per_iteration)["median"]) \
+        if native is not None and native.us_per_iteration and engine != "native" else None
+    x_floor = ratio(s["median"], spread(ctx.floors[KINDS[kind][1]].samples)["median"])
+    records = [
+        with_spread(NAME, engine, hypervisor, f"{kind}_us_per_iteration",
+                    loop.us_per_iteration, "us", n=list(loop.n)),
+        record(NAME, engine, hypervisor, f"{kind}_exits_per_iteration", exits, "exits"),
+        record(NAME, engine, hypervisor, f"{kind}_us_per_exit", per_exit, "us"),
+        record(NAME, engine, hypervisor, f"{kind}_x_native", x_native, "ratio"),
+        record(NAME, engine, hypervisor, f"{kind}_x_floor", x_floor, "ratio"),
+    ]
+    line = (f"    {label:<20} {s['median']:8.3f} {s['p10']:8.3f} {s['p90']:8.3f} "
+            f"{fmt(exits, '.2f')} {fmt(per_exit)} {fmt(x_native, '.2f')} {fmt(x_floor, '.2f')}")
+    return line, records
+
+
+def unavailable(ctx: Context, kind: str, engine: str, hypervisor: str) -> str | None:
+    """Why this combination has no figure, or None."""
+    cls = ctx.hypervisors[hypervisor]
+    if isinstance(cls, str):
+        return cls
+    if (kind, hypervisor) in WRONG_HYPERVISOR:
+        return WRONG_HYPERVISOR[kind, hypervisor]
+    loop = ctx.loop(KINDS[kind][0], engine, hypervisor)
+    if loop.error:
+        return f"the run failed: {loop.error}"
+    return None

@@ -1,0 +1,154 @@
+"""Per-iteration cost of a guest's measured loop, and the bare-Unicorn floors of each kind of
+event, shared by the exit-kind and Adams & Agesen benchmarks.
+
+A loop guest (guests/nano-*.asm, benchmarks/guests/exit-*.asm) runs twice per repetition, with N
+and N/5 iterations set at build time; µs per iteration = (t(N) - t(N/5)) / (N - N/5), which
+removes boot and report. Exits per iteration come from the vCPU's exit count the same way. N is
+calibrated per guest and engine so the difference takes a fixed time (cheap native loops need
+millions of passes to stand above the noise). Repetitions rotate through every configuration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from benchmarks.harness import EMPTY_VARIANT, Guest, build, run_bare, run_vm
+
+LADDER = (400, 2_000, 10_000, 50_000, 250_000, 1_250_000, 6_250_000)
+CALIBRATION = (LADDER[0], LADDER[1])
+FLOOR_PASSES = {True: 5_000, False: 40_000}
+# floor kind -> (exits32.asm variant, bare mode, what the floor is)
+FLOORS = {
+    "io": (1, "pm0", "OUT hook returning at once"),
+    "fault": (2, "pm3", "#GP at CPL 3 -> hook -> take_exception, EIP += 1"),
+    "cpuid": (3, "pm0", "CPUID hook returning 'not handled'"),
+    "softint": (4, "pm0", "INT 0x80 -> interrupt hook -> take_exception"),
+}
+
+
+@dataclass
+class Loop:
+    """One loop guest under one engine and hypervisor, and what it measured."""
+    guest: str
+    engine: str
+    hypervisor: str
+    cls: type
+    n: tuple[int, int] = CALIBRATION
+    us_per_iteration: list[float] = field(default_factory=list)
+    exits_per_iteration: float | None = None
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.guest, self.engine, self.hypervisor
+
+    def measure(self) -> tuple[float, float]:
+        """One repetition: (µs per iteration, exits per iteration)."""
+        low, high = (run_vm(build(self.guest, n), self.engine, self.cls) for n in self.n)
+        span = self.n[1] - self.n[0]
+        return (high.seconds - low.seconds) / span * 1e6, (high.exits - low.exits) / span
+
+
+def calibrate(loop: Loop, target_seconds: float) -> None:
+    """Warm up at the calibration sizes, then pick the ladder step whose difference run takes
+    about target_seconds."""
+    per_iteration = max(loop.measure()[0], 0.001)
+    for low, high in zip(LADDER, LADDER[1:]):
+        loop.n = (low, high)
+        if (high - low) * per_iteration * 1e-6 >= target_seconds:
+            break
+
+
+def measure_loops(loops: list[Loop], reps: int, target_seconds: float, progress) -> None:
+    """Calibrate each loop, then run the repetitions rotating through the loops; a loop that
+    fails keeps its error (reported as a record with a reason) and is dropped."""
+    live = [loop for loop in loops if not _attempt(loop, calibrate, target_seconds)]
+    for rep in range(reps):
+        shift = rep % len(live) if live else 0
+        for loop in live[shift:] + live[:shift]:
+            progress(f"{loop.guest} {loop.engine}/{loop.hypervisor} rep {rep + 1}/{reps}")
+            if loop.error is None:
+                _attempt(loop, _record_rep)
+
+
+def _record_rep(loop: Loop) -> None:
+    us, exits = loop.measure()
+    loop.us_per_iteration.append(us)
+    loop.exits_per_iteration = exits
+
+
+def _attempt(loop: Loop, step, *args) -> bool:
+    """Run step(loop, *args); on failure store the error and say so."""
+    try:
+        step(loop, *args)
+    except Exception as exc:  # noqa: BLE001  (one broken combination must not end the suite)
+        loop.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return True
+    return False
+
+
+@dataclass
+class Floor:
+    """Unicorn's cheapest round trip for one kind of event, on a bare Cpu with no VMM."""
+    kind: str
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def description(self) -> str:
+        return FLOORS[self.kind][2]
+
+    def measure(self, guest: Guest, passes: int) -> float:
+        """µs per event: the loop with the event minus the empty loop, per pass."""
+        variant, mode, _ = FLOORS[self.kind]
+        runs = [run_bare(guest, guest.with_params(passes, v), mode)
+                for v in (variant, EMPTY_VARIANT)]
+        return (runs[0].seconds - runs[1].seconds) / passes * 1e6
+
+
+def measure_floors(reps: int, quick: bool, progress) -> dict[str, Floor]:
+    guest = Guest.load("exits32")
+    floors = {kind: Floor(kind) for kind in FLOORS}
+    passes = FLOOR_PASSES[quick]
+    for floor in floors.values():
+        floor.measure(guest, passes // 10)        # warm-up, not recorded
+    for rep in range(reps):
+        for floor in floors.values():
+            progress(f"bare-Unicorn floor {floor.kind} rep {rep + 1}/{reps}")
+            floor.samples.append(floor.measure(guest, passes))
+    return floors
+
+
+@dataclass
+class Context:
+    """What one `trapvisor bench` run shares: sizes, the engines and hypervisors found, the
+    progress line, and the loop and floor measurements (the exit-kind and nano benchmarks use
+    the same runs)."""
+    quick: bool
+    reps: int
+    engines: list[str]
+    hypervisors: dict            # name -> class, or -> why it cannot be measured
+    progress: object             # progress(message) writes to stderr
+    loops: dict = field(default_factory=dict)
+    floors: dict | None = None
+
+    @property
+    def target_seconds(self) -> float:
+        return 0.03 if self.quick else 0.25
+
+    def available_hypervisors(self) -> dict[str, type]:
+        return {name: cls for name, cls in self.hypervisors.items() if not isinstance(cls, str)}
+
+    def loop(self, guest: str, engine: str, hypervisor: str) -> Loop:
+        return self.loops[guest, engine, hypervisor]
+
+    def ensure_loops(self, guests: list[str]) -> None:
+        """Measure every guest under every engine and available hypervisor not measured yet."""
+        new = [Loop(guest, engine, name, cls) for guest in guests for engine in self.engines
+               for name, cls in self.available_hypervisors().items()
+               if (guest, engine, name) not in self.loops]
+        measure_loops(new, self.reps, self.target_seconds, self.progress)
+        self.loops.update({loop.key: loop for loop in new})
+
+    def ensure_floors(self) -> dict[str, Floor]:
+        if self.floors is None:
+            self.floors = measure_floors(self.reps, self.quick, self.progress)
+        return self.floors

@@ -1,0 +1,105 @@
+"""Benchmark 2, Adams & Agesen (ASPLOS 2006) reproduced: their nanobenchmarks (guests/nano-*.asm)
+under every engine of the monolithic hypervisor, µs and exits per iteration, printed beside the
+published cycles and ratios (shared/notes/anchors.md), with a verdict per row, computed from the
+measured numbers, on whether the paper's qualitative pattern holds: binary translation beats
+VT-x-style exits on in, ptemod, crwrite and pgfault; VT-x-style beats BT on syscall, callret and
+divzero (it runs them natively, BT pays translation or callouts).
+"""
+from __future__ import annotations
+
+from benchmarks.loops import Context
+from benchmarks.records import Section, fmt, missing, ratio, record, spread, with_spread
+
+NAME = "nano"
+TITLE = ("2. Adams & Agesen nanobenchmarks: µs per iteration (exits per iteration), "
+         "monolithic hypervisor")
+HYPERVISOR = "monolithic"
+# test -> (published native, BT, VT-x in cycles as printed, the engine that wins, and why)
+PUBLISHED = {
+    "syscall": ("-", "native+~2000", "native", "vtx",
+                "VT-x runs the guest's INT/IRET natively; BT translates the kernel entry"),
+    "in": ("3209", "~214 (15x faster)", "15826", "bt",
+           "BT emulates IN inside the VMM's context; VT-x pays a world switch per IN"),
+    "crwrite": ("~140", "35", "~native", "bt",
+                "BT rewrites the CR write onto virtual CPU state inline"),
+    "callret": ("11", "51", "11", "vtx", "BT pays for translated indirect control flow"),
+    "pgfault": ("1093", "3927", "11242", "bt",
+                "without EPT every guest #PF is a VT-x exit; BT's shadow fault path is shorter"),
+    "divzero": ("889", "3223", "1014", "vtx",
+                "VT-x delivers the guest's own exception natively"),
+    "ptemod": ("1 store", "391", "12733", "bt",
+               "BT's traced PTE store is a callout; VT-x (no EPT) exits on the write-protected "
+               "page table"),
+}
+
+
+def run(ctx: Context) -> Section:
+    ctx.ensure_loops([f"nano-{test}" for test in PUBLISHED])
+    section = Section(NAME, TITLE)
+    engines = [e for e in ctx.engines]
+    section.lines.append("    " + f"{'test':<8}" + "".join(f"{e:>20}" for e in engines)
+                         + f"   {'published native / BT / VT-x cycles':<40}")
+    for test, published in PUBLISHED.items():
+        cells = []
+        for engine in engines:
+            cell, records = measured(ctx, test, engine)
+            cells.append(cell)
+            section.records += records
+        section.lines.append(f"    {test:<8}" + "".join(f"{c:>20}" for c in cells)
+                             + f"   {' / '.join(published[:3]):<40}")
+    section.lines.append("  verdicts (computed from the µs per iteration above):")
+    for test in PUBLISHED:
+        text, rec = verdict(ctx, test)
+        section.lines.append(f"    {test:<8} {text}")
+        section.records.append(rec)
+    return section
+
+
+def loop_for(ctx: Context, test: str, engine: str):
+    if engine not in ctx.engines:
+        return None
+    loop = ctx.loop(f"nano-{test}", engine, HYPERVISOR)
+    return loop if loop.us_per_iteration else None
+
+
+def median_us(ctx: Context, test: str, engine: str) -> float | None:
+    loop = loop_for(ctx, test, engine)
+    return spread(loop.us_per_iteration)["median"] if loop else None
+
+
+def measured(ctx: Context, test: str, engine: str) -> tuple[str, list[dict]]:
+    loop = ctx.loop(f"nano-{test}", engine, HYPERVISOR)
+    if not loop.us_per_iteration:
+        reason = f"the run failed: {loop.error}"
+        return "failed", [missing(NAME, engine, HYPERVISOR, f"{test}_us_per_iteration", "us",
+                                  reason)]
+    us = spread(loop.us_per_iteration)["median"]
+    x_native = ratio(us, median_us(ctx, test, "native")) if engine != "native" else None
+    records = [with_spread(NAME, engine, HYPERVISOR, f"{test}_us_per_iteration",
+                           loop.us_per_iteration, "us", n=list(loop.n)),
+               record(NAME, engine, HYPERVISOR, f"{test}_exits_per_iteration",
+                      loop.exits_per_iteration, "exits"),
+               record(NAME, engine, HYPERVISOR, f"{test}_x_native", x_native, "ratio")]
+    return f"{us:8.3f} ({loop.exits_per_iteration:.2f})", records
+
+
+def verdict(ctx: Context, test: str) -> tuple[str, dict]:
+    """Whether the published winner (bt or vtx) also wins here, with the measured ratio."""
+    *_, winner, why = PUBLISHED[test]
+    absent = [e for e in ("bt", "vtx") if median_us(ctx, test, e) is None]
+    if absent:
+        reason = f"not measured: engine missing ({', '.join(absent)})"
+        trap = ratio(median_us(ctx, test, "trap"), median_us(ctx, test, "native"))
+        note = f"; trap/native here {trap:.2f}x" if trap else ""
+        return (f"{reason}; published: {winner} wins ({why}){note}",
+                missing(NAME, "bt,vtx", HYPERVISOR, f"{test}_pattern_holds", "bool", reason))
+    bt, vtx = median_us(ctx, test, "bt"), median_us(ctx, test, "vtx")
+    loser = "vtx" if winner == "bt" else "bt"
+    theirs = {"bt": bt, "vtx": vtx}
+    holds = theirs[winner] < theirs[loser]
+    exits = {e: ctx.loop(f"nano-{test}", e, HYPERVISOR).exits_per_iteration for e in ("bt", "vtx")}
+    text = (f"{'holds' if holds else 'DIFFERS'}: {winner} {theirs[winner]:.3f} µs vs {loser} "
+            f"{theirs[loser]:.3f} µs ({theirs[loser] / theirs[winner]:.2f}x); exits/iter bt "
+            f"{fmt(exits['bt'], '.2f', 0)}, vtx {fmt(exits['vtx'], '.2f', 0)}; published: {why}")
+    return text, record(NAME, "bt,vtx", HYPERVISOR, f"{test}_pattern_holds", float(holds),
+                        "bool", winner=winner, bt_us=bt, vtx_us=vtx)

@@ -1,0 +1,277 @@
+"""The parent (root) partition of the micro hypervisor: a separate OS process that owns every
+device model, as Hyper-V's root partition owns the drivers and the virtualization service
+providers (VSPs).
+
+The hypervisor starts it as ``python -m hypervisors.micro.parent CONTROL_FD``. For each child
+partition it receives a channel socket and the child's RAM memfd (SCM_RIGHTS) and runs a worker
+thread that serves that child's intercept messages with the same device classes the monolithic
+hypervisor runs in-process (crosvm's ProxyDevice pattern: one implementation, two placements),
+and its VMBus messages with the VMBus server. Child RAM is touched only through the GPADL-granted
+accessor; a child with no VMBus traffic never has any of its pages mapped here.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import traceback
+
+from hypervisors.micro.proxy import inject_fault
+from hypervisors.micro.wire import (HEADER, NO_DEADLINE, Control, Message, Op, PartitionConfig, Record,
+                                    State, pack, read_message)
+from hypervisors.input import ScriptedInput
+from vmm.bus import Bus
+from vmm.clock import VirtualClock
+from vmm.devices.debug import DebugConsole, DebugExit, NullDevice
+from vmm.devices.pic8259 import Pic8259Pair
+from vmm.devices.pit8254 import Pit8254
+from vmm.devices.uart16550 import Uart16550
+
+COM1, COM1_IRQ = 0x3F8, 4
+VMBUS_SINT = 2                       # Linux drivers/hv VMBUS_MESSAGE_SINT: messages and events
+HV_STATUS_SUCCESS = 0x0000
+HV_STATUS_INVALID_CONNECTION_ID = 0x0012
+DEFAULT_DISK_SIZE = 1 << 20
+CONTROL_RECORD_MAX = 1 << 20
+PROJECT_PACKAGES = ("emu", "vmm", "hypervisors", "guests")
+
+
+class Board:
+    """One child's PC devices on its own port bus, wired as the monolithic Platform wires them:
+    8259 PIC pair, 8254 PIT on IRQ0, 16550 UART at COM1/IRQ4, debug exit 0xF4, 0xE9, null 0x80."""
+
+    def __init__(self, clock, on_intr, on_reconfigure, sink, on_exit):
+        self.pio = Bus("pio")
+        self.pic = Pic8259Pair(on_intr=on_intr)
+        self.pit = Pit8254(clock, self.pic.irq_line(0))
+        self.uart = Uart16550(self.pic.irq_line(COM1_IRQ), sink)
+        self.pic.on_reconfigure = self.pit.on_reconfigure = on_reconfigure
+        for device, base, length in ((self.pic.master, 0x20, 2), (self.pic.slave, 0xA0, 2),
+                                     (self.pit, 0x40, 4), (self.uart, COM1, 8),
+                                     (DebugExit(on_exit), 0xF4, 4), (DebugConsole(sink), 0xE9, 1),
+                                     (NullDevice("post-0x80"), 0x80, 1)):
+            self.pio.insert(device, base, length)
+
+    def layout(self) -> bytes:
+        """The port windows, one 'base length name' line each, for the hypervisor's proxies."""
+        return "\n".join(f"{base} {length} {device.name}"
+                         for base, length, device in self.pio.entries()).encode()
+
+
+class PartitionWorker:
+    """Serves one child partition's channel: device intercepts, VMBus messages and events."""
+
+    def __init__(self, partition_id: int, channel: socket.socket, ram_fd: int,
+                 config: PartitionConfig):
+        self.partition_id = partition_id
+        self.channel = channel
+        self.rfile = channel.makefile("rb")
+        self.clock = VirtualClock()
+        self.flags = State(0)
+        self.outbox: list[tuple[int, int, int, bytes]] = []
+        self.lock = threading.Lock()
+        self.failed = False
+        self.board = Board(self.clock, self._raised, self._reconfigured, self.console,
+                           self._guest_exit)
+        self.input = ScriptedInput(self.board.uart, config.input_data)
+        self.board.uart.before_read = self.input.poll
+        if config.fault_device:
+            inject_fault(self.board.pio, config.fault_device)
+        self.server = self._vmbus_server(ram_fd, config)
+        self.handlers = {Op.IO_READ: self._io_read, Op.IO_WRITE: self._io_write,
+                         Op.ACKNOWLEDGE: self._acknowledge, Op.UPDATE_TIMERS: self._update_timers,
+                         Op.POLL_INPUT: self._poll_input, Op.POST_MESSAGE: self._post_message,
+                         Op.SIGNAL_EVENT: self._signal_event}
+
+    def _vmbus_server(self, ram_fd: int, config: PartitionConfig):
+        """The VMBus server with its VSPs; child RAM reaches it only as the GPADL accessor."""
+        try:
+            from hypervisors.micro import gpadl, vsp
+        except ImportError:
+            os.close(ram_fd)
+            return None
+        memory = gpadl.GrantedMemory(ram_fd, config.ram_size)
+        return vsp.VmbusServer(self.partition_id, memory, self.post_to_child, self.signal_child,
+                               config.disk_image, self.console)
+
+    # ----- what devices and VSPs call ------------------------------------------------------------
+    def console(self, data: bytes) -> None:
+        with self.lock:
+            if self.outbox and self.outbox[-1][0] == Record.OUTPUT:
+                self.outbox[-1] = (Record.OUTPUT, 0, 0, self.outbox[-1][3] + data)
+            else:
+                self.outbox.append((Record.OUTPUT, 0, 0, bytes(data)))
+
+    def post_to_child(self, sint: int, message_type: int, payload: bytes) -> None:
+        with self.lock:
+            self.outbox.append((Record.POST, sint, message_type, bytes(payload)))
+
+    def signal_child(self, connection_id: int) -> None:
+        with self.lock:
+            self.outbox.append((Record.SIGNAL, VMBUS_SINT, connection_id, b""))
+
+    def _guest_exit(self, status: int) -> None:
+        with self.lock:
+            self.outbox.append((Record.GUEST_EXIT, 0, status, b""))
+
+    def _raised(self) -> None:
+        self.flags |= State.RAISED
+
+    def _reconfigured(self) -> None:
+        self.flags |= State.RECONFIGURED
+
+    # ----- the channel ---------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Answer requests until the hypervisor closes the channel."""
+        try:
+            while True:
+                self.channel.sendall(self._answer(read_message(self.rfile)))
+        except (EOFError, OSError):
+            return
+        finally:
+            self.rfile.close()
+            self.channel.close()
+
+    def _answer(self, message: Message) -> bytes:
+        self.clock.set(max(message.time, self.clock.now_ns()))
+        value = 0xFFFFFFFF
+        if not self.failed:
+            try:
+                value = self.handlers[message.op](message)
+            except Exception as exc:  # a driver fault stays in this partition: report it
+                self._fault(message, exc)
+        return self._reply(value)
+
+    def _fault(self, message: Message, exc: Exception) -> None:
+        self.failed = True
+        where = self._device_at(message) or f"request {message.op}"
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        text = (f"{where}: {type(exc).__name__}: {exc} "
+                f"(raised at {os.path.basename(frame.filename)}:{frame.lineno})")
+        with self.lock:
+            self.outbox.append((Record.FAULT, 0, 0, text.encode()))
+
+    def _device_at(self, message: Message) -> str:
+        if message.op not in (Op.IO_READ, Op.IO_WRITE):
+            return ""
+        hit = self.board.pio.lookup(message.aux)
+        return f"{hit[0].name} (port {message.aux:#x})" if hit else ""
+
+    def _reply(self, value: int) -> bytes:
+        board = self.board
+        state = self.flags
+        state |= State.INT_OUTPUT if board.pic.has_interrupt() else 0
+        state |= State.ALL_MASKED if board.pic.all_masked() else 0
+        state |= State.COUNTING if board.pit.counting() else 0
+        state |= State.INPUT_ALIVE if self.input.alive() else 0
+        deadline = board.pit.next_deadline_ns()
+        self.flags = State(0)
+        with self.lock:
+            records, self.outbox = self.outbox, []
+        return b"".join([*(pack(op, 0, aux, v, 0, data) for op, aux, v, data in records),
+                         pack(Record.REPLY, state, 0, value,
+                              NO_DEADLINE if deadline is None else deadline)])
+
+    # ----- requests ------------------------------------------------------------------------------
+    def _io_read(self, message: Message) -> int:
+        return self.board.pio.read(message.aux, message.size)
+
+    def _io_write(self, message: Message) -> int:
+        self.board.pio.write(message.aux, message.size, message.value)
+        return 0
+
+    def _acknowledge(self, message: Message) -> int:
+        return self.board.pic.acknowledge()
+
+    def _update_timers(self, message: Message) -> int:
+        self.board.pit.update()
+        return 0
+
+    def _poll_input(self, message: Message) -> int:
+        self.input.poll()
+        return 0
+
+    def _post_message(self, message: Message) -> int:
+        if self.server is None:
+            return HV_STATUS_INVALID_CONNECTION_ID
+        message_type = int.from_bytes(message.payload[:4], "little")
+        try:
+            self.server.on_post_message(message.value, message_type, message.payload[4:])
+        except LookupError:
+            return HV_STATUS_INVALID_CONNECTION_ID
+        return HV_STATUS_SUCCESS
+
+    def _signal_event(self, message: Message) -> int:
+        if self.server is None:
+            return HV_STATUS_INVALID_CONNECTION_ID
+        try:
+            self.server.on_signal_event(message.value, message.aux)
+        except LookupError:
+            return HV_STATUS_INVALID_CONNECTION_ID
+        return HV_STATUS_SUCCESS
+
+
+class RootPartition:
+    """The parent process's main loop: partitions arrive on the control socket."""
+
+    def __init__(self, control: socket.socket):
+        self.control = control
+        self.scratch_disks: list[str] = []
+
+    def serve(self) -> None:
+        try:
+            while True:
+                data, fds, _flags, _addr = socket.recv_fds(self.control, CONTROL_RECORD_MAX, 2)
+                if not data:
+                    return
+                self.control.send(self._control(data, fds))
+        finally:
+            for path in self.scratch_disks:
+                os.unlink(path)
+
+    def _control(self, data: bytes, fds: list[int]) -> bytes:
+        op, _size, _aux, partition_id, _time, _length = HEADER.unpack_from(data)
+        if op == Control.MODULES:
+            return pack(Record.REPLY, payload=loaded_modules().encode())
+        channel_fd, ram_fd = fds
+        config = PartitionConfig.decode(data[HEADER.size:])
+        if not config.disk_image:
+            config = config._replace(disk_image=self._scratch_disk())
+        channel = socket.socket(fileno=channel_fd)
+        try:
+            worker = PartitionWorker(partition_id, channel, ram_fd, config)
+        except Exception as exc:
+            channel.close()
+            os.close(ram_fd)
+            return pack(Record.FAULT, payload=f"{type(exc).__name__}: {exc}".encode())
+        threading.Thread(target=worker.serve, name=f"partition-{partition_id}",
+                         daemon=True).start()
+        return pack(Record.REPLY, payload=worker.board.layout())
+
+    def _scratch_disk(self) -> str:
+        """A zero-filled temporary disk image, owned by this process, when none was given."""
+        fd, path = tempfile.mkstemp(prefix="trapvisor-disk-", suffix=".img")
+        os.ftruncate(fd, DEFAULT_DISK_SIZE)
+        os.close(fd)
+        self.scratch_disks.append(path)
+        return path
+
+
+def loaded_modules() -> str:
+    """The project's modules loaded in this process (the trusted computing base measure)."""
+    return "\n".join(sorted(name for name in sys.modules
+                            if name.split(".")[0] in PROJECT_PACKAGES))
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the hypervisor's to handle
+    control = socket.socket(fileno=int(argv[0]))
+    RootPartition(control).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,181 @@
+"""The hypervisor's side of devices that live in the parent partition (crosvm's ProxyDevice).
+
+``ParentChannel`` sends one intercept message per port access and waits for the reply, applying
+the notifications that precede it. Each reply carries the parent's interrupt-controller and
+timer state, which ``PicMirror``, ``TimerMirror`` and ``InputMirror`` present to the vCPU loop as
+its ``InterruptController``, ``Timer`` and input source: the loop queries them between slices
+without a round trip; only INTA, due timer edges and input polls travel. ``inject_fault`` wraps a
+device so that it raises, for the driver-fault comparison.
+"""
+from __future__ import annotations
+
+import socket
+from typing import Callable
+
+from hypervisors.micro.wire import NO_DEADLINE, Message, Op, Record, State, pack, read_message
+from vmm.bus import Bus
+
+ALL_ONES = 0xFFFFFFFF
+
+
+class ParentChannel:
+    """One child partition's synchronous channel to the parent partition.
+
+    ``on_record`` receives every notification (console bytes, guest exit, hv_messages, events,
+    faults) in order, before the reply's state is mirrored. If the parent is gone, ``on_lost``
+    is told once and every later request answers all-ones without touching the socket."""
+
+    def __init__(self, sock: socket.socket, clock, on_record: Callable[[Message], None],
+                 on_lost: Callable[[str], None], on_state: Callable[[State], None]):
+        self.sock = sock
+        self.rfile = sock.makefile("rb")
+        self.clock = clock
+        self.on_record = on_record
+        self.on_lost = on_lost
+        self.on_state = on_state
+        self.state = State.ALL_MASKED
+        self.deadline: int | None = None
+        self.lost: str | None = None
+        self.round_trips = 0
+
+    def call(self, op: Op, size: int = 0, aux: int = 0, value: int = 0,
+             payload: bytes = b"") -> int:
+        if self.lost is not None:
+            return ALL_ONES
+        try:
+            self.sock.sendall(pack(op, size, aux, value, self.clock.now_ns(), payload))
+            reply = read_message(self.rfile)
+            while reply.op != Record.REPLY:
+                self.on_record(reply)
+                reply = read_message(self.rfile)
+        except (OSError, EOFError, ValueError) as exc:
+            self._lose(exc)
+            return ALL_ONES
+        self.round_trips += 1
+        self.state = State(reply.size)
+        self.deadline = None if reply.time == NO_DEADLINE else reply.time
+        self.on_state(self.state)
+        return reply.value
+
+    def _lose(self, exc: BaseException) -> None:
+        detail = str(exc) or type(exc).__name__
+        self.lost = f"the parent partition stopped answering ({detail})"
+        self.state = State.ALL_MASKED
+        self.deadline = None
+        self.on_lost(self.lost)
+
+    def close(self) -> None:
+        self.rfile.close()
+        self.sock.close()
+
+
+class ProxyDevice:
+    """A port window whose device model runs in the parent: every access is a round trip."""
+
+    def __init__(self, name: str, base: int, channel: ParentChannel):
+        self.name = name
+        self.base = base
+        self.channel = channel
+
+    def read(self, offset: int, size: int) -> int:
+        value = self.channel.call(Op.IO_READ, size, self.base + offset)
+        return value & ((1 << 8 * size) - 1)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.channel.call(Op.IO_WRITE, size, self.base + offset, value)
+
+
+def install_proxies(bus: Bus, layout: bytes, channel: ParentChannel) -> None:
+    """Claim on the hypervisor's bus exactly the windows the parent's devices occupy, so an
+    unclaimed port reads all-ones here without a round trip, as it would on the parent's bus."""
+    for line in layout.decode().splitlines():
+        base, length, name = line.split(" ", 2)
+        bus.insert(ProxyDevice(name, int(base), channel), int(base), int(length))
+
+
+class PicMirror:
+    """The parent's 8259 pair as the vCPU loop sees it: INT output and masks from the last
+    reply; INTA is a message (the acknowledge changes IRR/ISR in the parent)."""
+
+    def __init__(self, channel: ParentChannel):
+        self.channel = channel
+
+    def all_masked(self) -> bool:
+        return bool(self.channel.state & State.ALL_MASKED)
+
+    def has_interrupt(self) -> bool:
+        return bool(self.channel.state & State.INT_OUTPUT)
+
+    def acknowledge(self) -> int:
+        return self.channel.call(Op.ACKNOWLEDGE) & 0xFF
+
+
+class TimerMirror:
+    """The parent's PIT as a vCPU timer: deadlines come with every reply, so a slice ends on
+    time; an update travels only when the deadline has passed (the PIT fires exactly then)."""
+
+    def __init__(self, channel: ParentChannel, clock):
+        self.channel = channel
+        self.clock = clock
+
+    def counting(self) -> bool:
+        return bool(self.channel.state & State.COUNTING)
+
+    def next_deadline_ns(self) -> int | None:
+        return self.channel.deadline
+
+    def update(self) -> None:
+        deadline = self.channel.deadline
+        if deadline is not None and self.clock.now_ns() >= deadline:
+            self.channel.call(Op.UPDATE_TIMERS)
+
+
+class InputMirror:
+    """The parent's host-input line: polled (a round trip) only while input remains."""
+
+    def __init__(self, channel: ParentChannel):
+        self.channel = channel
+
+    def poll(self) -> None:
+        if self.alive():
+            self.channel.call(Op.POLL_INPUT)
+
+    def alive(self) -> bool:
+        return bool(self.channel.state & State.INPUT_ALIVE)
+
+
+class DeviceFault(RuntimeError):
+    """A device model failed (here: on purpose, through --inject-device-fault)."""
+
+
+class FaultyDevice:
+    """Wraps a device so that its first access raises: a driver bug, injected on purpose."""
+
+    def __init__(self, device):
+        self.device = device
+        self.name = device.name
+
+    def read(self, offset: int, size: int) -> int:
+        raise DeviceFault(f"{self.name}: injected fault on a read at offset {offset}")
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        raise DeviceFault(f"{self.name}: injected fault on a write of {value:#x} at offset "
+                          f"{offset}")
+
+
+def device_names(bus: Bus) -> list[str]:
+    return [device.name for _base, _length, device in bus.entries()]
+
+
+def inject_fault(bus: Bus, name: str) -> None:
+    """Replace the device called ``name`` on ``bus`` by one whose accesses raise DeviceFault."""
+    windows = [(base, length, device) for base, length, device in bus.entries()
+               if device.name == name]
+    if not windows:
+        raise ValueError(f"no device named {name!r} to inject a fault into; devices: "
+                         f"{', '.join(device_names(bus))}")
+    device = windows[0][2]
+    bus.remove(device)
+    faulty = FaultyDevice(device)
+    for base, length, _device in windows:
+        bus.insert(faulty, base, length)

@@ -1,0 +1,113 @@
+"""The message protocol between the micro hypervisor and its parent (root) partition.
+
+One stream socket per child partition carries intercept messages (Hyper-V's "intercept" of a
+port access, forwarded to the root) and their replies; a control socket carries partition
+creation with the child's RAM memfd as SCM_RIGHTS. Every record is one fixed 20-byte
+little-endian header (struct-packed, no pickling on the exit path) plus ``length`` payload bytes:
+
+    op u8 | size u8 | aux u16 | value u32 | time i64 | length u32 | payload[length]
+
+The parent only ever speaks in answer to a request: zero or more notification records (console
+bytes, a guest exit, an hv_message or event for the child) and then one REPLY, whose ``size``
+field carries the mirrored interrupt-controller state and ``time`` the next timer deadline.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+from typing import NamedTuple
+
+HEADER = struct.Struct("<BBHIqI")
+NO_DEADLINE = -1
+MAX_PAYLOAD = 1 << 20
+
+
+class Op(enum.IntEnum):
+    """Requests, hypervisor -> parent, on a partition's channel."""
+    IO_READ = 1          # size, aux = port                -> value
+    IO_WRITE = 2         # size, aux = port, value
+    ACKNOWLEDGE = 3      # the CPU's INTA cycle             -> value = vector
+    UPDATE_TIMERS = 4    # fire timer edges that are due at ``time``
+    POLL_INPUT = 5       # feed host input to the UART (the CPU idles)
+    POST_MESSAGE = 6     # value = connection id, payload = message type u32 + message
+    SIGNAL_EVENT = 7     # value = connection id, aux = flag number -> value = HV status
+    MODULES = 8          # -> payload: the project modules loaded in the parent, one a line
+
+
+class Record(enum.IntEnum):
+    """Records, parent -> hypervisor: notifications first, then exactly one REPLY."""
+    REPLY = 0x80         # size = State flags, value = result, time = next deadline or -1
+    OUTPUT = 0x81        # payload = bytes the VM's console devices emitted
+    GUEST_EXIT = 0x82    # value = status written to the debug-exit port
+    POST = 0x83          # aux = SINT, value = message type, payload = message payload
+    SIGNAL = 0x84        # aux = SINT, value = event flag number
+    FAULT = 0x85         # payload = what failed: a device model raised in the parent
+
+
+class Control(enum.IntEnum):
+    """Requests on the control socket, hypervisor -> parent."""
+    CREATE_PARTITION = 1  # value = partition id, payload = PartitionConfig; fds: channel, RAM
+    MODULES = 2           # -> REPLY payload: modules loaded in the parent process
+
+
+class State(enum.IntFlag):
+    """The interrupt and timer state the vCPU loop needs between slices, mirrored per reply."""
+    INT_OUTPUT = 1        # the PIC's INT pin is high (an interrupt waits for INTA)
+    ALL_MASKED = 2        # no IRQ line can reach the CPU
+    COUNTING = 4          # some timer counts: time is observable
+    INPUT_ALIVE = 8       # host input may still arrive
+    RAISED = 16           # INT rose during this request (the vCPU must leave the guest)
+    RECONFIGURED = 32     # a device changed how it interrupts or observes time
+
+
+class Message(NamedTuple):
+    op: int
+    size: int
+    aux: int
+    value: int
+    time: int
+    payload: bytes
+
+
+def pack(op: int, size: int = 0, aux: int = 0, value: int = 0, time: int = 0,
+         payload: bytes = b"") -> bytes:
+    return HEADER.pack(op, size, aux, value & 0xFFFFFFFF, time, len(payload)) + payload
+
+
+def read_message(stream) -> Message:
+    """One record from a buffered binary stream; EOFError when the peer is gone."""
+    header = stream.read(HEADER.size)
+    if len(header) < HEADER.size:
+        raise EOFError("the peer closed the channel")
+    op, size, aux, value, time, length = HEADER.unpack(header)
+    if length > MAX_PAYLOAD:
+        raise ValueError(f"record of {length} payload bytes exceeds {MAX_PAYLOAD}")
+    payload = stream.read(length) if length else b""
+    if len(payload) < length:
+        raise EOFError("the peer closed the channel inside a record")
+    return Message(op, size, aux, value, time, payload)
+
+
+class PartitionConfig(NamedTuple):
+    """What the parent needs to build a child's devices (sent once, at creation)."""
+    ram_size: int
+    input_data: bytes
+    disk_image: str
+    fault_device: str
+
+    def encode(self) -> bytes:
+        disk, fault = self.disk_image.encode(), self.fault_device.encode()
+        return (struct.pack("<QIHH", self.ram_size, len(self.input_data), len(disk), len(fault))
+                + self.input_data + disk + fault)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "PartitionConfig":
+        ram_size, n_input, n_disk, n_fault = struct.unpack_from("<QIHH", data)
+        offset = struct.calcsize("<QIHH")
+        fields = []
+        for length in (n_input, n_disk, n_fault):
+            fields.append(data[offset:offset + length])
+            offset += length
+        if offset != len(data):
+            raise ValueError("malformed partition configuration")
+        return cls(ram_size, fields[0], fields[1].decode(), fields[2].decode())

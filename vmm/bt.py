@@ -1,0 +1,169 @@
+"""The binary-translation engine (VMware/VirtualBox style): the guest kernel runs deprivileged as
+under trap, but its code is scanned before it first runs and every sensitive instruction, trapping
+or not, is translated, so the guest cannot tell (Popek & Goldberg's equivalence is restored).
+
+Translations (vmm/scanner.py finds the sites):
+- callout: a stop before the instruction; the VMM emulates it on virtual state (SGDT, SMSW,
+  PUSHF/POPF, MOV from CS/SS, LAR/LSL/VERR/VERW, MOV CR, far transfers, IRET, INT n, ...);
+- inline: CLI and STI in guest kernel code run in place, with no exit. Guest ring 0 runs on real
+  ring 1 with the real IOPL at 1, so the real EFLAGS.IF *is* the guest's virtual IF (the emulated
+  CPU has no hardware interrupt line: the VMM alone reads IF, to decide injection). PUSHF/POPF,
+  which would reveal the real IOPL, are callouts;
+- io: IN/OUT reach the device model synchronously through the CPU's I/O hook.
+Guest user code (real ring 3) is not translated: what it can observe already matches.
+"""
+from __future__ import annotations
+
+from emu.cpu import CS, FLAG_IF, FLAG_VM, IOPL_MASK, IOPL_SHIFT
+from vmm.deprivilege import DeprivilegedGuest, TrapView
+from vmm.emulate import emulate_hlt, emulator_for
+from vmm.scanner import CodeScanner, Site, SiteKind
+from vmm.sensitive import sensitive_emulator_for
+from vmm.trap import Plan, TrapEngine
+from vmm.vmcs import ExitReason
+
+R = ExitReason
+IO_MNEMONICS = frozenset(("in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd"))
+DESCRIPTOR_TABLE_REASONS = {"sgdt": R.GDTR_IDTR_ACCESS, "sidt": R.GDTR_IDTR_ACCESS,
+                            "sldt": R.LDTR_TR_ACCESS, "str": R.LDTR_TR_ACCESS}
+
+
+class BtView(TrapView):
+    """In protected mode the real IF is the virtual IF; the real IOPL is 1 in guest kernel mode
+    (so CLI/STI run in place) and the guest's own IOPL in guest user mode."""
+
+    def flags(self) -> int:
+        if not self.protected():
+            return super().flags()
+        real = self.cpu.eflags & ~(IOPL_MASK | FLAG_VM)
+        self.state.interrupt_flag = bool(real & FLAG_IF)
+        return real | (self.state.iopl << IOPL_SHIFT)
+
+    def set_flags(self, value: int) -> None:
+        if not self.protected():
+            super().set_flags(value)
+            return
+        self.state.interrupt_flag = bool(value & FLAG_IF)
+        self.state.iopl = (value >> IOPL_SHIFT) & 3
+        self.cpu.eflags = value & ~(IOPL_MASK | FLAG_VM)
+        self.sync_iopl()
+
+    def sync_iopl(self) -> None:
+        real_iopl = max(1, self.state.iopl) if self.cpu.cpl == 1 else self.state.iopl
+        self.cpu.set_system_flags(real_iopl << IOPL_SHIFT, IOPL_MASK)
+
+    def load_code(self, selector, desc, cpl) -> None:
+        super().load_code(selector, desc, cpl)
+        self.sync_iopl()
+
+    def load_stack(self, selector, desc) -> None:
+        super().load_stack(selector, desc)
+        self.sync_iopl()
+
+
+class BtGuest(DeprivilegedGuest):
+    view_class = BtView
+
+    def enter_protected_mode(self) -> None:
+        """Leaving v8086 (where IF is shadowed): the virtual IF moves into the real IF."""
+        super().enter_protected_mode()
+        self.cpu.set_system_flags(FLAG_IF if self.state.interrupt_flag else 0, FLAG_IF)
+        self.view.sync_iopl()
+
+
+class BtEngine(TrapEngine):
+    """Deprivileged guest kernel whose code is scanned and translated before it runs."""
+    name = "bt"
+    guest_class = BtGuest
+
+    def attach(self, vcpu) -> None:
+        super().attach(vcpu)
+        self.scanner = CodeScanner(self.cpu, self.fetch, self.disasm, self.classify,
+                                   self.translating, owner="bt")
+        self.scanner.start()
+
+    def translating(self) -> bool:
+        """Guest kernel code (real ring 1) and guest real mode (v8086) are translated."""
+        return self.cpu.cpl != 3 or not self.g.protected
+
+    def classify(self, insn) -> SiteKind | None:
+        mnemonic = insn.mnemonic
+        if mnemonic in IO_MNEMONICS:
+            return SiteKind.IO
+        if mnemonic in ("cli", "sti") and self.g.protected:
+            return SiteKind.INLINE
+        if emulator_for(insn) is not None or sensitive_emulator_for(insn) is not None:
+            return SiteKind.CALLOUT
+        return None
+
+    # ----- callouts -----------------------------------------------------------------------------
+    def after_run(self) -> None:
+        """The run ended: a scan may have found sites to arm, or the CPU stopped at a callout."""
+        self.scanner.arm()
+        site = self.scanner.callout_at(self.cpu.linear_pc())
+        if site is not None and self.scanner.revalidate(site):
+            self._callout(site)
+
+    def _callout(self, site: Site) -> None:
+        site.hits += 1
+        plan = self._site_plan(site)
+        self.g.view.flags()  # bring the shadow IF up to date with the real (virtual) IF
+        vcpu = self.vcpu
+        if vcpu.fast:
+            vcpu.exit_count += 1
+            self.run_emulator(plan)
+            if plan.emulator is emulate_hlt:
+                vcpu.halt()
+            return
+        insn = plan.insn
+        reason, qualification = self._classify(insn)
+        if reason is R.EXCEPTION_NMI:
+            reason = DESCRIPTOR_TABLE_REASONS.get(insn.mnemonic, R.BT_CALLOUT)
+        exit = self._exit(reason, qualification)
+        exit.insn, exit.insn_bytes, exit.detail = insn, insn.raw, str(insn)
+        self.vmcs.exit_instruction_length = insn.size
+        vcpu.handle_exit(exit)
+
+    def _site_plan(self, site: Site) -> Plan:
+        if site.plan is None:
+            insn = site.insn
+            emulator = emulator_for(insn) or sensitive_emulator_for(insn)
+            mask = 0xFFFFFFFF if self.cpu.code_bits == 32 else 0xFFFF
+            site.plan = Plan(insn, emulator, insn.size, mask, self.cpu.segs[CS].flags)
+        self._plans[site.linear] = site.plan
+        return site.plan
+
+    def on_in(self, port: int, size: int) -> int:
+        self._count_io()
+        return super().on_in(port, size)
+
+    def on_out(self, port: int, size: int, value: int) -> None:
+        self._count_io()
+        super().on_out(port, size, value)
+
+    def _count_io(self) -> None:
+        site = self.scanner.sites.get(self.cpu.linear_pc())
+        if site is not None:
+            site.hits += 1
+
+    # ----- run loop -----------------------------------------------------------------------------
+    def interrupt_window(self) -> bool:
+        if self.g.protected:
+            return bool(self.cpu.system_flags & FLAG_IF)
+        return self.g.state.interrupt_flag
+
+    # ----- reporting ----------------------------------------------------------------------------
+    def translation_report(self) -> str:
+        """One line per translated site (for --stats): address, original bytes, kind, hits."""
+        scanner = self.scanner
+        lines = [f"Binary translation: {scanner.blocks} blocks scanned on {len(scanner.pages)} "
+                 f"code pages, {len(scanner.sites)} sites, {scanner.invalidated} invalidated", "",
+                 f"{'guest address':>13}  {'original bytes':<24} {'kind':<8} {'hits':>8}  insn"]
+        for site in scanner.table():
+            hits = "-" if site.kind is SiteKind.INLINE else str(site.hits)
+            lines.append(f"{site.linear:#013x}  {site.raw.hex(' '):<24} {site.kind.value:<8} "
+                         f"{hits:>8}  {site.insn}")
+        if any(s.kind is SiteKind.INLINE for s in scanner.sites.values()):
+            lines.append("(inline sites run in place with no VMM involvement: their executions "
+                         "are not counted)")
+        return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""Translation-time code scanning, shared by the bt and vtx engines: every block of guest code is
+decoded before it first runs, and the instructions the engine must intercept become *sites*.
+
+Unicorn reports each block it translates (UC_HOOK_EDGE_GENERATED fires at translation, never per
+execution). A block holding a site that is not armed yet is stopped before its first instruction
+runs; the engine then arms the site as a Unicorn exit (a stop before that instruction) and
+resumes. Code written at run time, and code the guest rewrites, is covered because QEMU
+invalidates a translated block when the guest writes to its bytes: its re-translation passes
+through the scanner again, which drops the sites whose bytes are gone and adds the new ones.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable
+
+from emu.cpu import CS, Cpu
+from emu.disasm import Disassembler, Insn
+
+PAGE = 0x1000
+
+
+class SiteKind(enum.Enum):
+    """How a scanned sensitive instruction is translated."""
+    CALLOUT = "callout"   # stop before it; the VMM emulates it on virtual state
+    INLINE = "inline"     # runs in place on virtual state, no exit at all
+    IO = "io"             # the CPU's I/O hook calls the device model synchronously
+
+
+@dataclass
+class Site:
+    """One translated instruction: where, its original bytes, how it is translated, how often."""
+    linear: int
+    insn: Insn
+    kind: SiteKind
+    hits: int = 0
+    plan: object = None
+
+    @property
+    def raw(self) -> bytes:
+        return self.insn.raw
+
+
+Classifier = Callable[[Insn], "SiteKind | None"]
+
+
+class CodeScanner:
+    """Decodes translated blocks, keeps the site table, arms callout sites as CPU exits."""
+
+    def __init__(self, cpu: Cpu, fetch: Callable[[int, int], bytes], disasm: Disassembler,
+                 classify: Classifier, wanted: Callable[[], bool], owner: str):
+        self.cpu = cpu
+        self.fetch = fetch
+        self.disasm = disasm
+        self.classify = classify
+        self.wanted = wanted
+        self.owner = owner
+        self.sites: dict[int, Site] = {}
+        self.pages: set[int] = set()
+        self.blocks = 0
+        self.invalidated = 0
+        self._armed: frozenset[int] = frozenset()
+
+    def start(self) -> None:
+        self.cpu.watch_translations(self.on_translate)
+
+    # ----- translation time ---------------------------------------------------------------------
+    def on_translate(self, linear: int, size: int) -> None:
+        """A block [linear, linear+size) was translated and is about to run for the first time."""
+        if not self.wanted():
+            return
+        self.blocks += 1
+        found = self.scan(linear, size)
+        stale = [a for a in self.sites if linear <= a < linear + size and a not in found]
+        for address in stale:
+            del self.sites[address]
+            self.invalidated += 1
+        for address, site in found.items():
+            known = self.sites.get(address)
+            if known is None or known.raw != site.raw:
+                self.sites[address] = site
+        if self._needs_arming():
+            self.cpu.stop()  # the block is abandoned before its first instruction runs
+
+    def scan(self, linear: int, size: int) -> dict[int, Site]:
+        """Decode [linear, linear+size) under the current code segment and classify each
+        instruction; undecodable bytes end the scan (the CPU will raise #UD there itself)."""
+        code = self.fetch(linear, size)
+        cs_base = self.cpu.segs[CS].base
+        bits = self.cpu.code_bits
+        found: dict[int, Site] = {}
+        offset = 0
+        while offset < len(code):
+            insn = self.disasm.decode(code[offset:], (linear + offset - cs_base) & 0xFFFFFFFF, bits)
+            if insn is None:
+                break
+            kind = self.classify(insn)
+            if kind is not None:
+                found[linear + offset] = Site(linear + offset, insn, kind)
+            offset += insn.size
+        self.pages.update(range(linear & ~(PAGE - 1), linear + max(size, 1), PAGE))
+        return found
+
+    # ----- arming -------------------------------------------------------------------------------
+    def _callouts(self) -> frozenset[int]:
+        return frozenset(a for a, s in self.sites.items() if s.kind is SiteKind.CALLOUT)
+
+    def _needs_arming(self) -> bool:
+        return not self._callouts() <= self._armed
+
+    def arm(self) -> bool:
+        """Make the CPU stop at every callout site (and no longer at dropped ones). True if the
+        set changed, i.e. a scan stopped the run and it must simply be resumed."""
+        callouts = self._callouts()
+        if callouts == self._armed:
+            return False
+        self._armed = callouts
+        self.cpu.set_exits(callouts, owner=self.owner)
+        return True
+
+    def callout_at(self, linear: int) -> Site | None:
+        site = self.sites.get(linear)
+        return site if site is not None and site.kind is SiteKind.CALLOUT else None
+
+    def revalidate(self, site: Site) -> bool:
+        """At a callout: are the bytes in memory still the ones scanned? If not, forget the
+        site (the re-translated block will be scanned afresh) and disarm it."""
+        if self.fetch(site.linear, site.insn.size) == site.raw:
+            return True
+        self.sites.pop(site.linear, None)
+        self.invalidated += 1
+        self.arm()
+        return False
+
+    def table(self) -> list[Site]:
+        return [self.sites[a] for a in sorted(self.sites)]
