@@ -19,11 +19,12 @@ from vmm.exits import EXIT_HANDLERS, Outcome
 from vmm.native import NativeEngine
 from vmm.bt import BtEngine
 from vmm.trap import TrapEngine
+from vmm.vtx import VtxEngine
 from vmm.vcpu import RunResult, Vcpu
 from vmm.vm import DEFAULT_RAM, Vm
 from vmm.vmcs import ExitReason
 
-ENGINES = {"native": NativeEngine, "trap": TrapEngine, "bt": BtEngine}
+ENGINES = {"native": NativeEngine, "trap": TrapEngine, "bt": BtEngine, "vtx": VtxEngine}
 COM1, COM1_IRQ = 0x3F8, 4
 
 

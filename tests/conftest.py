@@ -11,7 +11,7 @@ from hypervisors.monolithic import MonolithicHypervisor
 from vmm.vcpu import RunResult
 
 TEST_GUESTS = Path(__file__).resolve().parent / "guests"
-ENGINES = ("native", "trap", "bt")
+ENGINES = ("native", "trap", "bt", "vtx")
 
 
 @dataclass

@@ -157,7 +157,8 @@ class BtEngine(TrapEngine):
         """One line per translated site (for --stats): address, original bytes, kind, hits."""
         scanner = self.scanner
         lines = [f"Binary translation: {scanner.blocks} blocks scanned on {len(scanner.pages)} "
-                 f"code pages, {len(scanner.sites)} sites, {scanner.invalidated} invalidated", "",
+                 f"code pages, {scanner.rewritten} rewritten and rescanned, {len(scanner.sites)} "
+                 f"sites ({scanner.invalidated} dropped)", "",
                  f"{'guest address':>13}  {'original bytes':<24} {'kind':<8} {'hits':>8}  insn"]
         for site in scanner.table():
             hits = "-" if site.kind is SiteKind.INLINE else str(site.hits)

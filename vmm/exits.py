@@ -64,6 +64,16 @@ def handle_vmcall(vcpu, exit: VmExit) -> Outcome:
     return Outcome.RESUME
 
 
+def handle_ept_violation(vcpu, exit: VmExit) -> Outcome:
+    """A guest-physical access with no RAM behind it: MMIO emulation or the guest's fault."""
+    return vcpu.guest.handle_ept_violation(exit)
+
+
+def handle_interrupt_window(vcpu, exit: VmExit) -> Outcome:
+    """The guest can take interrupts again: the run loop injects the pending one on entry."""
+    return Outcome.RESUME
+
+
 def handle_triple_fault(vcpu, exit: VmExit) -> Outcome:
     vcpu.finish_triple_fault(exit.detail)
     return Outcome.STOP
@@ -85,6 +95,8 @@ EXIT_HANDLERS: dict[ExitReason, Handler] = {
     ExitReason.GDTR_IDTR_ACCESS: handle_emulated,
     ExitReason.LDTR_TR_ACCESS: handle_emulated,
     ExitReason.BT_CALLOUT: handle_emulated,
+    ExitReason.EPT_VIOLATION: handle_ept_violation,
+    ExitReason.INTERRUPT_WINDOW: handle_interrupt_window,
 }
 
 

@@ -58,7 +58,9 @@ class CodeScanner:
         self.sites: dict[int, Site] = {}
         self.pages: set[int] = set()
         self.blocks = 0
-        self.invalidated = 0
+        self.invalidated = 0   # sites dropped because their bytes changed
+        self.rewritten = 0     # blocks translated again with different bytes (code written)
+        self._scanned: dict[int, bytes] = {}
         self._armed: frozenset[int] = frozenset()
 
     def start(self) -> None:
@@ -86,6 +88,9 @@ class CodeScanner:
         """Decode [linear, linear+size) under the current code segment and classify each
         instruction; undecodable bytes end the scan (the CPU will raise #UD there itself)."""
         code = self.fetch(linear, size)
+        if self._scanned.get(linear, code) != code:
+            self.rewritten += 1
+        self._scanned[linear] = code
         cs_base = self.cpu.segs[CS].base
         bits = self.cpu.code_bits
         found: dict[int, Site] = {}

@@ -100,7 +100,7 @@ def test_trap_differs_exactly_on_the_non_trapping_instructions(native, trap):
     assert differing == expected
 
 
-@pytest.mark.parametrize("engine", ["bt"])
+@pytest.mark.parametrize("engine", ["bt", "vtx"])
 def test_translating_engines_match_native_byte_for_byte(native, engine):
     """Binary translation (and VT-x) virtualize every line trap gets wrong."""
     run = run_guest("sensitive", engine)

@@ -1,0 +1,345 @@
+"""The VT-x-style engine: the guest runs at real CPL 0 with its own CR0/CR3/CR4/GDT/IDT loaded in
+the CPU (the VMCS guest-state area is the real CPU), and the VM-execution controls of
+vmm/vmx.py decide what exits (Intel SDM Vol. 3, ch. 25-28).
+
+How each exit is caught: port I/O, CPUID through the CPU's hooks; VMCALL through #UD; HLT because
+the CPU returns from a run when it halts; exceptions through the interrupt hook and the exception
+bitmap; guest-physical addresses outside RAM through the unmapped-memory hook (EPT_VIOLATION,
+MMIO emulated). Instructions a CPL-0 guest runs without any hook (MOV CR, RDMSR/WRMSR, INVLPG,
+LGDT...) are found by the translation-time scanner (vmm/scanner.py) and armed as stops only while
+a control makes them exit. An exit whose handler lets the instruction happen completes it on the
+real CPU (one instruction, with that stop lifted): the guest-state area is the CPU itself.
+"""
+from __future__ import annotations
+
+import time
+
+from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
+
+from emu.cpu import ECX, EAX, EBX, EDX, FLAG_IF
+from emu.events import UD, EventDelivery, EventKind, GuestView, ERROR_CODE_VECTORS
+from emu.paging import Fault
+from vmm.engine import EngineBase
+from vmm.emulate import effective_address
+from vmm.exits import Outcome
+from vmm.mmio import MmioError, emulate_mmio
+from vmm.scanner import CodeScanner, SiteKind
+from vmm.trap import GPR_NUMBER, HYPERVISOR_LEAVES, VMCALL_BYTES
+from vmm.vcpu import RunState
+from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
+                      cr_qualification, interruption_info, io_qualification)
+from vmm.vmx import VmxControls
+
+R = ExitReason
+DT_MNEMONICS = {"lgdt": R.GDTR_IDTR_ACCESS, "lidt": R.GDTR_IDTR_ACCESS,
+                "sgdt": R.GDTR_IDTR_ACCESS, "sidt": R.GDTR_IDTR_ACCESS,
+                "lldt": R.LDTR_TR_ACCESS, "ltr": R.LDTR_TR_ACCESS,
+                "sldt": R.LDTR_TR_ACCESS, "str": R.LDTR_TR_ACCESS}
+EPT_READ, EPT_WRITE, EPT_FETCH, EPT_LINEAR_VALID, EPT_TRANSLATED = 1, 2, 4, 1 << 7, 1 << 8
+
+
+class VtxEngine(EngineBase):
+    """Guest at real CPL 0; exits are decided by VMCS-like controls."""
+    name = "vtx"
+
+    def __init__(self, controls: VmxControls | None = None):
+        super().__init__()
+        self.controls = controls or VmxControls()
+
+    def attach(self, vcpu) -> None:
+        super().attach(vcpu)
+        self.vmcs = Vmcs()
+        self.events = EventDelivery(self.cpu, self.lin, GuestView(self.cpu))
+        self.scanner = CodeScanner(self.cpu, self.fetch, self.disasm, self.classify,
+                                   lambda: True, owner="vtx")
+        self.scanner.start()
+        self._cpuid_done = False
+        self._window_held = False
+        self.ept_violation: tuple[int, int] | None = None
+        vcpu.guest = self
+
+    # ----- which instructions must stop (the controls in force) ---------------------------------
+    def classify(self, insn) -> SiteKind | None:
+        return SiteKind.CALLOUT if self._may_exit(insn) else None
+
+    def _may_exit(self, insn) -> bool:
+        c, mnemonic = self.controls, insn.mnemonic
+        if mnemonic == "mov":
+            regs = [op.reg or "" for op in insn.operands]
+            if regs[0].startswith("cr"):
+                return regs[0] == "cr3" and c.cr3_load_exiting or regs[0] in ("cr0", "cr4") and bool(
+                    c.mask_and_shadow(int(regs[0][2]))[0])
+            if regs[1].startswith("cr"):
+                return regs[1] == "cr3" and c.cr3_store_exiting
+            return c.mov_dr_exiting and any(r.startswith("dr") for r in regs)
+        if mnemonic in ("clts", "lmsw"):
+            return bool(c.cr0_guest_host_mask & 0xF)
+        if mnemonic in ("rdmsr", "wrmsr"):
+            return not c.use_msr_bitmaps or bool(c.msr_read_bitmap | c.msr_write_bitmap)
+        if mnemonic in DT_MNEMONICS:
+            return c.descriptor_table_exiting
+        return (mnemonic == "invlpg" and c.invlpg_exiting) or (
+            mnemonic == "wbinvd" and c.wbinvd_exiting)
+
+    def controls_changed(self) -> None:
+        """After changing ``controls`` from the API: rescan so the right instructions stop."""
+        self.scanner.sites.clear()
+        self.cpu.uc.ctl_flush_tb()
+
+    # ----- Unicorn events -> exits --------------------------------------------------------------
+    def _exit(self, reason: ExitReason, qualification: int = 0, rip: int | None = None) -> VmExit:
+        vmcs = self.vmcs
+        vmcs.exit_reason, vmcs.exit_qualification = reason, qualification
+        return VmExit(reason, self.cpu.eip if rip is None else rip, qualification,
+                      time.perf_counter_ns())
+
+    def on_in(self, port: int, size: int) -> int:
+        vcpu = self.vcpu
+        if not self.controls.io_exits(port, size):
+            return self.vm.pio.read(port, size)  # not intercepted: the port itself answers
+        if vcpu.fast:
+            vcpu.exit_count += 1
+            return vcpu.io_read(port, size)
+        exit = self._io_exit(port, size, True)
+        vcpu.handle_exit(exit)
+        return exit.value
+
+    def on_out(self, port: int, size: int, value: int) -> None:
+        vcpu = self.vcpu
+        if not self.controls.io_exits(port, size):
+            self.vm.pio.write(port, size, value)
+            return
+        if vcpu.fast:
+            vcpu.exit_count += 1
+            vcpu.io_write(port, size, value)
+            return
+        exit = self._io_exit(port, size, False)
+        exit.value = value
+        vcpu.handle_exit(exit)
+
+    def _io_exit(self, port: int, size: int, is_in: bool) -> VmExit:
+        code = self.fetch(self.cpu.linear_pc(), 4)
+        string = any(b in (0x6C, 0x6D, 0x6E, 0x6F) for b in code[:3])
+        immediate = any(b in (0xE4, 0xE5, 0xE6, 0xE7) for b in code[:2])
+        exit = self._exit(R.IO_INSTRUCTION, io_qualification(port, size, is_in, string,
+                                                             code[:1] == b"\xf3", immediate))
+        exit.port, exit.size, exit.is_in = port, size, is_in
+        return exit
+
+    def on_cpuid(self) -> bool:
+        self._cpuid_done = False
+        self.vcpu.handle_exit(self._exit(R.CPUID))
+        return self._cpuid_done
+
+    def on_invalid_opcode(self) -> bool:
+        if self.fetch(self.cpu.linear_pc(), 3) == VMCALL_BYTES:
+            exit = self._exit(R.VMCALL)
+            exit.insn_bytes = VMCALL_BYTES
+            self.vcpu.handle_exit(exit)
+            return True
+        return self._exception(UD, EventKind.HARDWARE_EXCEPTION, None, b"")
+
+    def on_interrupt(self, intno: int) -> None:
+        error_code, software = self.cpu.take_exception()
+        if software:
+            kind, raw = self.software_event(intno)
+            if kind is EventKind.SOFTWARE_EXCEPTION and self.controls.exception_exits(intno):
+                self._exception(intno, kind, None, raw)
+            else:
+                self.events.deliver(intno, kind)  # INT n never exits under VT-x
+            return
+        code = error_code if intno in ERROR_CODE_VECTORS else None
+        self._exception(intno, EventKind.HARDWARE_EXCEPTION, code, b"")
+
+    def _exception(self, vector: int, kind: EventKind, error_code: int | None, raw: bytes) -> bool:
+        """An exception in the bitmap exits (EXCEPTION_NMI); the others are delivered by the CPU
+        through the guest's IDT, as hardware would, with no VMM involvement."""
+        if not self.controls.exception_exits(vector):
+            self.events.deliver(vector, kind, error_code)
+            return True
+        qualification = self.cpu.cr[2] & 0xFFFFFFFF if vector == 14 else 0
+        exit = self._exit(R.EXCEPTION_NMI, qualification, (self.cpu.eip - len(raw)) & 0xFFFFFFFF)
+        exit.insn_bytes = raw
+        exit.intr_info = interruption_info(vector, kind.value, error_code is not None)
+        exit.error_code = error_code
+        self.vcpu.handle_exit(exit)
+        return True
+
+    def on_unmapped(self, access: int, address: int, size: int, value: int) -> bool:
+        """A guest-physical address with no RAM behind it: an EPT violation (handled after the
+        run stops, with EIP at the instruction)."""
+        self.ept_violation = (access, address)
+        return super().on_unmapped(access, address, size, value)
+
+    def machine_error(self, err: int) -> None:
+        if self.ept_violation is None:
+            super().machine_error(err)
+            return
+        access, address = self.ept_violation
+        self.ept_violation = None
+        kind = {UC_MEM_WRITE_UNMAPPED: EPT_WRITE, UC_MEM_FETCH_UNMAPPED: EPT_FETCH}.get(access,
+                                                                                    EPT_READ)
+        exit = self._exit(R.EPT_VIOLATION, kind | EPT_TRANSLATED)
+        exit.value = address  # the guest-physical-address field
+        exit.detail = f"guest-physical {address:#x}"
+        self.vmcs.guest_physical_address = address
+        insn = self.current_insn()
+        exit.insn, exit.insn_bytes = insn, insn.raw if insn else b""
+        self.vcpu.handle_exit(exit)
+
+    # ----- stops at scanned instructions --------------------------------------------------------
+    def after_run(self) -> None:
+        self.scanner.arm()
+        site = self.scanner.callout_at(self.cpu.linear_pc())
+        if site is not None and self.scanner.revalidate(site):
+            site.hits += 1
+            self._instruction(site.insn)
+        elif self.cpu.halted:
+            self._halted()
+
+    def _instruction(self, insn) -> None:
+        reason, qualification = self._exit_for(insn)
+        if reason is None:
+            self.complete_instruction()  # armed, but these operands do not exit
+            return
+        exit = self._exit(reason, qualification)
+        exit.insn, exit.insn_bytes, exit.detail = insn, insn.raw, str(insn)
+        self.vmcs.exit_instruction_length = insn.size
+        self.vcpu.handle_exit(exit)
+
+    def _exit_for(self, insn) -> tuple[ExitReason | None, int]:
+        c, mnemonic, gpr = self.controls, insn.mnemonic, self.cpu.gpr
+        if mnemonic == "mov":
+            return self._mov_cr_exit(insn)
+        if mnemonic == "clts":
+            return (R.CR_ACCESS, cr_qualification(0, CR_CLTS)) if c.clts_exits() else (None, 0)
+        if mnemonic == "lmsw":
+            source = self._lmsw_source(insn)
+            exits = c.lmsw_exits(source)
+            return (R.CR_ACCESS, cr_qualification(0, CR_LMSW, lmsw_source=source)) if exits else (
+                None, 0)
+        if mnemonic in ("rdmsr", "wrmsr"):
+            write = mnemonic == "wrmsr"
+            exits = c.msr_exits(gpr[ECX] & 0xFFFFFFFF, write)
+            return ((R.MSR_WRITE if write else R.MSR_READ), 0) if exits else (None, 0)
+        if mnemonic in DT_MNEMONICS:
+            return DT_MNEMONICS[mnemonic], 0
+        return {"invlpg": R.INVLPG, "wbinvd": R.WBINVD}[mnemonic], 0
+
+    def _mov_cr_exit(self, insn) -> tuple[ExitReason | None, int]:
+        dst, src = insn.operands
+        if dst.reg and dst.reg.startswith("dr") or src.reg and src.reg.startswith("dr"):
+            control, gpr, access = (dst, src, 0) if dst.reg.startswith("dr") else (src, dst, 1)
+            return R.DR_ACCESS, int(control.reg[2:]) | access << 4 | GPR_NUMBER.get(gpr.reg, 0) << 8
+        if src.reg.startswith("cr"):
+            return R.CR_ACCESS, cr_qualification(3, CR_MOV_FROM, GPR_NUMBER.get(dst.reg, 0))
+        cr = int(dst.reg[2:])
+        value = self.cpu.gpr[GPR_NUMBER[src.reg]] & 0xFFFFFFFF
+        if not self.controls.cr_write_exits(cr, value):
+            return None, 0
+        return R.CR_ACCESS, cr_qualification(cr, CR_MOV_TO, GPR_NUMBER.get(src.reg, 0))
+
+    def _lmsw_source(self, insn) -> int:
+        op = insn.operands[0]
+        if op.kind == "reg":
+            return self.cpu.gpr[GPR_NUMBER.get("e" + op.reg[-2:], 0)] & 0xFFFF
+        return int.from_bytes(self.lin.read(self._linear(insn, op), 2), "little")
+
+    def _linear(self, insn, op) -> int:
+        return effective_address(self, insn, op)
+
+    def _halted(self) -> None:
+        """HLT ran at CPL 0: the CPU halted and the run returned, EIP after the HLT."""
+        if not self.controls.hlt_exiting:
+            self.vcpu.halted = True
+            return
+        exit = self._exit(R.HLT, 0, (self.cpu.eip - 1) & 0xFFFFFFFF)
+        exit.insn_bytes = b"\xf4"
+        self.vcpu.handle_exit(exit)
+
+    # ----- what the exit handlers call (vcpu.guest) ---------------------------------------------
+    def complete_instruction(self) -> None:
+        """Let the instruction at EIP happen on the real CPU: lift its stop, run it, re-arm."""
+        here = self.cpu.linear_pc()
+        armed = set(self.scanner._armed)
+        self.cpu.set_exits(armed - {here}, owner="vtx")
+        self.cpu.run(1)
+        self.cpu.set_exits(armed, owner="vtx")
+        if self.cpu.hook_error is not None:
+            raise self.cpu.hook_error
+
+    def emulate(self, exit: VmExit) -> Outcome:
+        """CR/DR/MSR/INVLPG/descriptor-table exits: the VMM lets the access happen, then keeps
+        the CR0/CR4 read shadows equal to what the guest wrote in the bits it owns."""
+        self.complete_instruction()
+        insn = exit.insn
+        if insn is not None and insn.mnemonic == "mov" and exit.reason is R.CR_ACCESS:
+            cr = exit.qualification & 0xF
+            if cr in (0, 4) and (exit.qualification >> 4) & 3 == CR_MOV_TO:
+                value = int(self.cpu.cr[cr])
+                mask, _ = self.controls.mask_and_shadow(cr)
+                if cr == 0:
+                    self.controls.cr0_read_shadow = value & mask
+                else:
+                    self.controls.cr4_read_shadow = value & mask
+        return Outcome.RESUME
+
+    def handle_exception(self, exit: VmExit) -> Outcome:
+        """Reflect the exception back into the guest by VM-entry event injection."""
+        info = exit.intr_info
+        self.inject(info & 0xFF, EventKind((info >> 8) & 7), exit.error_code)
+        return Outcome.RESUME
+
+    def inject(self, vector: int, kind: EventKind, error_code: int | None = None) -> None:
+        """VM entry with the interruption-information field valid: the CPU delivers the event
+        through the guest's IDT as it enters (SDM 26.6)."""
+        c = self.controls
+        c.entry_interruption_info = interruption_info(vector, kind.value, error_code is not None)
+        c.entry_exception_error_code = error_code or 0
+        self.events.deliver(vector, kind, error_code)
+        c.entry_interruption_info = 0
+
+    def skip_instruction(self, exit: VmExit) -> None:
+        """HLT exits after the CPU already stepped over the HLT."""
+
+    def complete_vmcall(self) -> None:
+        eip = self.cpu.eip_reg
+        eip.value = (eip.value + len(VMCALL_BYTES)) & 0xFFFFFFFF
+
+    def cpuid(self, leaf_base: int, signature: bytes) -> Outcome:
+        leaf = self.cpu.gpr[EAX] & 0xFFFFFFFF
+        if leaf in HYPERVISOR_LEAVES:
+            words = [int.from_bytes(signature[i:i + 4], "little") for i in (0, 4, 8)]
+            gpr = self.cpu.gpr
+            gpr[EAX], gpr[EBX], gpr[ECX], gpr[EDX] = leaf_base, *words
+            self._cpuid_done = True
+        return Outcome.RESUME
+
+    def handle_ept_violation(self, exit: VmExit) -> Outcome:
+        """An MMIO window: emulate the access against the device; otherwise the guest touched
+        memory that does not exist, which ends the run with a report."""
+        try:
+            emulate_mmio(self, exit.insn, exit.value)
+        except MmioError as exc:
+            self.vcpu.finish(RunState.GUEST_FAULT, f"EPT violation at guest-physical "
+                                                   f"{exit.value:#x}: {exc}")
+            return Outcome.STOP
+        except Fault as fault:
+            self.inject(fault.vector, EventKind.HARDWARE_EXCEPTION, fault.error_code)
+        return Outcome.RESUME
+
+    def exit_bytes(self, exit: VmExit) -> bytes:
+        return exit.insn.raw if exit.insn is not None else exit.insn_bytes
+
+    # ----- run loop -----------------------------------------------------------------------------
+    def interrupt_window(self) -> bool:
+        open_ = bool(self.cpu.system_flags & FLAG_IF)
+        if not open_ and self.vm.irq_chip.has_interrupt():
+            self._window_held = True
+        return open_
+
+    def inject_external(self, vector: int) -> None:
+        if self._window_held and not self.vcpu.fast:
+            self.vcpu.handle_exit(self._exit(R.INTERRUPT_WINDOW))
+        self._window_held = False
+        self.inject(vector, EventKind.EXTERNAL)
