@@ -288,8 +288,21 @@ class Cpu:
         """Call ``callback(linear, size)`` for every block Unicorn translates, before it first
         runs (UC_HOOK_EDGE_GENERATED: at translation time, never per execution). Blocks already
         translated are flushed so that every block passes through the callback."""
-        self._translation_callback = callback
+        self._translation_callback = lambda linear, size: None
         self._translation_hook = self._hook(UC_HOOK_EDGE_GENERATED, _EDGE_CB(self._edge_cb))
+        self._warm_up()
+        self._translation_callback = callback
+
+    def _warm_up(self) -> None:
+        """Unicorn reports a new block only once some block has run to its end (one ended by HLT
+        or a fault does not count): run JMP $+2; HLT at address 0 (restored afterwards), then
+        flush every translated block."""
+        saved, eip = self.memory.read(0, 3), self.eip
+        self.memory.write(0, b"\xeb\x00\xf4")
+        self.eip = 0
+        self.run(0)
+        self.memory.write(0, saved)
+        self.eip = eip
         self.uc.ctl_flush_tb()
 
     def _edge_cb(self, _uc, current, _previous, _ud):

@@ -19,6 +19,7 @@ from vmm.exits import EXIT_HANDLERS, Outcome
 from vmm.native import NativeEngine
 from vmm.bt import BtEngine
 from vmm.trap import TrapEngine
+from vmm.vmx import VmxControls, apply_exit_on
 from vmm.vtx import VtxEngine
 from vmm.vcpu import RunResult, Vcpu
 from vmm.vm import DEFAULT_RAM, Vm
@@ -26,6 +27,17 @@ from vmm.vmcs import ExitReason
 
 ENGINES = {"native": NativeEngine, "trap": TrapEngine, "bt": BtEngine, "vtx": VtxEngine}
 COM1, COM1_IRQ = 0x3F8, 4
+
+
+def make_engine(name: str, exit_on: str = ""):
+    """An engine by name; ``exit_on`` (the --exit-on list) turns on VT-x exit controls."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if name == "vtx":
+        return VtxEngine(apply_exit_on(VmxControls(), exit_on))
+    if exit_on:
+        raise ValueError("--exit-on sets VT-x execution controls: it needs --engine vtx")
+    return ENGINES[name]()
 
 
 def handle_io(vcpu, exit) -> Outcome:
@@ -66,9 +78,8 @@ class MonolithicHypervisor:
     def __init__(self, engine: str = "trap", ram_size: int = DEFAULT_RAM,
                  sink: Callable[[bytes], None] = lambda data: None, input_data: bytes = b"",
                  input_stream=None, observers=(), timeout: float | None = None, max_exits: int | None = None,
-                 wall_clock: bool = False):
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+                 wall_clock: bool = False, exit_on: str = ""):
+        engine_model = make_engine(engine, exit_on)
         self.vm = Vm(ram_size, wall_clock)
         self.platform = Platform(self.vm, sink, self._guest_exit)
         if input_data or input_stream is not None:
@@ -77,7 +88,7 @@ class MonolithicHypervisor:
                     else ScriptedInput(uart, input_data))
             uart.before_read = line.poll
             self.vm.input_sources.append(line)
-        self.vcpu = Vcpu(self.vm, ENGINES[engine](), self.handlers, observers, timeout,
+        self.vcpu = Vcpu(self.vm, engine_model, self.handlers, observers, timeout,
                          max_exits, wall_clock)
 
     def _guest_exit(self, value: int) -> None:

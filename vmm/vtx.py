@@ -270,18 +270,12 @@ class VtxEngine(EngineBase):
 
     def emulate(self, exit: VmExit) -> Outcome:
         """CR/DR/MSR/INVLPG/descriptor-table exits: the VMM lets the access happen, then keeps
-        the CR0/CR4 read shadows equal to what the guest wrote in the bits it owns."""
+        the CR0/CR4 read shadows equal to what the guest holds in the bits the host owns."""
         self.complete_instruction()
-        insn = exit.insn
-        if insn is not None and insn.mnemonic == "mov" and exit.reason is R.CR_ACCESS:
-            cr = exit.qualification & 0xF
-            if cr in (0, 4) and (exit.qualification >> 4) & 3 == CR_MOV_TO:
-                value = int(self.cpu.cr[cr])
-                mask, _ = self.controls.mask_and_shadow(cr)
-                if cr == 0:
-                    self.controls.cr0_read_shadow = value & mask
-                else:
-                    self.controls.cr4_read_shadow = value & mask
+        if exit.reason is R.CR_ACCESS:
+            c = self.controls
+            c.cr0_read_shadow = int(self.cpu.cr[0]) & c.cr0_guest_host_mask
+            c.cr4_read_shadow = int(self.cpu.cr[4]) & c.cr4_guest_host_mask
         return Outcome.RESUME
 
     def handle_exception(self, exit: VmExit) -> Outcome:

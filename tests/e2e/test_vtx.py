@@ -1,0 +1,127 @@
+"""The VT-x-style engine: VMCS execution controls decide what exits, every exit carries its SDM
+reason and qualification, events are injected on entry, EPT violations reach MMIO devices."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TEST_GUESTS, run_guest
+from vmm.observers import ExitCallback
+from vmm.vcpu import RunState
+from vmm.vmcs import ExitReason as R
+
+PRIVILEGED = TEST_GUESTS / "privileged.asm"
+ALL_EXITS = "cr3,cr3-store,cr0=0xffffffff,cr4=0xffffffff,invlpg,msr,dt,dr,wbinvd"
+
+
+def traced(spec, engine="vtx", **options):
+    exits = []
+    run = run_guest(spec, engine, observers=[ExitCallback(lambda e, o: exits.append(e))],
+                    **options)
+    return run, exits
+
+
+def test_every_control_exits_and_the_guest_cannot_tell():
+    native = run_guest(PRIVILEGED, "native")
+    run, exits = traced(PRIVILEGED, exit_on=ALL_EXITS)
+    assert run.result.ok, run.result.report()
+    assert run.output == native.output
+    seen = {(e.reason, e.detail) for e in exits}
+    for reason, detail in [(R.CR_ACCESS, "mov cr0, eax"), (R.CR_ACCESS, "mov cr3, eax"),
+                           (R.CR_ACCESS, "mov eax, cr3"), (R.CR_ACCESS, "lmsw ax"),
+                           (R.CR_ACCESS, "clts"), (R.DR_ACCESS, "mov dr0, eax"),
+                           (R.MSR_WRITE, "wrmsr"), (R.MSR_READ, "rdmsr"),
+                           (R.LDTR_TR_ACCESS, "ltr ax"), (R.WBINVD, "wbinvd")]:
+        assert (reason, detail) in seen, (reason, detail)
+    assert any(e.reason is R.INVLPG for e in exits)
+    assert any(e.reason is R.GDTR_IDTR_ACCESS and e.detail.startswith("lgdt") for e in exits)
+
+
+def test_cr_access_qualifications_follow_the_sdm():
+    _, exits = traced(PRIVILEGED, exit_on="cr3,cr3-store,cr0=0x8")
+    qualification = {e.detail: e.qualification for e in exits if e.reason is R.CR_ACCESS}
+    assert qualification["mov cr3, eax"] == 0x03           # CR3, MOV to CR, EAX
+    assert qualification["mov eax, cr3"] == 0x13           # CR3, MOV from CR, EAX
+    assert qualification["lmsw ax"] == 0x30 | 0xB << 16    # LMSW, source data 0xb
+    assert qualification["clts"] == 0x20                   # CLTS: exits once TS is shadowed set
+
+
+def test_default_controls_let_cr_and_msr_accesses_run_without_exits():
+    run, exits = traced(PRIVILEGED)
+    assert run.result.ok
+    assert {e.reason for e in exits} <= {R.IO_INSTRUCTION, R.CPUID, R.HLT}
+
+
+def test_exception_bitmap_turns_a_divide_error_into_an_exit_and_reinjects_it():
+    native = run_guest("nano-divzero", "native")
+    quiet, quiet_exits = traced("nano-divzero")
+    run, exits = traced("nano-divzero", exit_on="exception=0")
+    assert run.output == native.output == quiet.output
+    divides = [e for e in exits if e.reason is R.EXCEPTION_NMI]
+    assert divides and all(e.intr_info == 0x80000300 for e in divides)  # #DE, hardware, valid
+    assert not [e for e in quiet_exits if e.reason is R.EXCEPTION_NMI]
+
+
+def test_vmcall_exits_with_its_reason():
+    run, exits = traced(TEST_GUESTS / "vmcall.asm")
+    assert run.result.ok and run.text == "2\n"
+    assert [e.reason for e in exits if e.reason is R.VMCALL] == [R.VMCALL]
+
+
+class Recorder:
+    """An MMIO device that remembers stores and answers loads with its offset."""
+
+    def __init__(self):
+        self.stores = []
+
+    def read(self, offset: int, size: int) -> int:
+        return 0x11223344 + offset
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.stores.append((offset, size, value))
+
+
+def run_mmio(device):
+    from hypervisors.images import resolve
+    from hypervisors.monolithic import MonolithicHypervisor
+    exits, chunks = [], []
+    hypervisor = MonolithicHypervisor(engine="vtx", sink=chunks.append, timeout=30,
+                                      observers=[ExitCallback(lambda e, o: exits.append(e))])
+    if device is not None:
+        hypervisor.vm.mmio.insert(device, 0xFEB00000, 0x1000)
+    try:
+        result = hypervisor.run(resolve(str(TEST_GUESTS / "mmio.asm"), hypervisor.vm.memory.size))
+    finally:
+        hypervisor.close()
+    return result, [e for e in exits if e.reason is R.EPT_VIOLATION], b"".join(chunks)
+
+
+def test_mmio_is_reached_through_ept_violations():
+    device = Recorder()
+    result, violations, output = run_mmio(device)
+    assert result.ok, result.report()
+    assert device.stores == [(0, 1, 0x41), (2, 2, 0x4342), (4, 4, 0x44434241)]
+    assert output == b"0x450x1122334c\n"
+    assert [e.value for e in violations] == [0xFEB00000, 0xFEB00002, 0xFEB00004, 0xFEB00001,
+                                             0xFEB00008]
+    assert [e.qualification for e in violations] == [0x102, 0x102, 0x102, 0x101, 0x101]
+
+
+def test_ept_violation_with_no_device_ends_the_run_with_a_report():
+    result, violations, _ = run_mmio(None)
+    assert result.state is RunState.GUEST_FAULT
+    assert "EPT violation at guest-physical 0xfeb00000" in result.message
+    assert violations[0].qualification == 0x102
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--engine", "vtx", "--exit-on", "bogus"], "unknown exit 'bogus'"),
+    (["--engine", "trap", "--exit-on", "cr3"], "needs --engine vtx"),
+    (["--engine", "vtx", "--exit-on", "cr0=zz"], "is not a number"),
+])
+def test_bad_exit_on_is_refused(argv, message):
+    proc = subprocess.run([sys.executable, "-m", "hypervisors.cli", "run", "hello", *argv],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
