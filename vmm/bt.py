@@ -106,6 +106,7 @@ class BtEngine(TrapEngine):
 
     def _callout(self, site: Site) -> None:
         site.hits += 1
+        self.vcpu.retire(1)
         plan = self._site_plan(site)
         self.g.view.flags()  # bring the shadow IF up to date with the real (virtual) IF
         vcpu = self.vcpu

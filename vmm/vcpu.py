@@ -43,6 +43,7 @@ class RunState(enum.Enum):
     TIMEOUT = "timeout"
     MAX_EXITS = "max-exits"
     VMM_ERROR = "vmm-error"
+    DEVICE_ERROR = "device-error"      # a device model outside the hypervisor failed or vanished
 
 
 class Observer(Protocol):
@@ -273,9 +274,17 @@ class Vcpu:
         elif self.state is RunState.RUNNING and not self._at_breakpoint():
             self.engine.after_run()
 
-    def _count_steps(self) -> None:
+    def retire(self, count: int) -> None:
+        """Instructions the VMM carried out itself (a translation callout, an instruction
+        completed for an exit handler) retire like executed ones: in virtual time and steps."""
+        self.instructions += count
+        if not self.wall_clock:
+            self.vm.clock.retire(count)
+        self._count_steps(count)
+
+    def _count_steps(self, executed: int | None = None) -> None:
         if self.steps_left is not None:
-            self.steps_left -= self.cpu.executed()
+            self.steps_left -= self.cpu.executed() if executed is None else executed
             if self.steps_left <= 0:
                 self.steps_left = None
                 self.pause_requested = True

@@ -264,6 +264,7 @@ class VtxEngine(EngineBase):
         armed = set(self.scanner._armed)
         self.cpu.set_exits(armed - {here}, owner="vtx")
         self.cpu.run(1)
+        self.vcpu.retire(1)
         self.cpu.set_exits(armed, owner="vtx")
         if self.cpu.hook_error is not None:
             raise self.cpu.hook_error
