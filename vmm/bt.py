@@ -76,11 +76,9 @@ class BtEngine(TrapEngine):
     name = "bt"
     guest_class = BtGuest
 
-    def attach(self, vcpu) -> None:
-        super().attach(vcpu)
-        self.scanner = CodeScanner(self.cpu, self.fetch, self.disasm, self.classify,
-                                   self.translating, owner="bt")
-        self.scanner.start()
+    def make_scanner(self) -> CodeScanner:
+        return CodeScanner(self.cpu, self.fetch, self.disasm, self.classify, self.translating,
+                           owner="bt")
 
     def translating(self) -> bool:
         """Guest kernel code (real ring 1) and guest real mode (v8086) are translated."""

@@ -39,6 +39,10 @@ class EngineBase:
     def exit_bytes(self, exit) -> bytes:
         return b""
 
+    def fidelity_report(self) -> str:
+        """What the engine knows it failed to virtualize in this run; empty if nothing."""
+        return ""
+
     def translation_report(self) -> str:
         """What the engine translated (binary translation's site table); empty for others."""
         return ""

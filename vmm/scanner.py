@@ -25,6 +25,7 @@ class SiteKind(enum.Enum):
     CALLOUT = "callout"   # stop before it; the VMM emulates it on virtual state
     INLINE = "inline"     # runs in place on virtual state, no exit at all
     IO = "io"             # the CPU's I/O hook calls the device model synchronously
+    UNTRAPPED = "untrapped"  # trap-and-emulate only: runs on real state, the VMM never sees it
 
 
 @dataclass

@@ -18,6 +18,8 @@ from vmm.deprivilege import DeprivilegedGuest, UnsupportedGuestState
 from vmm.emulate import emulate_hlt, emulator_for, effective_address
 from vmm.engine import EngineBase
 from vmm.exits import Outcome
+from vmm.scanner import CodeScanner, SiteKind
+from vmm.sensitive import sensitive_emulator_for
 from vmm.vcpu import RunState
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
                       cr_qualification, interruption_info, io_qualification)
@@ -35,6 +37,17 @@ STRING_IO_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F))
 PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
 HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
 VMCALL_BYTES = b"\x0f\x01\xc1"
+UNTRAPPED_EFFECT = {
+    "pushf": "pushes the real IF and IOPL", "pushfd": "pushes the real IF and IOPL",
+    "popf": "cannot change IF or IOPL at CPL 1 (silently)",
+    "popfd": "cannot change IF or IOPL at CPL 1 (silently)",
+    "lar": "checks DPL against the real CPL 1", "lsl": "checks DPL against the real CPL 1",
+    "verr": "checks DPL against the real CPL 1", "verw": "checks DPL against the real CPL 1",
+    "sgdt": "reads the real GDTR (the guest's own here)",
+    "sidt": "reads the real IDTR (the guest's own here)",
+    "sldt": "reads the real LDTR (the guest's own here)",
+    "str": "reads the real TR (the guest's own here)", "smsw": "reads the real CR0",
+}
 
 
 class Plan(NamedTuple):
@@ -66,6 +79,32 @@ class TrapEngine(EngineBase):
         self._cpuid_done = False
         self._plans: dict[int, Plan] = {}
         vcpu.guest = self
+        self.scanner = self.make_scanner()
+        self.scanner.start()
+
+    def make_scanner(self) -> CodeScanner:
+        """Note (without intercepting) each sensitive instruction that will not fault in guest
+        kernel code: trap-and-emulate cannot virtualize it, and the run's report says so."""
+        return CodeScanner(self.cpu, self.fetch, self.disasm, self._untrapped,
+                           lambda: self.g.protected and self.cpu.cpl == 1, owner="audit")
+
+    @staticmethod
+    def _untrapped(insn) -> SiteKind | None:
+        if insn.mnemonic in ("pushf", "pushfd", "popf", "popfd"):
+            return SiteKind.UNTRAPPED
+        return SiteKind.UNTRAPPED if sensitive_emulator_for(insn) is not None else None
+
+    def fidelity_report(self) -> str:
+        untrapped = [s for s in self.scanner.table() if s.kind is SiteKind.UNTRAPPED]
+        if not untrapped:
+            return ""
+        lines = [f"trap could not virtualize {len(untrapped)} sensitive instruction(s) in guest "
+                 "kernel code: they do not fault at ring 1, so they ran on the real CPU state "
+                 "(Robin & Irvine; run with --engine bt or vtx for equivalence):"]
+        lines += [f"  {site.linear:#010x}  {site.raw.hex(' '):<20} {site.insn}  "
+                  f"{UNTRAPPED_EFFECT.get(site.insn.mnemonic, 'sees the real ring (RPL 1)')}"
+                  for site in untrapped]
+        return "\n".join(lines)
 
     def reset(self) -> None:
         self.g.enter_real_mode()

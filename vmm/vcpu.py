@@ -78,6 +78,7 @@ class RunResult:
     exits: int = 0
     instructions: int = 0
     wall_seconds: float = 0.0
+    fidelity: str = ""          # what the engine could not virtualize (trap's blind spots)
 
     @property
     def ok(self) -> bool:
@@ -94,6 +95,8 @@ class RunResult:
         if self.exits > len(self.last_exits) and len(self.last_exits) < LAST_EXITS:
             lines.append("  (exits taken on the fastpath are counted, not recorded: run with "
                          "--trace FILE or --stats to record every exit)")
+        if self.fidelity:
+            lines.append(self.fidelity)
         return "\n".join(lines)
 
 
@@ -368,4 +371,5 @@ class Vcpu:
         rip, text = self.engine.describe_pc()
         exits = self.exit_count if self.state is RunState.RUNNING else self.final_exit_count
         return RunResult(self.state, self.status, self.message, rip, text,
-                         [e.describe() for e in self.recent], exits, self.instructions, wall)
+                         [e.describe() for e in self.recent], exits, self.instructions, wall,
+                         self.engine.fidelity_report())

@@ -8,6 +8,8 @@ state. The test names those lines, so the failure is documented, not accidental.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,18 @@ def test_translating_engines_match_native_byte_for_byte(native, engine):
     run = run_guest("sensitive", engine)
     assert run.result.state is RunState.EXITED, run.result.report()
     assert run.output == native.output
+
+
+def test_trap_run_explains_what_it_could_not_virtualize():
+    proc = subprocess.run([sys.executable, "-m", "hypervisors.cli", "run", "sensitive",
+                           "--engine", "trap"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    report = proc.stderr
+    assert "trap could not virtualize" in report
+    for text in ("smsw eax", "pushfd  pushes the real IF and IOPL", "popfd  cannot change IF",
+                 "mov ax, cs  sees the real ring (RPL 1)", "push ss", "lar eax, edx",
+                 "verw dx"):
+        assert text in report, text
+    clean = subprocess.run([sys.executable, "-m", "hypervisors.cli", "run", "sensitive",
+                            "--engine", "bt"], capture_output=True, text=True)
+    assert clean.returncode == 0 and clean.stderr == ""
