@@ -89,7 +89,8 @@ class CodeScanner:
         """Decode [linear, linear+size) under the current code segment and classify each
         instruction; undecodable bytes end the scan (the CPU will raise #UD there itself)."""
         code = self.fetch(linear, size)
-        if self._scanned.get(linear, code) != code:
+        old = self._scanned.get(linear, code)  # a re-translation may end at a new exit
+        if old[:len(code)] != code[:len(old)]:
             self.rewritten += 1
         self._scanned[linear] = code
         cs_base = self.cpu.segs[CS].base
