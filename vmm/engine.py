@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
 
-from emu.cpu import CS
+from emu.cpu import CS, EAX, EBX, ECX, EDX
 from emu.disasm import Disassembler, Insn
 from emu.events import EventKind
 from emu.paging import CR0_PG, BusError, Fault
@@ -16,6 +16,7 @@ UC_ERR_NAMES = {6: "read from unmapped memory", 7: "write to unmapped memory",
                 8: "fetch from unmapped memory", 10: "an invalid instruction",
                 21: "an unhandled CPU exception"}
 MAX_INSN = 15
+HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
 
 
 class EngineBase:
@@ -38,6 +39,16 @@ class EngineBase:
 
     def exit_bytes(self, exit) -> bytes:
         return b""
+
+    def hypervisor_cpuid(self, leaf_base: int, signature: bytes) -> bool:
+        """Answer CPUID's hypervisor leaves (0x40000000..) with this VMM's signature; False for
+        any other leaf, which passes through to the machine."""
+        gpr = self.cpu.gpr
+        if gpr[EAX] & 0xFFFFFFFF not in HYPERVISOR_LEAVES:
+            return False
+        words = [int.from_bytes(signature[i:i + 4], "little") for i in (0, 4, 8)]
+        gpr[EAX], gpr[EBX], gpr[ECX], gpr[EDX] = leaf_base, *words
+        return True
 
     def fidelity_report(self) -> str:
         """What the engine knows it failed to virtualize in this run; empty if nothing."""

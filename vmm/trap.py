@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Callable, NamedTuple
 
-from emu.cpu import CS, EAX, EBX, ECX, EDX
+from emu.cpu import CS
 from emu.events import GP, PF, UD, ERROR_CODE_VECTORS, EventKind
 from emu.paging import CR0_PE, Fault
 from vmm.deprivilege import DeprivilegedGuest, UnsupportedGuestState
@@ -35,7 +35,6 @@ GPR_NUMBER = {"eax": 0, "ecx": 1, "edx": 2, "ebx": 3, "esp": 4, "ebp": 5, "esi":
 IMM_IO_OPCODES = frozenset((0xE4, 0xE5, 0xE6, 0xE7))
 STRING_IO_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F))
 PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
-HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
 VMCALL_BYTES = b"\x0f\x01\xc1"
 UNTRAPPED_EFFECT = {
     "pushf": "pushes the real IF and IOPL", "pushfd": "pushes the real IF and IOPL",
@@ -296,12 +295,7 @@ class TrapEngine(EngineBase):
 
     def cpuid(self, leaf_base: int, signature: bytes) -> Outcome:
         """CPUID passes through, except the hypervisor leaves, which name this VMM."""
-        leaf = self.cpu.gpr[EAX] & 0xFFFFFFFF
-        if leaf in HYPERVISOR_LEAVES:
-            words = [int.from_bytes(signature[i:i + 4], "little") for i in (0, 4, 8)]
-            gpr = self.cpu.gpr
-            gpr[EAX], gpr[EBX], gpr[ECX], gpr[EDX] = leaf_base, *words
-            self._cpuid_done = True
+        self._cpuid_done = self.hypervisor_cpuid(leaf_base, signature)
         return Outcome.RESUME
 
     def exit_bytes(self, exit: VmExit) -> bytes:

@@ -16,7 +16,7 @@ import time
 
 from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
 
-from emu.cpu import ECX, EAX, EBX, EDX, FLAG_IF
+from emu.cpu import ECX, FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView, ERROR_CODE_VECTORS
 from emu.paging import Fault
 from vmm.engine import EngineBase
@@ -24,7 +24,7 @@ from vmm.emulate import effective_address
 from vmm.exits import Outcome
 from vmm.mmio import MmioError, emulate_mmio
 from vmm.scanner import CodeScanner, SiteKind
-from vmm.trap import GPR_NUMBER, HYPERVISOR_LEAVES, VMCALL_BYTES
+from vmm.trap import GPR_NUMBER, VMCALL_BYTES
 from vmm.vcpu import RunState
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
                       cr_qualification, interruption_info, io_qualification)
@@ -302,12 +302,8 @@ class VtxEngine(EngineBase):
         eip.value = (eip.value + len(VMCALL_BYTES)) & 0xFFFFFFFF
 
     def cpuid(self, leaf_base: int, signature: bytes) -> Outcome:
-        leaf = self.cpu.gpr[EAX] & 0xFFFFFFFF
-        if leaf in HYPERVISOR_LEAVES:
-            words = [int.from_bytes(signature[i:i + 4], "little") for i in (0, 4, 8)]
-            gpr = self.cpu.gpr
-            gpr[EAX], gpr[EBX], gpr[ECX], gpr[EDX] = leaf_base, *words
-            self._cpuid_done = True
+        """CPUID passes through, except the hypervisor leaves, which name this VMM."""
+        self._cpuid_done = self.hypervisor_cpuid(leaf_base, signature)
         return Outcome.RESUME
 
     def handle_ept_violation(self, exit: VmExit) -> Outcome:
