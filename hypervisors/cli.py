@@ -3,8 +3,9 @@
 Exit status: the guest's own status when it ends through the debug-exit port (QEMU's
 (v << 1) | 1 with --qemu-exit-codes); 2 for bad input (unknown guest, assembly error, bad flag);
 3 when the guest ends any other way (triple fault, fault, halt forever, timeout, --max-exits,
-killed from gdb);
-4 when the hypervisor itself failed.
+killed from gdb, a device model that failed or a parent partition that died under micro);
+4 when the hypervisor itself failed. With several guests (micro), the status of the first one
+that did not end with 0, in command-line order.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from pathlib import Path
 
 import guests
 from hypervisors.images import AsmError, ImageError, resolve
+from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
+from hypervisors.micro.proxy import inject_fault
 from hypervisors.monolithic import ENGINES, MonolithicHypervisor
 from vmm.observers import ExitStats, JsonTrace
 from vmm.vcpu import RunState
+from vmm.vmx import EXIT_ON_NAMES
 
 EXIT_BAD_INPUT, EXIT_GUEST_FAILED, EXIT_VMM_ERROR = 2, 3, 4
-HYPERVISORS = {"monolithic": MonolithicHypervisor}
+HYPERVISORS = {"monolithic": MonolithicHypervisor, "micro": MicroHypervisor}
 
 
 def parse_size(text: str) -> int:
@@ -54,13 +58,19 @@ def endpoint(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+EXIT_ON_HELP = ("with --engine vtx: extra VM exits to turn on, comma-separated, from "
+                + ", ".join(EXIT_ON_NAMES))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trapvisor", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="boot a guest and print its serial output")
-    run.add_argument("guest", help="a shipped guest's name, an .asm file, or a flat binary")
+    run.add_argument("guest", nargs="+", help="a shipped guest's name, an .asm file, or a flat "
+                     "binary; several run side by side under --hypervisor micro")
     run.add_argument("--hypervisor", choices=sorted(HYPERVISORS), default="monolithic")
     run.add_argument("--engine", choices=sorted(ENGINES), default="trap")
+    run.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
     run.add_argument("--stats", action="store_true", help="print per-exit-reason statistics")
     run.add_argument("--trace", metavar="FILE", help="write one JSON line per exit to FILE")
     run.add_argument("--timeout", metavar="S", type=positive(float), help="wall-clock limit")
@@ -77,16 +87,41 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit with (status << 1) | 1 like QEMU's isa-debug-exit")
     run.add_argument("--gdb", metavar="HOST:PORT", type=endpoint,
                      help="stop at the first instruction and wait for gdb (target remote) there")
+    run.add_argument("--disk", metavar="FILE", help="micro: the disk image the parent partition's "
+                     "block VSP serves (default: a temporary 1 MiB image)")
+    run.add_argument("--inject-device-fault", metavar="DEVICE",
+                     help="make the named device model raise on its first access (a driver bug "
+                     "on purpose): e.g. uart16550, pit8254, pic-master, debug-console")
     add_debug_parser(commands)
     commands.add_parser("guests", help="list the shipped guests")
+    add_bench_parser(commands)
+    commands.add_parser("tcb", help="lines and bytes of project code in each process, per "
+                        "hypervisor architecture, measured from the modules each one imports")
     return parser
+
+
+def add_bench_parser(commands) -> None:
+    from benchmarks import suite  # the benchmarks package loads only for its own options
+    bench = commands.add_parser("bench", help="measure exit costs, engines and hypervisors on "
+                                "this machine and print tables (progress on stderr)")
+    suite.add_arguments(bench)
+
+
+def run_bench(args) -> int:
+    from benchmarks import plot, suite
+    try:
+        return suite.main(args)
+    except plot.PlotUnavailable as exc:
+        print(f"trapvisor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def add_debug_parser(commands) -> None:
     debug = commands.add_parser("debug", help="step through a guest's VM exits in a debugger")
     debug.add_argument("guest", help="a shipped guest's name, an .asm file, or a flat binary")
-    debug.add_argument("--hypervisor", choices=sorted(HYPERVISORS), default="monolithic")
+    debug.add_argument("--hypervisor", choices=["monolithic"], default="monolithic")
     debug.add_argument("--engine", choices=sorted(ENGINES), default="trap")
+    debug.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
     debug.add_argument("--ram", metavar="SIZE", type=parse_size, default=32 << 20,
                        help="guest RAM (default 32M)")
     debug.add_argument("--input", metavar="TEXT", default="",
@@ -118,30 +153,36 @@ def write_stdout(data: bytes) -> None:
         sys.stdout.buffer.flush()
 
 
-def load_image(args):
+def load_image(args, spec: str):
     """The guest image, or None after saying on stderr why it cannot be loaded."""
     try:
-        return resolve(args.guest, args.ram)
+        return resolve(spec, args.ram)
     except (ImageError, AsmError) as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
         return None
 
 
 def run_guest(args) -> int:
-    image = load_image(args)
-    if image is None:
+    if args.hypervisor == "monolithic" and (len(args.guest) > 1 or args.disk):
+        print("trapvisor: several guests and --disk need --hypervisor micro", file=sys.stderr)
         return EXIT_BAD_INPUT
+    images = [load_image(args, spec) for spec in args.guest]
+    if None in images:
+        return EXIT_BAD_INPUT
+    image = images[0]
     stats = ExitStats() if args.stats else None
     trace = open(args.trace, "w") if args.trace else None
     observers = [o for o in (stats, trace and JsonTrace(trace)) if o]
     try:
         build = hypervisor_factory(args, observers)
-        if args.gdb:
+        if args.hypervisor == "micro":
+            results = run_micro(args, images, observers)
+        elif args.gdb:
             from vmm import gdbstub  # the stub's modules load only for --gdb
             result = gdbstub.serve(build, image, *args.gdb)
         else:
             result = build([]).run(image)
-    except ValueError as exc:
+    except (ValueError, ConnectionError) as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
@@ -150,32 +191,71 @@ def run_guest(args) -> int:
             trace.close()
     if stats:
         print(stats.report(), file=sys.stderr)
+    if args.hypervisor == "micro":
+        return micro_status(args, results)
     if result is None:
         print("trapvisor: gdb killed the guest", file=sys.stderr)
         return EXIT_GUEST_FAILED
     return exit_status(result, args.qemu_exit_codes)
 
 
+def run_micro(args, images, observers) -> tuple[list, str | None]:
+    """Every guest in its own child partition, side by side; with several, each output line is
+    prefixed with '[N:name] '. Returns the results and the parent partition's failure report."""
+    if args.gdb or args.stdin:
+        raise ValueError("--gdb and --stdin are not supported under --hypervisor micro")
+    hypervisor = MicroHypervisor(**hypervisor_options(args), sink=write_stdout,
+                                 observers=observers, timeout=args.timeout,
+                                 max_exits=args.max_exits, wall_clock=args.wall_clock,
+                                 disk=args.disk, inject_fault=args.inject_device_fault)
+    try:
+        guests_ = [(hypervisor.create_partition(
+            spec, prefixed_sink(f"[{n}:{spec}] ", write_stdout) if len(images) > 1 else None),
+            image) for n, (spec, image) in enumerate(zip(args.guest, images), 1)]
+        return hypervisor.run_all(guests_), hypervisor.parent_report()
+    finally:
+        hypervisor.close()
+
+
+def micro_status(args, outcome) -> int:
+    """The first failing VM's exit status (in command-line order), else 0."""
+    results, parent_report = outcome
+    statuses = []
+    for n, (spec, result) in enumerate(zip(args.guest, results), 1):
+        if not result.ok and len(results) > 1:
+            print(f"trapvisor: VM {n} ({spec}):", file=sys.stderr)
+        statuses.append(exit_status(result, args.qemu_exit_codes))
+    if parent_report:
+        print(parent_report, file=sys.stderr)
+    return next((status for status in statuses if status), 0)
+
+
 def hypervisor_options(args) -> dict:
     """The hypervisor's keyword arguments that `run` and `debug` share."""
-    return dict(engine=args.engine, ram_size=args.ram,
-                input_data=args.input.encode().decode("unicode_escape").encode("latin-1"))
+    options = dict(engine=args.engine, ram_size=args.ram,
+                   input_data=args.input.encode().decode("unicode_escape").encode("latin-1"))
+    if args.exit_on:
+        options["exit_on"] = args.exit_on
+    return options
 
 
 def hypervisor_factory(args, observers):
     """build(extra_observers) -> a fresh, not yet booted hypervisor with the run options."""
     def build(extra: list):
-        return HYPERVISORS[args.hypervisor](
+        hypervisor = HYPERVISORS[args.hypervisor](
             **hypervisor_options(args), sink=write_stdout,
             input_stream=sys.stdin.buffer if args.stdin else None,
             observers=[*observers, *extra], timeout=args.timeout, max_exits=args.max_exits,
             wall_clock=args.wall_clock)
+        if args.inject_device_fault:
+            inject_fault(hypervisor.vm.pio, args.inject_device_fault)
+        return hypervisor
     return build
 
 
 def debug_guest(args) -> int:
     from vmm import debugger  # the debugger's modules load only for `trapvisor debug`
-    image = load_image(args)
+    image = load_image(args, args.guest)
     if image is None:
         return EXIT_BAD_INPUT
 
@@ -188,6 +268,8 @@ def debug_guest(args) -> int:
 
 def exit_status(result, qemu_codes: bool) -> int:
     if result.state is RunState.EXITED:
+        if result.fidelity:
+            print(f"trapvisor: {result.fidelity}", file=sys.stderr)
         return ((result.status << 1) | 1) & 0xFF if qemu_codes else result.status & 0xFF
     print(result.report(), file=sys.stderr)
     return EXIT_VMM_ERROR if result.state is RunState.VMM_ERROR else EXIT_GUEST_FAILED
@@ -197,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "guests":
         return list_guests()
+    if args.command == "bench":
+        return run_bench(args)
+    if args.command == "tcb":
+        from hypervisors.micro import tcb  # measures in fresh processes; loads only here
+        return tcb.main()
     if args.command == "debug":
         return debug_guest(args)
     return run_guest(args)

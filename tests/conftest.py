@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from hypervisors.images import resolve
+from hypervisors.micro.hypervisor import MicroHypervisor
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.vcpu import RunResult
+from vmm.vm import DEFAULT_RAM
 
 TEST_GUESTS = Path(__file__).resolve().parent / "guests"
 ENGINES = ("native", "trap", "bt", "vtx")
@@ -24,15 +26,19 @@ class GuestRun:
         return self.output.decode("latin-1")
 
 
-def run_guest(spec: str, engine: str, **options) -> GuestRun:
-    """Boot ``spec`` (a shipped guest's name or a path) and run it to its end."""
+HYPERVISORS = {"monolithic": MonolithicHypervisor, "micro": MicroHypervisor}
+
+
+def run_guest(spec: str, engine: str, hypervisor: str = "monolithic", **options) -> GuestRun:
+    """Boot ``spec`` (a shipped guest's name or a path) under ``hypervisor`` and run it to its
+    end."""
     chunks: list[bytes] = []
     options.setdefault("timeout", 60)
-    hypervisor = MonolithicHypervisor(engine=engine, sink=chunks.append, **options)
+    machine = HYPERVISORS[hypervisor](engine=engine, sink=chunks.append, **options)
     try:
-        result = hypervisor.run(resolve(str(spec), hypervisor.vm.memory.size))
+        result = machine.run(resolve(str(spec), options.get("ram_size", DEFAULT_RAM)))
     finally:
-        hypervisor.close()
+        machine.close()
     return GuestRun(b"".join(chunks), result)
 
 

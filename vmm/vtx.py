@@ -75,7 +75,7 @@ class VtxEngine(EngineBase):
         if mnemonic in ("clts", "lmsw"):
             return bool(c.cr0_guest_host_mask & 0xF)
         if mnemonic in ("rdmsr", "wrmsr"):
-            return not c.use_msr_bitmaps or bool(c.msr_read_bitmap | c.msr_write_bitmap)
+            return True  # MSRs outside the bitmaps' ranges (synthetic MSRs among them) always exit
         if mnemonic in DT_MNEMONICS:
             return c.descriptor_table_exiting
         return (mnemonic == "invlpg" and c.invlpg_exiting) or (
@@ -330,7 +330,10 @@ class VtxEngine(EngineBase):
         return open_
 
     def inject_external(self, vector: int) -> None:
-        if self._window_held and not self.vcpu.fast:
-            self.vcpu.handle_exit(self._exit(R.INTERRUPT_WINDOW))
+        if self._window_held:
+            if self.vcpu.fast:
+                self.vcpu.exit_count += 1
+            else:
+                self.vcpu.handle_exit(self._exit(R.INTERRUPT_WINDOW))
         self._window_held = False
         self.inject(vector, EventKind.EXTERNAL)

@@ -19,9 +19,12 @@ import tempfile
 import threading
 import traceback
 
+from hypervisors.micro import gpadl, vsp
 from hypervisors.micro.proxy import inject_fault
-from hypervisors.micro.wire import (HEADER, NO_DEADLINE, Control, Message, Op, PartitionConfig, Record,
-                                    State, pack, read_message)
+from hypervisors.micro.tcb import loaded_modules
+from hypervisors.micro.wire import (ALL_MASKED, COUNTING, HEADER, INPUT_ALIVE, INT_OUTPUT,
+                                    NO_DEADLINE, RAISED, RECONFIGURED, Control, Message, Op,
+                                    PartitionConfig, Record, pack, read_message)
 from hypervisors.input import ScriptedInput
 from vmm.bus import Bus
 from vmm.clock import VirtualClock
@@ -31,12 +34,10 @@ from vmm.devices.pit8254 import Pit8254
 from vmm.devices.uart16550 import Uart16550
 
 COM1, COM1_IRQ = 0x3F8, 4
-VMBUS_SINT = 2                       # Linux drivers/hv VMBUS_MESSAGE_SINT: messages and events
 HV_STATUS_SUCCESS = 0x0000
 HV_STATUS_INVALID_CONNECTION_ID = 0x0012
 DEFAULT_DISK_SIZE = 1 << 20
 CONTROL_RECORD_MAX = 1 << 20
-PROJECT_PACKAGES = ("emu", "vmm", "hypervisors", "guests")
 
 
 class Board:
@@ -70,7 +71,7 @@ class PartitionWorker:
         self.channel = channel
         self.rfile = channel.makefile("rb")
         self.clock = VirtualClock()
-        self.flags = State(0)
+        self.flags = 0
         self.outbox: list[tuple[int, int, int, bytes]] = []
         self.lock = threading.Lock()
         self.failed = False
@@ -88,11 +89,6 @@ class PartitionWorker:
 
     def _vmbus_server(self, ram_fd: int, config: PartitionConfig):
         """The VMBus server with its VSPs; child RAM reaches it only as the GPADL accessor."""
-        try:
-            from hypervisors.micro import gpadl, vsp
-        except ImportError:
-            os.close(ram_fd)
-            return None
         memory = gpadl.GrantedMemory(ram_fd, config.ram_size)
         return vsp.VmbusServer(self.partition_id, memory, self.post_to_child, self.signal_child,
                                config.disk_image, self.console)
@@ -111,17 +107,17 @@ class PartitionWorker:
 
     def signal_child(self, connection_id: int) -> None:
         with self.lock:
-            self.outbox.append((Record.SIGNAL, VMBUS_SINT, connection_id, b""))
+            self.outbox.append((Record.SIGNAL, self.server.message_sint, connection_id, b""))
 
     def _guest_exit(self, status: int) -> None:
         with self.lock:
             self.outbox.append((Record.GUEST_EXIT, 0, status, b""))
 
     def _raised(self) -> None:
-        self.flags |= State.RAISED
+        self.flags |= RAISED
 
     def _reconfigured(self) -> None:
-        self.flags |= State.RECONFIGURED
+        self.flags |= RECONFIGURED
 
     # ----- the channel ---------------------------------------------------------------------------
     def serve(self) -> None:
@@ -136,7 +132,8 @@ class PartitionWorker:
             self.channel.close()
 
     def _answer(self, message: Message) -> bytes:
-        self.clock.set(max(message.time, self.clock.now_ns()))
+        if message.time > self.clock.now_ns():
+            self.clock.set(message.time)
         value = 0xFFFFFFFF
         if not self.failed:
             try:
@@ -162,13 +159,12 @@ class PartitionWorker:
 
     def _reply(self, value: int) -> bytes:
         board = self.board
-        state = self.flags
-        state |= State.INT_OUTPUT if board.pic.has_interrupt() else 0
-        state |= State.ALL_MASKED if board.pic.all_masked() else 0
-        state |= State.COUNTING if board.pit.counting() else 0
-        state |= State.INPUT_ALIVE if self.input.alive() else 0
+        state = (self.flags | (INT_OUTPUT if board.pic.has_interrupt() else 0)
+                 | (ALL_MASKED if board.pic.all_masked() else 0)
+                 | (COUNTING if board.pit.counting() else 0)
+                 | (INPUT_ALIVE if self.input.alive() else 0))
         deadline = board.pit.next_deadline_ns()
-        self.flags = State(0)
+        self.flags = 0
         with self.lock:
             records, self.outbox = self.outbox, []
         return b"".join([*(pack(op, 0, aux, v, 0, data) for op, aux, v, data in records),
@@ -195,21 +191,17 @@ class PartitionWorker:
         return 0
 
     def _post_message(self, message: Message) -> int:
-        if self.server is None:
-            return HV_STATUS_INVALID_CONNECTION_ID
         message_type = int.from_bytes(message.payload[:4], "little")
         try:
             self.server.on_post_message(message.value, message_type, message.payload[4:])
-        except LookupError:
+        except vsp.UnknownConnection:
             return HV_STATUS_INVALID_CONNECTION_ID
         return HV_STATUS_SUCCESS
 
     def _signal_event(self, message: Message) -> int:
-        if self.server is None:
-            return HV_STATUS_INVALID_CONNECTION_ID
         try:
             self.server.on_signal_event(message.value, message.aux)
-        except LookupError:
+        except vsp.UnknownConnection:
             return HV_STATUS_INVALID_CONNECTION_ID
         return HV_STATUS_SUCCESS
 
@@ -258,12 +250,6 @@ class RootPartition:
         os.close(fd)
         self.scratch_disks.append(path)
         return path
-
-
-def loaded_modules() -> str:
-    """The project's modules loaded in this process (the trusted computing base measure)."""
-    return "\n".join(sorted(name for name in sys.modules
-                            if name.split(".")[0] in PROJECT_PACKAGES))
 
 
 def main(argv: list[str]) -> int:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import socket
 from typing import Callable
 
-from hypervisors.micro.wire import NO_DEADLINE, Message, Op, Record, State, pack, read_message
+from hypervisors.micro.wire import (ALL_MASKED, COUNTING, INPUT_ALIVE, INT_OUTPUT, NO_DEADLINE,
+                                    Message, Op, Record, pack, read_message)
 from vmm.bus import Bus
 
 ALL_ONES = 0xFFFFFFFF
@@ -26,14 +27,14 @@ class ParentChannel:
     is told once and every later request answers all-ones without touching the socket."""
 
     def __init__(self, sock: socket.socket, clock, on_record: Callable[[Message], None],
-                 on_lost: Callable[[str], None], on_state: Callable[[State], None]):
+                 on_lost: Callable[[str], None], on_state: Callable[[int], None]):
         self.sock = sock
         self.rfile = sock.makefile("rb")
         self.clock = clock
         self.on_record = on_record
         self.on_lost = on_lost
         self.on_state = on_state
-        self.state = State.ALL_MASKED
+        self.state = ALL_MASKED   # wire.State bits, as an int
         self.deadline: int | None = None
         self.lost: str | None = None
         self.round_trips = 0
@@ -52,7 +53,7 @@ class ParentChannel:
             self._lose(exc)
             return ALL_ONES
         self.round_trips += 1
-        self.state = State(reply.size)
+        self.state = reply.size
         self.deadline = None if reply.time == NO_DEADLINE else reply.time
         self.on_state(self.state)
         return reply.value
@@ -60,7 +61,7 @@ class ParentChannel:
     def _lose(self, exc: BaseException) -> None:
         detail = str(exc) or type(exc).__name__
         self.lost = f"the parent partition stopped answering ({detail})"
-        self.state = State.ALL_MASKED
+        self.state = ALL_MASKED
         self.deadline = None
         self.on_lost(self.lost)
 
@@ -101,10 +102,10 @@ class PicMirror:
         self.channel = channel
 
     def all_masked(self) -> bool:
-        return bool(self.channel.state & State.ALL_MASKED)
+        return bool(self.channel.state & ALL_MASKED)
 
     def has_interrupt(self) -> bool:
-        return bool(self.channel.state & State.INT_OUTPUT)
+        return bool(self.channel.state & INT_OUTPUT)
 
     def acknowledge(self) -> int:
         return self.channel.call(Op.ACKNOWLEDGE) & 0xFF
@@ -119,7 +120,7 @@ class TimerMirror:
         self.clock = clock
 
     def counting(self) -> bool:
-        return bool(self.channel.state & State.COUNTING)
+        return bool(self.channel.state & COUNTING)
 
     def next_deadline_ns(self) -> int | None:
         return self.channel.deadline
@@ -141,7 +142,7 @@ class InputMirror:
             self.channel.call(Op.POLL_INPUT)
 
     def alive(self) -> bool:
-        return bool(self.channel.state & State.INPUT_ALIVE)
+        return bool(self.channel.state & INPUT_ALIVE)
 
 
 class DeviceFault(RuntimeError):

@@ -53,6 +53,10 @@ class RingCorrupt(RingError):
         self.reason = reason
 
 
+class PacketTooLarge(RingError):
+    """The packet could never fit this ring, however much the reader consumes."""
+
+
 class RingFull(RingError):
     """Not enough free space for the packet (Linux returns -EAGAIN)."""
 
@@ -155,7 +159,7 @@ class RingBuffer:
         signalled: the ring went from empty to non-empty and interrupt_mask is clear."""
         packet_len = DESCRIPTOR.size + align8(len(payload))
         if packet_len >> 3 > 0xFFFF or packet_len + TRAILER.size >= self.data_size:
-            raise RingError(f"a {len(payload)}-byte payload can never fit this ring "
+            raise PacketTooLarge(f"a {len(payload)}-byte payload can never fit this ring "
                             f"({self.data_size}-byte data area)")
         old_write, read = self.indices()
         if self.bytes_to_write() <= packet_len + TRAILER.size:

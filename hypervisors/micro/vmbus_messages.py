@@ -159,7 +159,7 @@ class OpenChannel(Message):
     ringbuffer_gpadlhandle: int
     target_vp: int
     downstream_ringbuffer_pageoffset: int
-    userdata: bytes = bytes(120)
+    userdata: bytes = field(default=bytes(120), repr=False)
 
 
 @dataclass

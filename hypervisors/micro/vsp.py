@@ -26,7 +26,7 @@ from typing import Callable
 from hypervisors.micro import vmbus_messages as msg
 from hypervisors.micro.gpadl import PAGE_SIZE, GpadlRefused, GrantedMemory
 from hypervisors.micro.vmbus import (
-    VM_PKT_COMP, VM_PKT_DATA_INBAND, Packet, RingBuffer, RingCorrupt, RingError, RingFull)
+    VM_PKT_COMP, VM_PKT_DATA_INBAND, Packet, PacketTooLarge, RingBuffer, RingCorrupt, RingFull)
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +223,13 @@ class VmbusServer:
             msg.GpadlTeardown: self._gpadl_teardown, msg.Unload: self._unload}
 
     # ----- bookkeeping --------------------------------------------------------------------------
-    def reject(self, reason: str, detail: str) -> None:
+    def reject(self, reason: str, detail: str, level: int = logging.WARNING) -> None:
+        """Count a refusal; log the first few of each reason, then every LOG_EVERY-th. Requests
+        a VSP answers with an error status are logged at ``logging.INFO`` only."""
         count = self.stats.rejected[reason] = self.stats.rejected[reason] + 1
         if count <= LOG_FIRST or count % LOG_EVERY == 0:
-            log.warning("partition %d: rejected (%s, #%d): %s", self.partition_id, reason, count,
-                        detail)
+            log.log(level, "partition %d: rejected (%s, #%d): %s", self.partition_id, reason,
+                    count, detail)
 
     def post(self, message: msg.Message) -> None:
         self.post_to_child(self.message_sint, msg.VMBUS_MESSAGE_TYPE, message.pack())
@@ -381,23 +383,24 @@ class VmbusServer:
         if channel is None:
             self.reject("signal_closed_channel", f"HvCallSignalEvent({connection_id:#x})")
             return
-        try:
-            self._serve(channel)
-        except (RingCorrupt, GpadlRefused) as corrupt:
-            self.reject(corrupt.reason, f"{channel.offer.name}: {corrupt}")
+        self._serve(channel)
 
     def _serve(self, channel: Channel) -> None:
-        signal = self._flush(channel)
-        served = 0
-        while True:
-            if len(channel.backlog) >= MAX_BACKLOG:
-                break
-            packet, writer_wants = channel.inbound.read_packet()
-            signal |= writer_wants
-            if packet is None:
-                break
+        """Write waiting completions, then handle packets until the ring is empty or too many
+        completions wait for the child to make room; signal the child once at the end."""
+        signal, served = False, 0
+        try:
+            signal = self._flush(channel)
+            while len(channel.backlog) < MAX_BACKLOG:
+                packet, writer_wants = channel.inbound.read_packet()
+                signal |= writer_wants
+                if packet is None:
+                    break
+                served += 1
+                signal |= self._handle_packet(channel, packet)
+        except (RingCorrupt, GpadlRefused) as corrupt:
+            self.reject(corrupt.reason, f"{channel.offer.name}: {corrupt}")
             served += 1
-            signal |= self._handle_packet(channel, packet)
         if not served and not signal:
             self.reject("spurious_signal", f"{channel.offer.name}: nothing to read")
         if signal:
@@ -408,7 +411,8 @@ class VmbusServer:
         try:
             reply = channel.offer.vsp.handle(packet)
         except PacketError as error:
-            self.reject(error.reason, f"{channel.offer.name}: {error}")
+            self.reject(error.reason, f"{channel.offer.name}: {error}",
+                        logging.INFO if error.reply else logging.WARNING)
             reply = error.reply
         if reply is None or not packet.completion_requested:
             return False
@@ -424,7 +428,7 @@ class VmbusServer:
                 signal |= channel.outbound.write_packet(VM_PKT_COMP, reply, trans_id)
             except RingFull:
                 return signal
-            except RingError as error:
+            except PacketTooLarge as error:
                 self.reject("reply_too_large", f"{channel.offer.name}: {error}")
             channel.backlog.pop(0)
         return signal

@@ -60,6 +60,12 @@ class State(enum.IntFlag):
     RECONFIGURED = 32     # a device changed how it interrupts or observes time
 
 
+# The flags as plain ints for the exit path (IntFlag arithmetic costs a microsecond per operation).
+INT_OUTPUT, ALL_MASKED, COUNTING, INPUT_ALIVE, RAISED, RECONFIGURED = (
+    int(flag) for flag in (State.INT_OUTPUT, State.ALL_MASKED, State.COUNTING, State.INPUT_ALIVE,
+                           State.RAISED, State.RECONFIGURED))
+
+
 class Message(NamedTuple):
     op: int
     size: int

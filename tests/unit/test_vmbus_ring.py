@@ -9,7 +9,8 @@ import pytest
 
 from hypervisors.micro import vmbus
 from hypervisors.micro.vmbus import (
-    PAGE_SIZE, VM_PKT_COMP, VM_PKT_DATA_INBAND, RingBuffer, RingCorrupt, RingError, RingFull)
+    PAGE_SIZE, VM_PKT_COMP, VM_PKT_DATA_INBAND, PacketTooLarge, RingBuffer, RingCorrupt, RingError,
+    RingFull)
 
 DATA = PAGE_SIZE            # one data page
 
@@ -65,7 +66,7 @@ def test_one_byte_stays_free_and_a_full_ring_refuses():
     ring.write_packet(VM_PKT_DATA_INBAND, bytes(body))
     with pytest.raises(RingFull, match="needed"):
         ring.write_packet(VM_PKT_DATA_INBAND, bytes(body))
-    with pytest.raises(RingError, match="can never fit"):
+    with pytest.raises(PacketTooLarge, match="can never fit"):
         ring.write_packet(VM_PKT_DATA_INBAND, bytes(DATA))
 
 

@@ -1,0 +1,177 @@
+"""A child partition of the micro hypervisor: its RAM (a memfd the parent may map only where the
+child grants it), one vCPU, a SynIC, the hypercall interface, and the channel to the parent
+partition that runs its devices (Hyper-V's child partition, TLFS "Partitions").
+
+The exit table is the shared one plus: port I/O through proxy windows to the parent, VMCALL as
+the TLFS hypercall ABI, and RDMSR/WRMSR of synthetic MSRs. The interrupt controller the vCPU
+sees is composite: SynIC vectors first, then the mirrored 8259 pair in the parent.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Callable
+
+from emu.cpu import CS, DS, EAX, EBX, ECX, EDI, EDX, ES, ESI, ESP, FS, GS, SS
+from hypervisors.images import BOOT_DRIVE, GuestImage
+from hypervisors.micro.hypercalls import HYPERCALL_MSRS, Hypercalls
+from hypervisors.micro.proxy import (InputMirror, ParentChannel, PicMirror, TimerMirror,
+                                     install_proxies)
+from hypervisors.micro.synic import SYNIC_MSRS, SynIC
+from hypervisors.micro.wire import RAISED, RECONFIGURED, Message, Op, Record
+from vmm.exits import EXIT_HANDLERS, Outcome, handle_emulated
+from vmm.vcpu import RunResult, RunState, Vcpu
+from vmm.vm import Vm
+from vmm.vmcs import ExitReason
+
+PARENT_SINT = 2      # the SINT the parent's VMBus server posts to (Linux VMBUS_MESSAGE_SINT)
+
+
+class CompositeChip:
+    """What the vCPU acknowledges: pending SynIC vectors, then the parent's 8259 pair."""
+
+    def __init__(self, synic: SynIC, pic: PicMirror):
+        self.synic = synic
+        self.pic = pic
+
+    def all_masked(self) -> bool:
+        return self.pic.all_masked() and not self.synic.has_interrupt()
+
+    def has_interrupt(self) -> bool:
+        return self.synic.has_interrupt() or self.pic.has_interrupt()
+
+    def acknowledge(self) -> int:
+        return self.synic.acknowledge() if self.synic.has_interrupt() else self.pic.acknowledge()
+
+
+def handle_io(vcpu, exit) -> Outcome:
+    """Port I/O: the bus holds proxy windows, so a claimed port is a round trip to the parent."""
+    if exit.is_in:
+        exit.value = vcpu.vm.pio.read(exit.port, exit.size)
+    else:
+        vcpu.vm.pio.write(exit.port, exit.size, exit.value)
+    return Outcome.STOP if vcpu.stopping else Outcome.RESUME
+
+
+class ChildPartition:
+    """One guest VM: built by MicroHypervisor, which supplies the channel to the parent."""
+
+    def __init__(self, partition_id: int, name: str, vm: Vm, engine, sink: Callable[[bytes], None],
+                 channel: socket.socket, layout: bytes, **vcpu_options):
+        self.partition_id = partition_id
+        self.name = name
+        self.vm = vm
+        self.sink = sink
+        self.device_error: str | None = None
+        self.channel = ParentChannel(channel, vm.clock, self._on_record, self._on_lost,
+                                     self._on_state)
+        install_proxies(vm.pio, layout, self.channel)
+        self.synic = SynIC(vm.memory, vm.kick)
+        vm.irq_chip = CompositeChip(self.synic, PicMirror(self.channel))
+        vm.timers.append(TimerMirror(self.channel, vm.clock))
+        vm.input_sources.append(InputMirror(self.channel))
+        self.hypercalls = Hypercalls(partition_id, vm.memory, self._post_message,
+                                     self._signal_event,
+                                     lambda: self.synic.queue_full(PARENT_SINT))
+        handlers = {**EXIT_HANDLERS, ExitReason.IO_INSTRUCTION: handle_io,
+                    ExitReason.VMCALL: self.handle_vmcall,
+                    ExitReason.MSR_READ: self.handle_rdmsr, ExitReason.MSR_WRITE: self.handle_wrmsr}
+        self.vcpu = Vcpu(vm, engine, handlers, **vcpu_options)
+        # The trap engine's exit fastpath runs instruction emulators directly, past the exit
+        # table; synthetic MSRs must reach this partition's handlers, so every exit is recorded.
+        self.vcpu.fast = False
+
+    # ----- notifications from the parent ---------------------------------------------------------
+    def _on_record(self, record: Message) -> None:
+        if record.op == Record.OUTPUT:
+            self.sink(record.payload)
+        elif record.op == Record.GUEST_EXIT:
+            self.vcpu.guest_exit(record.value)
+        elif record.op == Record.POST:
+            self.synic.post(record.aux, record.value, record.payload)
+        elif record.op == Record.SIGNAL:
+            self.synic.signal(record.aux, record.value)
+        elif record.op == Record.FAULT:
+            self._device_failed(f"a device model failed in the parent partition: "
+                                f"{record.payload.decode(errors='replace')}")
+
+    def _on_lost(self, reason: str) -> None:
+        self._device_failed(f"{reason}: this VM's devices are gone")
+
+    def _device_failed(self, message: str) -> None:
+        self.device_error = message
+        self.vcpu.finish(RunState.DEVICE_ERROR, message)
+
+    def _on_state(self, state: int) -> None:
+        """What the parent's PIC did to the CPU's INTR line, done here (vm.kick, reconfigured)."""
+        if state & RAISED:
+            self.vm.kick()
+        if state & RECONFIGURED:
+            self.vm.reconfigured()
+
+    # ----- hypercalls and synthetic MSRs ---------------------------------------------------------
+    def _post_message(self, connection_id: int, message_type: int, payload: bytes) -> int:
+        return self.channel.call(Op.POST_MESSAGE, value=connection_id,
+                                 payload=struct.pack("<I", message_type) + payload) & 0xFFFF
+
+    def _signal_event(self, connection_id: int, flag: int) -> int:
+        return self.channel.call(Op.SIGNAL_EVENT, aux=flag, value=connection_id) & 0xFFFF
+
+    def handle_vmcall(self, vcpu, exit) -> Outcome:
+        """TLFS 32-bit ABI: EDX:EAX input value, EBX:ECX input GPA, EDI:ESI output GPA."""
+        gpr = vcpu.cpu.gpr
+        pair = lambda high, low: (gpr[high] & 0xFFFFFFFF) << 32 | gpr[low] & 0xFFFFFFFF
+        result = self.hypercalls.call(pair(EDX, EAX), pair(EBX, ECX), pair(EDI, ESI))
+        gpr[EAX], gpr[EDX] = result & 0xFFFFFFFF, result >> 32
+        vcpu.guest.complete_vmcall()
+        return Outcome.STOP if vcpu.stopping else Outcome.RESUME
+
+    def handle_rdmsr(self, vcpu, exit) -> Outcome:
+        msr = vcpu.cpu.gpr[ECX] & 0xFFFFFFFF
+        owner = self._msr_owner(msr)
+        if owner is None:
+            return handle_emulated(vcpu, exit)
+        value = owner.read_msr(msr)
+        vcpu.cpu.gpr[EAX], vcpu.cpu.gpr[EDX] = value & 0xFFFFFFFF, value >> 32
+        self._skip(vcpu, exit)
+        return Outcome.RESUME
+
+    def handle_wrmsr(self, vcpu, exit) -> Outcome:
+        gpr = vcpu.cpu.gpr
+        msr = gpr[ECX] & 0xFFFFFFFF
+        owner = self._msr_owner(msr)
+        if owner is None:
+            return handle_emulated(vcpu, exit)
+        owner.write_msr(msr, (gpr[EDX] & 0xFFFFFFFF) << 32 | gpr[EAX] & 0xFFFFFFFF)
+        self._skip(vcpu, exit)
+        return Outcome.RESUME
+
+    def _msr_owner(self, msr: int):
+        if msr in SYNIC_MSRS:
+            return self.synic
+        return self.hypercalls if msr in HYPERCALL_MSRS else None
+
+    @staticmethod
+    def _skip(vcpu, exit) -> None:
+        mask = 0xFFFFFFFF if vcpu.cpu.code_bits == 32 else 0xFFFF
+        vcpu.cpu.eip = (vcpu.cpu.eip + exit.insn.size) & mask
+
+    # ----- running ------------------------------------------------------------------------------
+    def boot(self, image: GuestImage) -> None:
+        """Load the image and hand over like a BIOS: real mode, CS:IP = 0000:entry, DL = 0x80."""
+        self.vm.load(image.code, image.origin)
+        cpu = self.vm.cpu
+        for seg in (CS, DS, ES, SS, FS, GS):
+            cpu.load_real_segment(seg, 0)
+        cpu.eip = image.entry
+        cpu.gpr[EDX] = BOOT_DRIVE
+        cpu.gpr[ESP] = image.origin
+        self.vcpu.engine.reset()
+
+    def run(self, image: GuestImage) -> RunResult:
+        self.boot(image)
+        return self.vcpu.run()
+
+    def close(self) -> None:
+        self.channel.close()
+        self.vm.close()
