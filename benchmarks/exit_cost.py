@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -44,20 +43,14 @@ if str(REPO) not in sys.path:
 
 import unicorn  # noqa: E402  (only for its version string in the report)
 
-from emu.cpu import (CS, DS, ECX, ES, ESP, FS, GS, SS, DESC_B, DESC_DPL_SHIFT,  # noqa: E402
-                     DESC_G, DESC_P, DESC_S, DESC_TYPE_SHIFT, FLAG_IF, FLAG_VM, IOPL_MASK, Cpu)
-from emu.memory import GuestMemory  # noqa: E402
-from hypervisors.images import GuestImage, resolve  # noqa: E402
+from benchmarks.harness import (COUNTED, NO_LIMIT, BenchmarkError, Guest, Run,  # noqa: E402
+                                Stopwatch, run_bare)
+from hypervisors.images import GuestImage  # noqa: E402
 from hypervisors.monolithic import MonolithicHypervisor  # noqa: E402
 from vmm.observers import ExitStats  # noqa: E402
 
-GUESTS = HERE / "guests"
 DEFAULT_JSON = HERE / "results" / "exit_cost.json"
-RAM = 32 << 20
-MAGIC = b"BNCH"                      # the guests' parameter block: iterations, variant, entry32
 EMPTY, OUT, CLI = 0, 1, 2            # loop variants of exits16.asm / exits32.asm
-NO_LIMIT, COUNTED = 0, 1 << 40       # uc_emu_start counts: none, or one that never runs out
-CR0_PE_ET = 0x11
 WARM_UP_PASSES = 1000
 TARGET_OUT_US, TARGET_CLI_US, TARGET_COMPUTE_RATIO = 1.0, 3.0, 1.03
 
@@ -74,56 +67,7 @@ FULL = Sizes(reps=7, out=60_000, cli=50_000, compute=3_000_000)
 QUICK = Sizes(reps=3, out=20_000, cli=10_000, compute=500_000)
 
 
-# ----- guests -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Guest:
-    image: GuestImage
-    params: int       # offset of the dword after MAGIC in the image
-
-    @classmethod
-    def load(cls, name: str) -> "Guest":
-        image = resolve(str(GUESTS / f"{name}.asm"), RAM)
-        offset = image.code.find(MAGIC)
-        if offset < 0:
-            raise SystemExit(f"{name}.asm has no {MAGIC.decode()} parameter block")
-        return cls(image, offset + len(MAGIC))
-
-    def with_params(self, iterations: int, variant: int = EMPTY) -> GuestImage:
-        code = bytearray(self.image.code)
-        struct.pack_into("<II", code, self.params, iterations, variant)
-        return dataclasses.replace(self.image, code=bytes(code))
-
-    @property
-    def entry32(self) -> int:
-        return struct.unpack_from("<I", self.image.code, self.params + 8)[0]
-
-
 # ----- one timed run ----------------------------------------------------------------------------
-class Stopwatch:
-    """Wall time (what the tables show) and this process's CPU time (in the JSON: on a busy
-    2-core machine it leaves out the time other processes held the CPU)."""
-
-    def __enter__(self) -> "Stopwatch":
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
-
-
-@dataclass
-class Run:
-    seconds: float
-    cpu_seconds: float
-    instructions: int = 0
-    handled_ns: list[int] = field(default_factory=list)   # ExitStats samples, when observed
-
-
-class BenchmarkError(RuntimeError):
-    """A benchmark run did not do what it measures (wrong exit count, early stop, ...)."""
-
-
 def run_engine(image: GuestImage, engine: str, stats: bool, expect_out: int = 0) -> Run:
     """Boot ``image`` in the monolithic hypervisor and time hypervisor.run() alone."""
     observer = ExitStats()
@@ -140,88 +84,7 @@ def run_engine(image: GuestImage, engine: str, stats: bool, expect_out: int = 0)
     finally:
         hypervisor.close()
     handled = [ns for samples in observer.samples.values() for ns in samples]
-    return Run(watch.wall, watch.cpu, result.instructions, handled)
-
-
-class NullHandler:
-    """The bare machine's CpuHandler: every hook does as little as a hook can."""
-
-    def __init__(self, cpu: Cpu):
-        self.cpu = cpu
-
-    def on_interrupt(self, intno: int) -> None:
-        self.cpu.take_exception()
-        self.cpu.eip += 1
-
-    def on_in(self, port: int, size: int) -> int:
-        return 0
-
-    def on_out(self, port: int, size: int, value: int) -> None:
-        pass
-
-    def on_cpuid(self) -> bool:
-        return False
-
-    def on_invalid_opcode(self) -> bool:
-        return False
-
-    def on_unmapped(self, access: int, address: int, size: int, value: int) -> bool:
-        return False
-
-
-class StopOnOut(NullHandler):
-    """At CPL 3 HLT faults instead of stopping the CPU, so the guest's exit OUT stops it."""
-
-    def on_out(self, port: int, size: int, value: int) -> None:
-        self.cpu.stop()
-
-
-def flat(kind: int, dpl: int) -> int:
-    """Descriptor-cache flags of a flat 4 GiB 32-bit segment (kind 0xB code, 0x3 data)."""
-    return DESC_P | DESC_S | DESC_B | DESC_G | (kind << DESC_TYPE_SHIFT) | (dpl << DESC_DPL_SHIFT)
-
-
-def enter_bare(cpu: Cpu, mode: str, guest: Guest) -> None:
-    """Put the bare CPU where the guest's loop runs: 'real' (CPL 0), 'v86' (CPL 3, IOPL 0),
-    'pm0' / 'pm3' (flat 32-bit protected mode at the guest's entry32)."""
-    if mode == "real":
-        cpu.eip = guest.image.origin
-        return
-    cpu.write_cr(0, CR0_PE_ET)
-    if mode == "v86":
-        cpu.set_system_flags(FLAG_VM | FLAG_IF, IOPL_MASK)
-        for seg in (ES, CS, SS, DS, FS, GS):
-            cpu.load_real_segment(seg, 0, dpl=3)
-        cpu.eip = guest.image.origin
-        return
-    dpl = 3 if mode == "pm3" else 0
-    cpu.set_system_flags(FLAG_IF, IOPL_MASK | FLAG_VM)
-    for seg in (ES, SS, DS, FS, GS):
-        cpu.load_segment(seg, 0x10 | dpl, 0, 0xFFFFFFFF, flat(0x3, dpl))
-    cpu.load_segment(CS, 0x08 | dpl, 0, 0xFFFFFFFF, flat(0xB, dpl))
-    cpu.gpr[ESP] = 0x90000
-    cpu.eip = guest.entry32
-
-
-def run_bare(guest: Guest, image: GuestImage, mode: str, count: int = NO_LIMIT) -> Run:
-    """Run the loop on emu.cpu.Cpu with no VMM at all: one uc_emu_start, timed alone."""
-    memory = GuestMemory(RAM)
-    cpu = Cpu(memory)
-    try:
-        memory.write(image.origin, image.code)
-        cpu.attach((StopOnOut if mode in ("v86", "pm3") else NullHandler)(cpu))
-        enter_bare(cpu, mode, guest)
-        gc.collect()
-        with Stopwatch() as watch:
-            err = cpu.run(count)
-        left = cpu.gpr[ECX] & 0xFFFFFFFF
-        if err or cpu.hook_error is not None or left:
-            raise BenchmarkError(f"{image.name} on the bare CPU ({mode}): Unicorn error {err}, "
-                                 f"hook error {cpu.hook_error!r}, ECX = {left} passes left")
-        return Run(watch.wall, watch.cpu, cpu.executed() if count else 0)
-    finally:
-        cpu.close()
-        memory.close()
+    return Run(watch.wall, watch.cpu, result.exits, result.instructions, handled)
 
 
 # ----- configurations and their measurements ----------------------------------------------------

@@ -12,7 +12,7 @@ import gc
 import re
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -92,12 +92,11 @@ def hypervisors() -> dict[str, type | str]:
     """name -> hypervisor class, or -> the reason it cannot be measured here."""
     found: dict[str, type | str] = {"monolithic": MonolithicHypervisor}
     try:
-        from hypervisors import micro
+        from hypervisors.micro.hypervisor import MicroHypervisor
     except ImportError as exc:
-        found["micro"] = f"hypervisors.micro is not importable ({exc})"
-        return found
-    cls = getattr(micro, "MicroHypervisor", None)
-    found["micro"] = cls or "hypervisors.micro has no MicroHypervisor class yet"
+        found["micro"] = f"the micro hypervisor is not importable ({exc})"
+    else:
+        found["micro"] = MicroHypervisor
     return found
 
 
@@ -120,6 +119,7 @@ class Run:
     cpu_seconds: float
     exits: int = 0
     instructions: int = 0
+    handled_ns: list[int] = field(default_factory=list)   # ExitStats samples, when observed
 
 
 def run_vm(image: GuestImage, engine: str, hypervisor: type = MonolithicHypervisor,

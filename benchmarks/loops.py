@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 
 from benchmarks.harness import EMPTY_VARIANT, Guest, build, run_bare, run_vm
 
-LADDER = (400, 2_000, 10_000, 50_000, 250_000, 1_250_000, 6_250_000)
-CALIBRATION = (LADDER[0], LADDER[1])
-FLOOR_PASSES = {True: 5_000, False: 40_000}
+LADDER = (100, 500, 2_500, 12_500, 62_500, 312_500, 1_562_500, 7_812_500)
+FLOOR_PASSES = {True: 3_000, False: 40_000}
 # floor kind -> (exits32.asm variant, bare mode, what the floor is)
 FLOORS = {
     "io": (1, "pm0", "OUT hook returning at once"),
@@ -32,7 +31,7 @@ class Loop:
     engine: str
     hypervisor: str
     cls: type
-    n: tuple[int, int] = CALIBRATION
+    n: tuple[int, int] = (LADDER[0], LADDER[1])
     us_per_iteration: list[float] = field(default_factory=list)
     exits_per_iteration: float | None = None
     error: str | None = None
@@ -49,12 +48,11 @@ class Loop:
 
 
 def calibrate(loop: Loop, target_seconds: float) -> None:
-    """Warm up at the calibration sizes, then pick the ladder step whose difference run takes
-    about target_seconds."""
-    per_iteration = max(loop.measure()[0], 0.001)
+    """Warm up and climb the ladder until the difference of the two runs takes target_seconds
+    (each step is measured, so a noisy first estimate never picks a huge N)."""
     for low, high in zip(LADDER, LADDER[1:]):
         loop.n = (low, high)
-        if (high - low) * per_iteration * 1e-6 >= target_seconds:
+        if loop.measure()[0] * (high - low) * 1e-6 >= target_seconds:
             break
 
 
@@ -132,19 +130,19 @@ class Context:
 
     @property
     def target_seconds(self) -> float:
-        return 0.03 if self.quick else 0.25
+        return 0.01 if self.quick else 0.25
 
     def available_hypervisors(self) -> dict[str, type]:
         return {name: cls for name, cls in self.hypervisors.items() if not isinstance(cls, str)}
 
-    def loop(self, guest: str, engine: str, hypervisor: str) -> Loop:
-        return self.loops[guest, engine, hypervisor]
+    def loop(self, guest: str, engine: str, hypervisor: str) -> Loop | None:
+        return self.loops.get((guest, engine, hypervisor))
 
-    def ensure_loops(self, guests: list[str]) -> None:
-        """Measure every guest under every engine and available hypervisor not measured yet."""
-        new = [Loop(guest, engine, name, cls) for guest in guests for engine in self.engines
-               for name, cls in self.available_hypervisors().items()
-               if (guest, engine, name) not in self.loops]
+    def ensure_loops(self, guests: list[str], hypervisor: str = "monolithic") -> None:
+        """Measure every guest under every engine of one hypervisor, unless measured already."""
+        cls = self.available_hypervisors().get(hypervisor)
+        new = [Loop(guest, engine, hypervisor, cls) for guest in guests
+               for engine in self.engines if cls and (guest, engine, hypervisor) not in self.loops]
         measure_loops(new, self.reps, self.target_seconds, self.progress)
         self.loops.update({loop.key: loop for loop in new})
 

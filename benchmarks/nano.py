@@ -8,7 +8,8 @@ divzero (it runs them natively, BT pays translation or callouts).
 from __future__ import annotations
 
 from benchmarks.loops import Context
-from benchmarks.records import Section, fmt, missing, ratio, record, spread, with_spread
+from benchmarks.records import (Section, derived, fmt, missing, ratio, record, spread,
+                                with_spread)
 
 NAME = "nano"
 TITLE = ("2. Adams & Agesen nanobenchmarks: µs per iteration (exits per iteration), "
@@ -36,7 +37,7 @@ PUBLISHED = {
 def run(ctx: Context) -> Section:
     ctx.ensure_loops([f"nano-{test}" for test in PUBLISHED])
     section = Section(NAME, TITLE)
-    engines = [e for e in ctx.engines]
+    engines = ctx.engines
     section.lines.append("    " + f"{'test':<8}" + "".join(f"{e:>20}" for e in engines)
                          + f"   {'published native / BT / VT-x cycles':<40}")
     for test, published in PUBLISHED.items():
@@ -79,7 +80,8 @@ def measured(ctx: Context, test: str, engine: str) -> tuple[str, list[dict]]:
                            loop.us_per_iteration, "us", n=list(loop.n)),
                record(NAME, engine, HYPERVISOR, f"{test}_exits_per_iteration",
                       loop.exits_per_iteration, "exits"),
-               record(NAME, engine, HYPERVISOR, f"{test}_x_native", x_native, "ratio")]
+               derived(NAME, engine, HYPERVISOR, f"{test}_x_native", x_native, "ratio",
+                       "the native row itself, or native not measured")]
     return f"{us:8.3f} ({loop.exits_per_iteration:.2f})", records
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import statistics
 from typing import Callable
 
-from benchmarks.harness import COUNTED, EMPTY_VARIANT, NO_LIMIT, Guest, run_bare, run_vm
+from benchmarks.harness import COUNTED, EMPTY_VARIANT, Guest, run_bare, run_vm
 from benchmarks.loops import Context
 from benchmarks.records import BARE, NONE, Section, fmt, missing, record, spread, with_spread
 
 NAME = "cpu"
 TITLE = "3. CPU-bound guest (compute32, no exits): s per run, M guest instructions/s"
-PASSES = {True: 400_000, False: 3_000_000}
+PASSES = {True: 200_000, False: 3_000_000}
 INSTRUCTIONS_PER_PASS = 10
 GOAL = 1.03
 FLOOR, COUNTED_FLOOR = (BARE, NONE), (f"{BARE}-counted", NONE)   # no VMM; with a count

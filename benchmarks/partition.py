@@ -3,7 +3,8 @@ against the same I/O handled in-process, VMBus console throughput against the em
 UART, and block-device MB/s. Each figure needs the micro hypervisor (hypervisors/micro) and, for
 VMBus, its guests (guests/vmbus-console.asm); the measurements themselves live in
 benchmarks/micro_io.py and benchmarks/vmbus_console.py (written with the micro hypervisor), each
-of which provides ``measure(quick: bool) -> list[dict]`` records. Until they exist this section
+of which is to provide ``bench_records(quick: bool) -> list[dict]`` (records as in
+benchmarks/records.py). Until they exist this section
 says, per figure, what is missing.
 """
 from __future__ import annotations
@@ -60,8 +61,13 @@ def run(ctx: Context) -> Section:
 
 
 def delegate(module: str, quick: bool, lines: list[str]) -> list[dict]:
+    entry = getattr(load(module), "bench_records", None)
+    if entry is None:
+        reason = f"benchmarks/{module}.py has no bench_records(quick) entry point yet"
+        lines.append(f"    {module:<28} not available: {reason}")
+        return [missing(NAME, "-", "micro", module, "-", reason)]
     try:
-        records = list(load(module).measure(quick))
+        records = list(entry(quick))
     except Exception as exc:  # noqa: BLE001  (a sibling benchmark's failure is reported, not fatal)
         reason = f"benchmarks/{module}.py failed: {type(exc).__name__}: {exc}"
         lines.append(f"    {module:<28} {reason}")

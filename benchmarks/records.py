@@ -34,6 +34,14 @@ def missing(benchmark: str, engine: str, hypervisor: str, metric: str, unit: str
     return record(benchmark, engine, hypervisor, metric, None, unit, reason=reason)
 
 
+def derived(benchmark: str, engine: str, hypervisor: str, metric: str, value: float | None,
+            unit: str, reason: str) -> dict:
+    """A figure computed from others: its value, or null with the reason it has none."""
+    if value is None:
+        return missing(benchmark, engine, hypervisor, metric, unit, reason)
+    return record(benchmark, engine, hypervisor, metric, value, unit)
+
+
 def percentile(values: list[float], q: float) -> float:
     """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
     ordered = sorted(values)
