@@ -16,7 +16,7 @@ import time
 
 from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
 
-from emu.cpu import ECX, FLAG_IF
+from emu.cpu import EAX, ECX, EDX, FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView, ERROR_CODE_VECTORS
 from emu.paging import Fault
 from vmm.engine import EngineBase
@@ -259,7 +259,10 @@ class VtxEngine(EngineBase):
 
     # ----- what the exit handlers call (vcpu.guest) ---------------------------------------------
     def complete_instruction(self) -> None:
-        """Let the instruction at EIP happen on the real CPU: lift its stop, run it, re-arm."""
+        """Let the instruction at EIP happen on the real CPU: lift its stop, run it, re-arm.
+        RDMSR/WRMSR go straight to the CPU's MSR access instead (the same QEMU code runs)."""
+        if self._complete_msr_access():
+            return
         here = self.cpu.linear_pc()
         armed = set(self.scanner._armed)
         self.cpu.set_exits(armed - {here}, owner="vtx")
@@ -268,6 +271,21 @@ class VtxEngine(EngineBase):
         self.cpu.set_exits(armed, owner="vtx")
         if self.cpu.hook_error is not None:
             raise self.cpu.hook_error
+
+    def _complete_msr_access(self) -> bool:
+        insn = self.current_insn()
+        if insn is None or insn.mnemonic not in ("rdmsr", "wrmsr"):
+            return False
+        gpr, uc = self.cpu.gpr, self.cpu.uc
+        msr = gpr[ECX] & 0xFFFFFFFF
+        if insn.mnemonic == "rdmsr":
+            value = uc.msr_read(msr)
+            gpr[EAX], gpr[EDX] = value & 0xFFFFFFFF, value >> 32 & 0xFFFFFFFF
+        else:
+            uc.msr_write(msr, (gpr[EDX] & 0xFFFFFFFF) << 32 | gpr[EAX] & 0xFFFFFFFF)
+        self.cpu.eip = self.cpu.eip + insn.size
+        self.vcpu.retire(1)
+        return True
 
     def emulate(self, exit: VmExit) -> Outcome:
         """CR/DR/MSR/INVLPG/descriptor-table exits: the VMM lets the access happen, then keeps
