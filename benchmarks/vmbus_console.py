@@ -223,6 +223,29 @@ def measure(runner: Runner, reps: int, scale: int) -> dict:
     return {path: statistics.median(values) for path, values in rates.items()}
 
 
+def rates_of(scale: int, reps: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="trapvisor-vmbus-bench-") as workdir:
+        runner = Runner(Path(workdir))
+        try:
+            return measure(runner, reps, scale)
+        finally:
+            runner.close()
+
+
+def bench_records(quick: bool) -> list[dict]:
+    """`trapvisor bench` entry point: console bytes/s on each path, and VMBus over the UART."""
+    from benchmarks.records import missing, record
+    rates = rates_of(*((4, 1) if quick else (1, 3)))
+    records = [record("micro", "trap", "monolithic" if path == "uart-monolithic" else "micro",
+                      f"console_{path}_bytes_per_second", rate, "B/s")
+               for path, rate in rates.items()]
+    records.append(record("micro", "trap", "micro", "vmbus_console_x_uart",
+                          rates["vmbus"] / rates["uart-micro"], "ratio", target=GOAL))
+    records.append(missing("micro", "trap", "micro", "block_mb_per_second", "MB/s",
+                           "not measured: vmbus-block moves 4 sectors; no throughput guest yet"))
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer bytes, one repetition")
@@ -230,12 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     args = parser.parse_args(argv)
     scale, reps = (4, 1) if args.quick else (1, max(1, args.reps))
-    with tempfile.TemporaryDirectory(prefix="trapvisor-vmbus-bench-") as workdir:
-        runner = Runner(Path(workdir))
-        try:
-            rates = measure(runner, reps, scale)
-        finally:
-            runner.close()
+    rates = rates_of(scale, reps)
     ratio = rates["vmbus"] / rates["uart-micro"]
     report = {"bytes_per_second": rates, "ratio_vmbus_to_uart_micro": ratio,
               "ratio_vmbus_to_uart_monolithic": rates["vmbus"] / rates["uart-monolithic"],
