@@ -23,7 +23,7 @@ from benchmarks.harness import engines, hypervisors
 from benchmarks.loops import Context
 
 BENCHMARKS = {module.NAME: module for module in (kinds, nano, overhead, partition, peers, scale)}
-REPS = {True: 2, False: 7}
+REPS = {True: 1, False: 7}
 
 
 class Progress:
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="2 repetitions and short runs: about a minute (what CI runs)")
     parser.add_argument("--only", metavar="NAME,...", type=selection,
                         help=f"run only these benchmarks ({', '.join(BENCHMARKS)})")
-    parser.add_argument("--reps", metavar="N", type=int, help="repetitions (default 7, 2 quick)")
+    parser.add_argument("--reps", metavar="N", type=int, help="repetitions (default 7, 1 quick)")
     parser.add_argument("--json", metavar="FILE", type=Path, help="write every figure as a record")
     parser.add_argument("--plot", metavar="FILE.png", type=Path,
                         help="draw the figures (needs matplotlib: pip install 'trapvisor[bench]')")
