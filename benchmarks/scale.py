@@ -1,10 +1,11 @@
-"""Benchmark 6, scale: 1, 2, 4, 8 and 16 guests at once, aggregate throughput and memory per VM.
+"""Benchmark 6, scale: 1, 2, 4, 8 and 16 guests, aggregate throughput and memory per VM.
 
-This runs N independent monolithic VMs in one process (the micro hypervisor's several children,
-MicroHypervisor.run_all, are not measured here yet): all N are built and booted first (RSS measured with all of them alive), then
-run one after another on one thread (Unicorn's C code holds no Python lock, but the exit path is
-Python, so threads would mostly serialize on the GIL). Guest: exits32 with OUT 0x80, a mix of
-guest code and I/O exits. Memory per VM = (RSS with N VMs alive - RSS before) / N.
+Two placements. Monolithic: N independent VMs in one process, all built and booted first (RSS
+measured with all of them alive), then run one after another on one thread. Micro: N child
+partitions of one micro hypervisor running at once (MicroHypervisor.run_all, one vCPU thread
+each; the exit path is Python, so threads share the GIL), their devices in one parent process;
+memory counts the hypervisor's and the parent's RSS growth. Guest: exits32 with OUT 0x80, a mix
+of guest code and I/O exits (forwarded to the parent under micro). Memory per VM = growth / N.
 """
 from __future__ import annotations
 
@@ -18,17 +19,39 @@ from benchmarks.records import Section, record
 from hypervisors.monolithic import MonolithicHypervisor
 
 NAME = "scale"
-TITLE = ("6. Scale: N monolithic VMs in one process, built together and run one after another "
-         "(micro's several children: not measured yet)")
+TITLE = ("6. Scale: N monolithic VMs in one process run one after another, and N micro child "
+         "partitions run at once")
 COUNTS = (1, 2, 4, 8, 16)
 PASSES = {True: 1_000, False: 50_000}
+MICRO_PASSES = {True: 200, False: 5_000}
 OUT_VARIANT = 1
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
+def rss_bytes(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as statm:
         return int(statm.read().split()[1]) * PAGE
+
+
+def run_micro(guest: Guest, engine: str, count: int, passes: int) -> tuple[float, int]:
+    """(seconds, RSS growth of hypervisor + parent) for `count` children running at once."""
+    from hypervisors.micro.hypervisor import MicroHypervisor
+    gc.collect()
+    image = guest.with_params(passes, OUT_VARIANT)
+    micro = MicroHypervisor(engine=engine, ram_size=RAM)
+    try:
+        parent = micro.parent.process.pid
+        before = rss_bytes() + rss_bytes(parent)
+        children = [(micro.create_partition(), image) for _ in range(count)]
+        started = time.perf_counter()
+        results = micro.run_all(children)
+        seconds = time.perf_counter() - started
+        grown = rss_bytes() + rss_bytes(parent) - before
+    finally:
+        micro.close()
+    if not all(r.ok and r.status == 0 for r in results):
+        raise BenchmarkError(f"a child partition of {count} did not finish cleanly")
+    return seconds, grown
 
 
 def run_many(guest: Guest, engine: str, count: int, passes: int) -> tuple[float, int]:
@@ -55,22 +78,33 @@ def run_many(guest: Guest, engine: str, count: int, passes: int) -> tuple[float,
 def run(ctx: Context) -> Section:
     guest = Guest.load("exits32")
     passes = PASSES[ctx.quick]
-    section = Section(NAME, f"{TITLE}; exits32 OUT loop, {passes} passes per VM")
-    section.lines.append(f"    {'engine':<8} {'VMs':>4} {'seconds':>9} {'passes/s':>11} "
-                         f"{'x 1 VM':>7} {'MiB/VM':>7}")
-    for engine in ctx.engines:
-        single = None
-        for count in COUNTS:
-            ctx.progress(f"{engine}: {count} VMs")
-            seconds, grown = run_many(guest, engine, count, passes)
-            throughput = count * passes / seconds
-            single = single or throughput
-            per_vm = grown / count / (1 << 20)
-            section.records += [
-                record(NAME, engine, "monolithic", f"vms{count}_passes_per_second", throughput,
-                       "passes/s", vms=count, mode="sequential, one process"),
-                record(NAME, engine, "monolithic", f"vms{count}_rss_mib_per_vm", per_vm, "MiB",
-                       vms=count)]
-            section.lines.append(f"    {engine:<8} {count:4d} {seconds:9.3f} {throughput:11.0f} "
-                                 f"{throughput / single:7.2f} {per_vm:7.2f}")
+    section = Section(NAME, f"{TITLE}; exits32 OUT loop, {passes} passes per monolithic VM, "
+                            f"{MICRO_PASSES[ctx.quick]} per micro child")
+    section.lines.append(f"    {'engine':<8} {'hypervisor':<10} {'VMs':>4} {'seconds':>9} "
+                         f"{'passes/s':>11} {'x 1 VM':>7} {'MiB/VM':>7}")
+    placements = [("monolithic", run_many, PASSES[ctx.quick], ctx.engines)]
+    if "micro" in ctx.available_hypervisors():
+        micro_engines = ["trap"] if ctx.quick else [e for e in ctx.engines if e != "native"]
+        placements.append(("micro", run_micro, MICRO_PASSES[ctx.quick], micro_engines))
+    for hypervisor, runner, count_passes, engines in placements:
+        for engine in engines:
+            scale_row(ctx, section, guest, engine, hypervisor, runner, count_passes)
     return section
+
+
+def scale_row(ctx, section, guest, engine, hypervisor, runner, passes) -> None:
+    single = None
+    mode = "sequential, one process" if hypervisor == "monolithic" else "concurrent children"
+    for count in COUNTS:
+        ctx.progress(f"{engine}/{hypervisor}: {count} VMs")
+        seconds, grown = runner(guest, engine, count, passes)
+        throughput = count * passes / seconds
+        single = single or throughput
+        per_vm = grown / count / (1 << 20)
+        section.records += [
+            record(NAME, engine, hypervisor, f"vms{count}_passes_per_second", throughput,
+                   "passes/s", vms=count, mode=mode),
+            record(NAME, engine, hypervisor, f"vms{count}_rss_mib_per_vm", per_vm, "MiB",
+                   vms=count)]
+        section.lines.append(f"    {engine:<8} {hypervisor:<10} {count:4d} {seconds:9.3f} "
+                             f"{throughput:11.0f} {throughput / single:7.2f} {per_vm:7.2f}")
