@@ -22,7 +22,8 @@ from emu.cpu import (CS, DS, ECX, ES, ESP, FS, GS, SS, DESC_B, DESC_DPL_SHIFT, D
                      DESC_S, DESC_TYPE_SHIFT, FLAG_IF, FLAG_VM, IOPL_MASK, Cpu)
 from emu.memory import GuestMemory
 from hypervisors.images import GuestImage
-from hypervisors.monolithic import ENGINES, MonolithicHypervisor
+from hypervisors.monolithic import MonolithicHypervisor
+from vmm.engines import ENGINES
 
 BENCH_GUESTS = Path(__file__).resolve().parent / "guests"
 RAM = 32 << 20

@@ -3,7 +3,7 @@ print their tables, and write every figure as a JSON record (--json) and a chart
 
 Benchmarks: exits (exit cost by kind), nano (Adams & Agesen), cpu (CPU-bound overhead), micro
 (monolithic against micro), peers (QEMU, and Unicorn's loads against stores), scale (1..16
-guests). Engines come from hypervisors.monolithic.ENGINES and hypervisors from whether
+guests). Engines come from vmm.engines.ENGINES and hypervisors from whether
 hypervisors.micro imports, so new ones are measured as they land.
 """
 from __future__ import annotations

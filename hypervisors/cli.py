@@ -17,7 +17,8 @@ import guests
 from hypervisors.images import AsmError, ImageError, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
 from hypervisors.micro.proxy import inject_fault
-from hypervisors.monolithic import ENGINES, MonolithicHypervisor
+from hypervisors.monolithic import MonolithicHypervisor
+from vmm.engines import ENGINES
 from vmm.observers import ExitStats, JsonTrace
 from vmm.vcpu import RunState
 from vmm.vmx import EXIT_ON_NAMES

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import guests
 from emu.asm import AsmError, assemble_file
+from emu.cpu import CS, DS, EDX, ES, ESP, FS, GS, SS
 
 BOOT_ADDRESS = 0x7C00
 BOOT_DRIVE = 0x80
@@ -66,3 +67,15 @@ def _check_fits(image: GuestImage, ram_size: int) -> None:
 
 
 __all__ = ["AsmError", "GuestImage", "ImageError", "resolve", "BOOT_DRIVE"]
+
+
+def hand_over(vm, image: GuestImage) -> None:
+    """Load the image and hand over like a BIOS: real mode, CS:IP = 0000:entry, DL = 0x80, the
+    stack just below the image."""
+    vm.load(image.code, image.origin)
+    cpu = vm.cpu
+    for seg in (CS, DS, ES, SS, FS, GS):
+        cpu.load_real_segment(seg, 0)
+    cpu.eip = image.entry
+    cpu.gpr[EDX] = BOOT_DRIVE
+    cpu.gpr[ESP] = image.origin

@@ -8,36 +8,19 @@ from __future__ import annotations
 
 from typing import Callable
 
-from emu.cpu import EDX, ESP, CS, DS, ES, SS, FS, GS
-from hypervisors.images import BOOT_DRIVE, GuestImage
+from hypervisors.images import GuestImage, hand_over
 from hypervisors.input import ScriptedInput, StreamInput
 from vmm.devices.debug import DebugConsole, DebugExit, NullDevice
 from vmm.devices.pic8259 import Pic8259Pair
 from vmm.devices.pit8254 import Pit8254
 from vmm.devices.uart16550 import Uart16550
+from vmm.engines import make_engine
 from vmm.exits import EXIT_HANDLERS, Outcome
-from vmm.native import NativeEngine
-from vmm.bt import BtEngine
-from vmm.trap import TrapEngine
-from vmm.vmx import VmxControls, apply_exit_on
-from vmm.vtx import VtxEngine
 from vmm.vcpu import RunResult, Vcpu
 from vmm.vm import DEFAULT_RAM, Vm
 from vmm.vmcs import ExitReason
 
-ENGINES = {"native": NativeEngine, "trap": TrapEngine, "bt": BtEngine, "vtx": VtxEngine}
 COM1, COM1_IRQ = 0x3F8, 4
-
-
-def make_engine(name: str, exit_on: str = ""):
-    """An engine by name; ``exit_on`` (the --exit-on list) turns on VT-x exit controls."""
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    if name == "vtx":
-        return VtxEngine(apply_exit_on(VmxControls(), exit_on))
-    if exit_on:
-        raise ValueError("--exit-on sets VT-x execution controls: it needs --engine vtx")
-    return ENGINES[name]()
 
 
 def handle_io(vcpu, exit) -> Outcome:
@@ -95,14 +78,7 @@ class MonolithicHypervisor:
         self.vcpu.guest_exit(value)
 
     def boot(self, image: GuestImage) -> None:
-        """Load the image and hand over like a BIOS: real mode, CS:IP = 0000:entry, DL = 0x80."""
-        self.vm.load(image.code, image.origin)
-        cpu = self.vm.cpu
-        for seg in (CS, DS, ES, SS, FS, GS):
-            cpu.load_real_segment(seg, 0)
-        cpu.eip = image.entry
-        cpu.gpr[EDX] = BOOT_DRIVE
-        cpu.gpr[ESP] = image.origin
+        hand_over(self.vm, image)
         self.vcpu.engine.reset()
 
     def run(self, image: GuestImage) -> RunResult:

@@ -11,12 +11,17 @@ from emu.disasm import Disassembler, Insn
 from emu.events import EventKind
 from emu.paging import CR0_PG, BusError, Fault
 from vmm.vcpu import RunState
+from vmm.vmcs import io_qualification
 
 UC_ERR_NAMES = {6: "read from unmapped memory", 7: "write to unmapped memory",
                 8: "fetch from unmapped memory", 10: "an invalid instruction",
                 21: "an unhandled CPU exception"}
 MAX_INSN = 15
 HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
+VMCALL_BYTES = b"\x0f\x01\xc1"
+IMM_IO_OPCODES = frozenset((0xE4, 0xE5, 0xE6, 0xE7))
+STRING_IO_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F))
+PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
 
 
 class EngineBase:
@@ -39,6 +44,27 @@ class EngineBase:
 
     def exit_bytes(self, exit) -> bytes:
         return b""
+
+    def at_vmcall(self) -> bool:
+        """#UD at VMCALL (0F 01 C1): the hypercall instruction, which exits with reason VMCALL
+        in VMX non-root operation (a CPU without VMX raises #UD)."""
+        return self.fetch(self.cpu.linear_pc(), 3) == VMCALL_BYTES
+
+    def complete_vmcall(self) -> None:
+        """A hypercall handler finished: step over the 3-byte VMCALL."""
+        eip = self.cpu.eip_reg
+        eip.value = (eip.value + len(VMCALL_BYTES)) & 0xFFFFFFFF
+
+    def io_exit_qualification(self, port: int, size: int, is_in: bool) -> int:
+        """The SDM I/O exit qualification of the IN/OUT/INS/OUTS at EIP (prefixes decoded)."""
+        code = self.fetch(self.cpu.linear_pc(), 4)
+        rep = False
+        for byte in code:
+            if byte not in PREFIXES:
+                return io_qualification(port, size, is_in, byte in STRING_IO_OPCODES, rep,
+                                        byte in IMM_IO_OPCODES)
+            rep = rep or byte == 0xF3
+        return io_qualification(port, size, is_in)
 
     def hypervisor_cpuid(self, leaf_base: int, signature: bytes) -> bool:
         """Answer CPUID's hypervisor leaves (0x40000000..) with this VMM's signature; False for

@@ -125,6 +125,11 @@ class CodeScanner:
         self.cpu.set_exits(callouts, owner=self.owner)
         return True
 
+    @property
+    def armed(self) -> frozenset[int]:
+        """The callout sites the CPU currently stops at."""
+        return self._armed
+
     def callout_at(self, linear: int) -> Site | None:
         site = self.sites.get(linear)
         return site if site is not None and site.kind is SiteKind.CALLOUT else None

@@ -16,13 +16,13 @@ from emu.events import GP, PF, UD, ERROR_CODE_VECTORS, EventKind
 from emu.paging import CR0_PE, Fault
 from vmm.deprivilege import DeprivilegedGuest, UnsupportedGuestState
 from vmm.emulate import emulate_hlt, emulator_for, effective_address
-from vmm.engine import EngineBase
+from vmm.engine import VMCALL_BYTES, EngineBase
 from vmm.exits import Outcome
 from vmm.scanner import CodeScanner, SiteKind
 from vmm.sensitive import sensitive_emulator_for
 from vmm.vcpu import RunState
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
-                      cr_qualification, interruption_info, io_qualification)
+                      cr_qualification, interruption_info)
 
 R = ExitReason
 INSTRUCTION_REASONS = {
@@ -32,10 +32,6 @@ INSTRUCTION_REASONS = {
     "wbinvd": R.WBINVD, "invd": R.INVD,
 }
 GPR_NUMBER = {"eax": 0, "ecx": 1, "edx": 2, "ebx": 3, "esp": 4, "ebp": 5, "esi": 6, "edi": 7}
-IMM_IO_OPCODES = frozenset((0xE4, 0xE5, 0xE6, 0xE7))
-STRING_IO_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F))
-PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
-VMCALL_BYTES = b"\x0f\x01\xc1"
 UNTRAPPED_EFFECT = {
     "pushf": "pushes the real IF and IOPL", "pushfd": "pushes the real IF and IOPL",
     "popf": "cannot change IF or IOPL at CPL 1 (silently)",
@@ -121,7 +117,7 @@ class TrapEngine(EngineBase):
         if vcpu.fast:
             vcpu.exit_count += 1
             return vcpu.io_read(port, size)
-        exit = self._exit(R.IO_INSTRUCTION, self._io_qualification(port, size, True))
+        exit = self._exit(R.IO_INSTRUCTION, self.io_exit_qualification(port, size, True))
         exit.port, exit.size, exit.is_in = port, size, True
         self.vcpu.handle_exit(exit)
         return exit.value
@@ -132,7 +128,7 @@ class TrapEngine(EngineBase):
             vcpu.exit_count += 1
             vcpu.io_write(port, size, value)
             return
-        exit = self._exit(R.IO_INSTRUCTION, self._io_qualification(port, size, False))
+        exit = self._exit(R.IO_INSTRUCTION, self.io_exit_qualification(port, size, False))
         exit.port, exit.size, exit.value = port, size, value
         self.vcpu.handle_exit(exit)
 
@@ -158,7 +154,7 @@ class TrapEngine(EngineBase):
     def on_invalid_opcode(self) -> bool:
         """#UD. VMCALL (0F 01 C1) raises #UD on a CPU without VMX; here it is the hypercall
         instruction and exits with reason VMCALL, as it does in VMX non-root operation."""
-        if self.fetch(self.cpu.linear_pc(), 3) == VMCALL_BYTES:
+        if self.at_vmcall():
             exit = self._exit(R.VMCALL)
             exit.insn_bytes = VMCALL_BYTES
             self.vmcs.exit_instruction_length = 3
@@ -243,16 +239,6 @@ class TrapEngine(EngineBase):
                     GPR_NUMBER.get(gpr.reg, 0) << 8)
         return R.EXCEPTION_NMI, 0
 
-    def _io_qualification(self, port: int, size: int, is_in: bool) -> int:
-        code = self.fetch(self.cpu.linear_pc(), 4)
-        rep = False
-        for byte in code:
-            if byte not in PREFIXES:
-                return io_qualification(port, size, is_in, byte in STRING_IO_OPCODES, rep,
-                                        byte in IMM_IO_OPCODES)
-            rep = rep or byte == 0xF3
-        return io_qualification(port, size, is_in)
-
     # ----- what the exit handlers call (vcpu.guest) ---------------------------------------------
     def handle_exception(self, exit: VmExit) -> Outcome:
         if exit.insn is not None:
@@ -287,11 +273,6 @@ class TrapEngine(EngineBase):
 
     def skip_instruction(self, exit: VmExit) -> None:
         emulate_hlt(self.g, exit.insn)
-
-    def complete_vmcall(self) -> None:
-        """A hypercall handler finished: step over the 3-byte VMCALL."""
-        eip = self.cpu.eip_reg
-        eip.value = (eip.value + len(VMCALL_BYTES)) & 0xFFFFFFFF
 
     def cpuid(self, leaf_base: int, signature: bytes) -> Outcome:
         """CPUID passes through, except the hypervisor leaves, which name this VMM."""

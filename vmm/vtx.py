@@ -19,15 +19,15 @@ from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
 from emu.cpu import EAX, ECX, EDX, FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView, ERROR_CODE_VECTORS
 from emu.paging import Fault
-from vmm.engine import EngineBase
 from vmm.emulate import effective_address
 from vmm.exits import Outcome
 from vmm.mmio import MmioError, emulate_mmio
 from vmm.scanner import CodeScanner, SiteKind
-from vmm.trap import GPR_NUMBER, VMCALL_BYTES
+from vmm.engine import VMCALL_BYTES, EngineBase
+from vmm.trap import GPR_NUMBER
 from vmm.vcpu import RunState
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
-                      cr_qualification, interruption_info, io_qualification)
+                      cr_qualification, interruption_info)
 from vmm.vmx import VmxControls
 
 R = ExitReason
@@ -118,11 +118,7 @@ class VtxEngine(EngineBase):
         vcpu.handle_exit(exit)
 
     def _io_exit(self, port: int, size: int, is_in: bool) -> VmExit:
-        code = self.fetch(self.cpu.linear_pc(), 4)
-        string = any(b in (0x6C, 0x6D, 0x6E, 0x6F) for b in code[:3])
-        immediate = any(b in (0xE4, 0xE5, 0xE6, 0xE7) for b in code[:2])
-        exit = self._exit(R.IO_INSTRUCTION, io_qualification(port, size, is_in, string,
-                                                             code[:1] == b"\xf3", immediate))
+        exit = self._exit(R.IO_INSTRUCTION, self.io_exit_qualification(port, size, is_in))
         exit.port, exit.size, exit.is_in = port, size, is_in
         return exit
 
@@ -132,7 +128,7 @@ class VtxEngine(EngineBase):
         return self._cpuid_done
 
     def on_invalid_opcode(self) -> bool:
-        if self.fetch(self.cpu.linear_pc(), 3) == VMCALL_BYTES:
+        if self.at_vmcall():
             exit = self._exit(R.VMCALL)
             exit.insn_bytes = VMCALL_BYTES
             self.vcpu.handle_exit(exit)
@@ -243,10 +239,7 @@ class VtxEngine(EngineBase):
         op = insn.operands[0]
         if op.kind == "reg":
             return self.cpu.gpr[GPR_NUMBER.get("e" + op.reg[-2:], 0)] & 0xFFFF
-        return int.from_bytes(self.lin.read(self._linear(insn, op), 2), "little")
-
-    def _linear(self, insn, op) -> int:
-        return effective_address(self, insn, op)
+        return int.from_bytes(self.lin.read(effective_address(self, insn, op), 2), "little")
 
     def _halted(self) -> None:
         """HLT ran at CPL 0: the CPU halted and the run returned, EIP after the HLT."""
@@ -264,7 +257,7 @@ class VtxEngine(EngineBase):
         if self._complete_msr_access():
             return
         here = self.cpu.linear_pc()
-        armed = set(self.scanner._armed)
+        armed = set(self.scanner.armed)
         self.cpu.set_exits(armed - {here}, owner="vtx")
         self.cpu.run(1)
         self.vcpu.retire(1)
@@ -314,10 +307,6 @@ class VtxEngine(EngineBase):
 
     def skip_instruction(self, exit: VmExit) -> None:
         """HLT exits after the CPU already stepped over the HLT."""
-
-    def complete_vmcall(self) -> None:
-        eip = self.cpu.eip_reg
-        eip.value = (eip.value + len(VMCALL_BYTES)) & 0xFFFFFFFF
 
     def cpuid(self, leaf_base: int, signature: bytes) -> Outcome:
         """CPUID passes through, except the hypervisor leaves, which name this VMM."""

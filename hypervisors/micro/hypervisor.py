@@ -19,29 +19,12 @@ from typing import Callable
 from hypervisors.images import GuestImage
 from hypervisors.micro.partition import ChildPartition
 from hypervisors.micro.wire import HEADER, Control, PartitionConfig, Record, pack
-from vmm.bt import BtEngine
-from vmm.native import NativeEngine
-from vmm.trap import TrapEngine
+from vmm.engines import make_engine
 from vmm.vcpu import RunResult
 from vmm.vm import DEFAULT_RAM, Vm
-from vmm.vmx import VmxControls, apply_exit_on
-from vmm.vtx import VtxEngine
 
-ENGINES = {"native": NativeEngine, "trap": TrapEngine, "bt": BtEngine, "vtx": VtxEngine}
 CONTROL_RECORD_MAX = 1 << 20
 PREFIX_LOCK = threading.Lock()
-
-
-def make_engine(name: str, exit_on: str = ""):
-    """An engine by name, as the monolithic hypervisor makes them (without importing its device
-    platform into this process); ``exit_on`` turns on VT-x exit controls."""
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
-    if name == "vtx":
-        return VtxEngine(apply_exit_on(VmxControls(), exit_on))
-    if exit_on:
-        raise ValueError("--exit-on sets VT-x execution controls: it needs --engine vtx")
-    return ENGINES[name]()
 
 
 class ParentProcess:

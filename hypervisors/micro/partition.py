@@ -12,8 +12,8 @@ import socket
 import struct
 from typing import Callable
 
-from emu.cpu import CS, DS, EAX, EBX, ECX, EDI, EDX, ES, ESI, ESP, FS, GS, SS
-from hypervisors.images import BOOT_DRIVE, GuestImage
+from emu.cpu import EAX, EBX, ECX, EDI, EDX, ESI
+from hypervisors.images import GuestImage, hand_over
 from hypervisors.micro.hypercalls import HYPERCALL_MSRS, Hypercalls
 from hypervisors.micro.proxy import (InputMirror, ParentChannel, PicMirror, TimerMirror,
                                      install_proxies)
@@ -158,14 +158,7 @@ class ChildPartition:
 
     # ----- running ------------------------------------------------------------------------------
     def boot(self, image: GuestImage) -> None:
-        """Load the image and hand over like a BIOS: real mode, CS:IP = 0000:entry, DL = 0x80."""
-        self.vm.load(image.code, image.origin)
-        cpu = self.vm.cpu
-        for seg in (CS, DS, ES, SS, FS, GS):
-            cpu.load_real_segment(seg, 0)
-        cpu.eip = image.entry
-        cpu.gpr[EDX] = BOOT_DRIVE
-        cpu.gpr[ESP] = image.origin
+        hand_over(self.vm, image)
         self.vcpu.engine.reset()
 
     def run(self, image: GuestImage) -> RunResult:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.records import REQUIRED
-from hypervisors.monolithic import ENGINES
+from vmm.engines import ENGINES
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("exits", "nano", "cpu", "micro", "peers", "scale")

@@ -1,0 +1,22 @@
+"""The CPU virtualization engines by name, and how a hypervisor makes one (with VT-x execution
+controls from the --exit-on list). Both hypervisors build their vCPUs through ``make_engine``."""
+from __future__ import annotations
+
+from vmm.bt import BtEngine
+from vmm.native import NativeEngine
+from vmm.trap import TrapEngine
+from vmm.vmx import VmxControls, apply_exit_on
+from vmm.vtx import VtxEngine
+
+ENGINES = {"native": NativeEngine, "trap": TrapEngine, "bt": BtEngine, "vtx": VtxEngine}
+
+
+def make_engine(name: str, exit_on: str = ""):
+    """An engine by name; ``exit_on`` (the --exit-on list) turns on VT-x exit controls."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if name == "vtx":
+        return VtxEngine(apply_exit_on(VmxControls(), exit_on))
+    if exit_on:
+        raise ValueError("--exit-on sets VT-x execution controls: it needs --engine vtx")
+    return ENGINES[name]()
