@@ -21,7 +21,7 @@ from hypervisors.monolithic import MonolithicHypervisor
 from vmm.engines import ENGINES
 from vmm.observers import ExitStats, JsonTrace
 from vmm.vcpu import RunState
-from vmm.vmx import EXIT_ON_NAMES
+from vmm.engines.vmx_controls import EXIT_ON_NAMES
 
 EXIT_BAD_INPUT, EXIT_GUEST_FAILED, EXIT_VMM_ERROR = 2, 3, 4
 HYPERVISORS = {"monolithic": MonolithicHypervisor, "micro": MicroHypervisor}
@@ -179,7 +179,7 @@ def run_guest(args) -> int:
         if args.hypervisor == "micro":
             results = run_micro(args, images, observers)
         elif args.gdb:
-            from vmm import gdbstub  # the stub's modules load only for --gdb
+            from vmm.debug.gdb import stub as gdbstub  # the stub's modules load only for --gdb
             result = gdbstub.serve(build, image, *args.gdb)
         else:
             result = build([]).run(image)
@@ -255,7 +255,7 @@ def hypervisor_factory(args, observers):
 
 
 def debug_guest(args) -> int:
-    from vmm import debugger  # the debugger's modules load only for `trapvisor debug`
+    from vmm.debug import repl as debugger  # the debugger's modules load only for `trapvisor debug`
     image = load_image(args, args.guest)
     if image is None:
         return EXIT_BAD_INPUT

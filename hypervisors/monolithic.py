@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from hypervisors.images import GuestImage, hand_over
-from hypervisors.input import ScriptedInput, StreamInput
+from vmm.platform.host_input import ScriptedInput, StreamInput
 from vmm.devices.debug import DebugConsole, DebugExit, NullDevice
 from vmm.devices.pic8259 import Pic8259Pair
 from vmm.devices.pit8254 import Pit8254

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from vmm.exitinfo import handled_summary, qualification
+from vmm.debug.exit_notes import handled_summary, qualification
 
 
 class ExitStats:

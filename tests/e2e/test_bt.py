@@ -7,7 +7,7 @@ from conftest import TEST_GUESTS, run_guest
 from hypervisors.images import resolve
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.observers import ExitCallback
-from vmm.scanner import SiteKind
+from vmm.engines.scanner import SiteKind
 from vmm.vcpu import RunState
 
 SELFMOD = TEST_GUESTS / "selfmod.asm"

@@ -1,4 +1,4 @@
-"""Execution control (vmm/control.py): breakpoints, watchpoints, exit breakpoints, stepping and
+"""Execution control (vmm/debug/debuggee.py): breakpoints, watchpoints, exit breakpoints, stepping and
 deterministic replay, on real guests under both engines."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from emu.asm import assemble_file
 from hypervisors.images import resolve
 from conftest import run_guest
 from hypervisors.monolithic import MonolithicHypervisor
-from vmm.control import Debuggee, ExitFilter, StopKind
+from vmm.debug.debuggee import Debuggee, ExitFilter, StopKind
 from vmm.observers import ExitCallback
 from vmm.vmcs import ExitReason
 

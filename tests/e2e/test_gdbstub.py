@@ -21,9 +21,9 @@ import guests
 from emu.asm import assemble_file
 from hypervisors.images import resolve
 from hypervisors.monolithic import MonolithicHypervisor
-from vmm import gdbregs
-from vmm.gdbstub import end_reply, serve
-from vmm.gdbwire import FrameParser, escape, frame, unescape
+from vmm.debug.gdb import registers as gdbregs
+from vmm.debug.gdb.stub import end_reply, serve
+from vmm.debug.gdb.wire import FrameParser, escape, frame, unescape
 from vmm.vcpu import RunResult, RunState
 
 CLI = [sys.executable, "-m", "hypervisors.cli"]

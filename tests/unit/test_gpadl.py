@@ -1,4 +1,4 @@
-"""GrantedMemory (hypervisors/micro/gpadl.py): only granted pages of the child's memfd are mapped,
+"""GrantedMemory (hypervisors/micro/parent/gpadl.py): only granted pages of the child's memfd are mapped,
 and every refused grant or access is counted."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from hypervisors.micro.gpadl import (
+from hypervisors.micro.parent.gpadl import (
     MAX_GPADL_PAGES, PAGE_SIZE, GpadlRefused, GrantedMemory)
 
 RAM_PAGES = 32

@@ -1,4 +1,4 @@
-"""VMBus channel messages (hypervisors/micro/vmbus_messages.py): Linux sizes and numbering,
+"""VMBus channel messages (hypervisors/micro/parent/vmbus_messages.py): Linux sizes and numbering,
 round trips, and clear errors for malformed payloads."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from hypervisors.micro import vmbus_messages as msg
+from hypervisors.micro.parent import vmbus_messages as msg
 
 GUID = uuid.UUID("3a7e0c52-6f1d-4b8e-9c1a-5d2f7e6b4a01")
 

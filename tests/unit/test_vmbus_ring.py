@@ -1,4 +1,4 @@
-"""VMBus ring buffers (hypervisors/micro/vmbus.py) over plain bytearrays: layout, wrap-around,
+"""VMBus ring buffers (hypervisors/micro/parent/vmbus.py) over plain bytearrays: layout, wrap-around,
 signalling rules and the validation of everything the peer controls."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from hypervisors.micro import vmbus
-from hypervisors.micro.vmbus import (
+from hypervisors.micro.parent import vmbus
+from hypervisors.micro.parent.vmbus import (
     PAGE_SIZE, VM_PKT_COMP, VM_PKT_DATA_INBAND, PacketTooLarge, RingBuffer, RingCorrupt, RingError,
     RingFull)
 

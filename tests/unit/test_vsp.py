@@ -1,4 +1,4 @@
-"""The VMBus server and its VSPs (hypervisors/micro/vsp.py), driven by a child played in Python
+"""The VMBus server and its VSPs (hypervisors/micro/parent/vsp.py), driven by a child played in Python
 over memfd-backed RAM with the same layouts the assembly guests use (guests/vmbus.inc)."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import struct
 
 import pytest
 
-from hypervisors.micro import vmbus_messages as msg
-from hypervisors.micro import vsp
-from hypervisors.micro.gpadl import PAGE_SIZE, GrantedMemory
-from hypervisors.micro.vmbus import VM_PKT_COMP, VM_PKT_DATA_INBAND, RingBuffer
+from hypervisors.micro.parent import vmbus_messages as msg
+from hypervisors.micro.parent import vsp
+from hypervisors.micro.parent.gpadl import PAGE_SIZE, GrantedMemory
+from hypervisors.micro.parent.vmbus import VM_PKT_COMP, VM_PKT_DATA_INBAND, RingBuffer
 
 RAM_PAGES = 64
 RING_PFN = 0x30                  # outbound ring 0x30-0x32, inbound ring 0x33-0x35

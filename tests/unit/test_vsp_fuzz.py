@@ -8,11 +8,11 @@ import struct
 
 import pytest
 
-from hypervisors.micro import gpadl
-from hypervisors.micro import vmbus_messages as msg
-from hypervisors.micro import vsp
-from hypervisors.micro.gpadl import PAGE_SIZE
-from hypervisors.micro.vmbus import DESCRIPTOR, VM_PKT_DATA_INBAND
+from hypervisors.micro.parent import gpadl
+from hypervisors.micro.parent import vmbus_messages as msg
+from hypervisors.micro.parent import vsp
+from hypervisors.micro.parent.gpadl import PAGE_SIZE
+from hypervisors.micro.parent.vmbus import DESCRIPTOR, VM_PKT_DATA_INBAND
 from test_vsp import RAM_PAGES, RING_PFN, RING_PAGES, Child
 
 CANARY = b"\xa5"

@@ -5,7 +5,7 @@ Supported forms: MOV r/m, r; MOV r, r/m; MOV r/m, imm; MOVZX r, r/m8/16 (8, 16 a
 """
 from __future__ import annotations
 
-from vmm.emulate import get_reg, set_reg
+from vmm.engines.emulate import get_reg, set_reg
 
 
 class MmioError(Exception):

@@ -14,12 +14,12 @@ from typing import Callable, NamedTuple
 from emu.cpu import CS
 from emu.events import GP, PF, UD, ERROR_CODE_VECTORS, EventKind
 from emu.paging import CR0_PE, Fault
-from vmm.deprivilege import DeprivilegedGuest, UnsupportedGuestState
-from vmm.emulate import emulate_hlt, emulator_for, effective_address
-from vmm.engine import VMCALL_BYTES, EngineBase
+from vmm.engines.deprivilege import DeprivilegedGuest, UnsupportedGuestState
+from vmm.engines.emulate import emulate_hlt, emulator_for, effective_address
+from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.exits import Outcome
-from vmm.scanner import CodeScanner, SiteKind
-from vmm.sensitive import sensitive_emulator_for
+from vmm.engines.scanner import CodeScanner, SiteKind
+from vmm.engines.sensitive import sensitive_emulator_for
 from vmm.vcpu import RunState
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
                       cr_qualification, interruption_info)

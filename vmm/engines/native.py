@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from emu.cpu import FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView
-from vmm.engine import EngineBase
+from vmm.engines.base import EngineBase
 
 
 

@@ -1,9 +1,9 @@
 """`trapvisor debug`: an interactive, scriptable debugger over VM exits, with gdb's command names.
 
-A ``cmd.Cmd`` shell over ``vmm.control.Debuggee``: breakpoints on guest addresses, on writes and
+A ``cmd.Cmd`` shell over ``vmm.debug.debuggee.Debuggee``: breakpoints on guest addresses, on writes and
 on VM exits (by SDM reason, filtered), stepping by instruction or by exit, going back to any
-earlier exit by deterministic replay, and the machine state of ``vmm.inspect``. Every stop is
-reported with the exit's SDM qualification and what the handler did (``vmm.exitinfo``). Guest
+earlier exit by deterministic replay, and the machine state of ``vmm.debug.views``. Every stop is
+reported with the exit's SDM qualification and what the handler did (``vmm.debug.exit_notes``). Guest
 serial output is shown as it is produced, each line prefixed with ``guest| ``.
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ import textwrap
 from pathlib import Path
 
 from emu.paging import BusError, Fault
-from vmm import inspect
-from vmm.control import Debuggee, StopKind
-from vmm.debugargs import (DebuggerError, describe_fault, parse_address, parse_count,
+from vmm.debug import views
+from vmm.debug.debuggee import Debuggee, StopKind
+from vmm.debug.arguments import (DebuggerError, describe_fault, parse_address, parse_count,
                            parse_dump, parse_exit_filter, parse_number)
-from vmm.exitinfo import ExitNotes, history_report, stop_report
+from vmm.debug.exit_notes import ExitNotes, history_report, stop_report
 from vmm.vmcs import ExitReason
 
 PROMPT = "(trapvisor) "
@@ -78,7 +78,7 @@ class Debugger(cmd.Cmd):
     def __init__(self, make, image):
         super().__init__()
         self.echo = SerialEcho(sys.stdout.buffer)
-        self.notes = ExitNotes(lambda: inspect.snapshot(self.debuggee))
+        self.notes = ExitNotes(lambda: views.snapshot(self.debuggee))
         self.make = make
         self.failed = False
         self.interactive = False
@@ -309,7 +309,7 @@ class Debugger(cmd.Cmd):
         if topic == "pages":
             if len(rest) != 1:
                 raise DebuggerError("usage: info pages ADDR")
-            self.say(inspect.page_walk_report(d, self.address(rest[0])))
+            self.say(views.page_walk_report(d, self.address(rest[0])))
         elif topic == "exits":
             last = parse_count(rest[0], "exit count") if rest else 10
             self.say(history_report(d.history, self.notes, last))
@@ -324,14 +324,14 @@ class Debugger(cmd.Cmd):
     def simple_info(self, topic: str) -> str:
         d = self.debuggee
         if topic == "registers":
-            return inspect.registers_report(d)
+            return views.registers_report(d)
         if topic == "gdt":
-            return inspect.gdt_report(d)
+            return views.gdt_report(d)
         if topic == "idt":
-            return inspect.idt_report(d)
+            return views.idt_report(d)
         if topic == "vmcs":
-            return inspect.vmcs_report(d, d.history[-1] if d.history else None)
-        return inspect.devices_report(d.vm)
+            return views.vmcs_report(d, d.history[-1] if d.history else None)
+        return views.devices_report(d.vm)
 
     def breakpoint_table(self) -> str:
         rows = self.debuggee.breakpoints()
@@ -350,13 +350,13 @@ class Debugger(cmd.Cmd):
         count, unit, physical, where = parse_dump(arg)
         address = self.address(where)
         d = self.debuggee
-        data = inspect.readable(d.read_physical if physical else d.read_virtual, address,
+        data = views.readable(d.read_physical if physical else d.read_virtual, address,
                                 count * unit)
         if len(data) < count * unit:
             space = "guest-physical" if physical else "linear"
             raise DebuggerError(f"cannot read {space} {address + len(data):#x}: "
                                 + ("outside guest RAM" if physical else "not mapped"))
-        self.say(inspect.hexdump(data, address, unit))
+        self.say(views.hexdump(data, address, unit))
 
     def do_disas(self, arg: str) -> None:
         """disas [ADDR [N]]: disassemble N instructions (default 10) at ADDR (default: $pc).
@@ -369,7 +369,7 @@ class Debugger(cmd.Cmd):
         cpu = self.debuggee.cpu
         address = self.address(words[0]) if words else cpu.linear_pc()
         count = parse_count(words[1], "instruction count") if len(words) == 2 else 10
-        self.say(inspect.disassembly(self.debuggee, address, count, cpu.code_bits,
+        self.say(views.disassembly(self.debuggee, address, count, cpu.code_bits,
                                      current=cpu.linear_pc()))
 
     def address(self, text: str) -> int:

@@ -14,7 +14,7 @@ from emu.cpu import CS, DS, ES, FS, GS, SS, ESP, EAX, ECX, EDX, FLAG_IF, FLAG_NT
 from emu.disasm import Insn, Operand
 from emu.events import EventKind
 from emu.paging import Fault
-from vmm.deprivilege import DeprivilegedGuest, UnsupportedGuestState
+from vmm.engines.deprivilege import DeprivilegedGuest, UnsupportedGuestState
 
 SEGMENTS = {"es": ES, "cs": CS, "ss": SS, "ds": DS, "fs": FS, "gs": GS}
 _GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Callable
 
 from emu.paging import BusError, Fault
-from vmm.control import ExitFilter
-from vmm.exitinfo import reason_by_name
+from vmm.debug.debuggee import ExitFilter
+from vmm.debug.exit_notes import reason_by_name
 
 UNITS = {"b": 1, "h": 2, "w": 4, "g": 8}
 FILTERS = ("port", "cr", "msr", "vector", "rip")

@@ -1,5 +1,5 @@
 """A GDB remote serial protocol stub (GDB manual, appendix "GDB Remote Serial Protocol") for a guest
-run under ``vmm.control.Debuggee``: real gdb attaches with ``target remote HOST:PORT``.
+run under ``vmm.debug.debuggee.Debuggee``: real gdb attaches with ``target remote HOST:PORT``.
 
 The guest runs in the thread that serves gdb; a reader thread per connection splits gdb's byte
 stream into packets, acknowledgements and Ctrl-C, so an interrupt or a hang-up can stop a running
@@ -19,12 +19,12 @@ import threading
 from typing import Callable
 
 from emu.paging import BusError, Fault
-from vmm import gdbregs
-from vmm.control import Debuggee, Stop, StopKind
-from vmm.debugargs import DebuggerError, parse_exit_filter
-from vmm.exitinfo import ExitNotes, qualification
-from vmm.gdbwire import PACKET_SIZE, Link, escape, unescape
-from vmm.inspect import snapshot
+from vmm.debug.gdb import registers as gdbregs
+from vmm.debug.debuggee import Debuggee, Stop, StopKind
+from vmm.debug.arguments import DebuggerError, parse_exit_filter
+from vmm.debug.exit_notes import ExitNotes, qualification
+from vmm.debug.gdb.wire import PACKET_SIZE, Link, escape, unescape
+from vmm.debug.views import snapshot
 from vmm.vcpu import RunResult, RunState
 
 REPEAT_S = 0.02          # how often a stop request is repeated until the run it targets returns

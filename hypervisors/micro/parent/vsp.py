@@ -23,9 +23,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from hypervisors.micro import vmbus_messages as msg
-from hypervisors.micro.gpadl import PAGE_SIZE, GpadlRefused, GrantedMemory
-from hypervisors.micro.vmbus import (
+from hypervisors.micro.parent import vmbus_messages as msg
+from hypervisors.micro.parent.gpadl import PAGE_SIZE, GpadlRefused, GrantedMemory
+from hypervisors.micro.parent.vmbus import (
     VM_PKT_COMP, VM_PKT_DATA_INBAND, Packet, PacketTooLarge, RingBuffer, RingCorrupt, RingFull)
 
 log = logging.getLogger(__name__)

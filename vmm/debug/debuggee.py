@@ -4,7 +4,7 @@ write watchpoints, breakpoints on VM exits, instruction stepping and determinist
 ``Debuggee`` drives a hypervisor's vCPU in precise (always counted) mode and records every exit.
 Going back to an earlier exit replays the run from boot: virtual time comes from executed
 instructions, so the same guest with the same input takes the same exits in the same order.
-The interactive debugger (vmm/debugger.py) and the GDB stub (vmm/gdbstub.py) sit on this.
+The interactive debugger (vmm/debug/repl.py) and the GDB stub (vmm/debug/gdb/stub.py) sit on this.
 """
 from __future__ import annotations
 

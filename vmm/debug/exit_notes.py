@@ -10,8 +10,8 @@ from collections import Counter
 
 from emu.cpu import CS
 from emu.events import EXCEPTION_NAMES, vector_name
-from vmm import inspect
-from vmm.control import StopKind
+from vmm.debug import views
+from vmm.debug.debuggee import StopKind
 from vmm.devices import pic8259
 from vmm.devices.pic8259 import Pic8259
 from vmm.devices.pit8254 import Pit8254
@@ -242,7 +242,7 @@ class ExitNotes:
     """Observer: for each exit, the instruction that caused it and the device register it hits
     (both found before the handler runs: the handler changes CS, the mode and device state) and
     what the handler did. Notes are kept by exit number; ``registers`` returns the guest's
-    registers (``vmm.inspect.snapshot``)."""
+    registers (``vmm.debug.views.snapshot``)."""
 
     def __init__(self, registers):
         self.registers = registers
@@ -300,7 +300,7 @@ def stop_report(debuggee, stop, notes: ExitNotes) -> str:
     else:
         lines = [f"{'Stepped' if kind is StopKind.STEP else 'Interrupted'} "
                  f"({since_boot(stop.exit_number)})"]
-    return "\n".join(lines + [f"=> {inspect.location(debuggee)}"])
+    return "\n".join(lines + [f"=> {views.location(debuggee)}"])
 
 
 def exit_stop(debuggee, stop, notes: ExitNotes) -> list[str]:

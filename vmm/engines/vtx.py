@@ -1,12 +1,12 @@
 """The VT-x-style engine: the guest runs at real CPL 0 with its own CR0/CR3/CR4/GDT/IDT loaded in
 the CPU (the VMCS guest-state area is the real CPU), and the VM-execution controls of
-vmm/vmx.py decide what exits (Intel SDM Vol. 3, ch. 25-28).
+vmm/engines/vmx_controls.py decide what exits (Intel SDM Vol. 3, ch. 25-28).
 
 How each exit is caught: port I/O, CPUID through the CPU's hooks; VMCALL through #UD; HLT because
 the CPU returns from a run when it halts; exceptions through the interrupt hook and the exception
 bitmap; guest-physical addresses outside RAM through the unmapped-memory hook (EPT_VIOLATION,
 MMIO emulated). Instructions a CPL-0 guest runs without any hook (MOV CR, RDMSR/WRMSR, INVLPG,
-LGDT...) are found by the translation-time scanner (vmm/scanner.py) and armed as stops only while
+LGDT...) are found by the translation-time scanner (vmm/engines/scanner.py) and armed as stops only while
 a control makes them exit. An exit whose handler lets the instruction happen completes it on the
 real CPU (one instruction, with that stop lifted): the guest-state area is the CPU itself.
 """
@@ -19,16 +19,16 @@ from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
 from emu.cpu import EAX, ECX, EDX, FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView, ERROR_CODE_VECTORS
 from emu.paging import Fault
-from vmm.emulate import effective_address
+from vmm.engines.emulate import effective_address
 from vmm.exits import Outcome
-from vmm.mmio import MmioError, emulate_mmio
-from vmm.scanner import CodeScanner, SiteKind
-from vmm.engine import VMCALL_BYTES, EngineBase
-from vmm.trap import GPR_NUMBER
+from vmm.engines.mmio_emulator import MmioError, emulate_mmio
+from vmm.engines.scanner import CodeScanner, SiteKind
+from vmm.engines.base import VMCALL_BYTES, EngineBase
+from vmm.engines.trap import GPR_NUMBER
 from vmm.vcpu import RunState
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
                       cr_qualification, interruption_info)
-from vmm.vmx import VmxControls
+from vmm.engines.vmx_controls import VmxControls
 
 R = ExitReason
 DT_MNEMONICS = {"lgdt": R.GDTR_IDTR_ACCESS, "lidt": R.GDTR_IDTR_ACCESS,

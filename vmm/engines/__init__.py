@@ -2,11 +2,11 @@
 controls from the --exit-on list). Both hypervisors build their vCPUs through ``make_engine``."""
 from __future__ import annotations
 
-from vmm.bt import BtEngine
-from vmm.native import NativeEngine
-from vmm.trap import TrapEngine
-from vmm.vmx import VmxControls, apply_exit_on
-from vmm.vtx import VtxEngine
+from vmm.engines.bt import BtEngine
+from vmm.engines.native import NativeEngine
+from vmm.engines.trap import TrapEngine
+from vmm.engines.vmx_controls import VmxControls, apply_exit_on
+from vmm.engines.vtx import VtxEngine
 
 ENGINES = {"native": NativeEngine, "trap": TrapEngine, "bt": BtEngine, "vtx": VtxEngine}
 

@@ -2,7 +2,7 @@
 under trap, but its code is scanned before it first runs and every sensitive instruction, trapping
 or not, is translated, so the guest cannot tell (Popek & Goldberg's equivalence is restored).
 
-Translations (vmm/scanner.py finds the sites):
+Translations (vmm/engines/scanner.py finds the sites):
 - callout: a stop before the instruction; the VMM emulates it on virtual state (SGDT, SMSW,
   PUSHF/POPF, MOV from CS/SS, LAR/LSL/VERR/VERW, MOV CR, far transfers, IRET, INT n, ...);
 - inline: CLI and STI in guest kernel code run in place, with no exit. Guest ring 0 runs on real
@@ -15,11 +15,11 @@ Guest user code (real ring 3) is not translated: what it can observe already mat
 from __future__ import annotations
 
 from emu.cpu import CS, FLAG_IF, FLAG_VM, IOPL_MASK, IOPL_SHIFT
-from vmm.deprivilege import DeprivilegedGuest, TrapView
-from vmm.emulate import emulate_hlt, emulator_for
-from vmm.scanner import CodeScanner, Site, SiteKind
-from vmm.sensitive import sensitive_emulator_for
-from vmm.trap import Plan, TrapEngine
+from vmm.engines.deprivilege import DeprivilegedGuest, TrapView
+from vmm.engines.emulate import emulate_hlt, emulator_for
+from vmm.engines.scanner import CodeScanner, Site, SiteKind
+from vmm.engines.sensitive import sensitive_emulator_for
+from vmm.engines.trap import Plan, TrapEngine
 from vmm.vmcs import ExitReason
 
 R = ExitReason

@@ -14,18 +14,17 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import tempfile
 import threading
 import traceback
 
-from hypervisors.micro import gpadl, vsp
+from hypervisors.micro.parent import gpadl, vsp
 from hypervisors.micro.proxy import inject_fault
 from hypervisors.micro.tcb import loaded_modules
 from hypervisors.micro.wire import (ALL_MASKED, COUNTING, HEADER, INPUT_ALIVE, INT_OUTPUT,
                                     NO_DEADLINE, RAISED, RECONFIGURED, Control, Message, Op,
                                     PartitionConfig, Record, pack, read_message)
-from hypervisors.input import ScriptedInput
+from vmm.platform.host_input import ScriptedInput
 from vmm.bus import Bus
 from vmm.clock import VirtualClock
 from vmm.devices.debug import DebugConsole, DebugExit, NullDevice
@@ -258,6 +257,3 @@ def main(argv: list[str]) -> int:
     RootPartition(control).serve()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
