@@ -20,7 +20,7 @@ from hypervisors.micro.proxy import inject_fault
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.engines import ENGINES
 from vmm.observers import ExitStats, JsonTrace
-from vmm.vcpu import RunState
+from vmm.run_state import RunState
 from vmm.engines.vmx_controls import EXIT_ON_NAMES
 
 EXIT_BAD_INPUT, EXIT_GUEST_FAILED, EXIT_VMM_ERROR = 2, 3, 4

@@ -15,24 +15,12 @@ from vmm.devices.pic8259 import Pic8259Pair
 from vmm.devices.pit8254 import Pit8254
 from vmm.devices.uart16550 import Uart16550
 from vmm.engines import make_engine
-from vmm.exits import EXIT_HANDLERS, Outcome
-from vmm.vcpu import RunResult, Vcpu
+from vmm.exits import EXIT_HANDLERS
+from vmm.run_state import RunResult
+from vmm.vcpu import Vcpu
 from vmm.vm import DEFAULT_RAM, Vm
-from vmm.vmcs import ExitReason
 
 COM1, COM1_IRQ = 0x3F8, 4
-
-
-def handle_io(vcpu, exit) -> Outcome:
-    """Port I/O, handled in-process: the bus calls the device model directly."""
-    if exit.is_in:
-        exit.value = vcpu.vm.pio.read(exit.port, exit.size)
-    else:
-        vcpu.vm.pio.write(exit.port, exit.size, exit.value)
-    return Outcome.STOP if vcpu.stopping else Outcome.RESUME
-
-
-MONOLITHIC_HANDLERS = {**EXIT_HANDLERS, ExitReason.IO_INSTRUCTION: handle_io}
 
 
 class Platform:
@@ -56,7 +44,7 @@ class Platform:
 class MonolithicHypervisor:
     """Runs one guest with its devices inside the hypervisor process."""
     name = "monolithic"
-    handlers = MONOLITHIC_HANDLERS
+    handlers = EXIT_HANDLERS
 
     def __init__(self, engine: str = "trap", ram_size: int = DEFAULT_RAM,
                  sink: Callable[[bytes], None] = lambda data: None, input_data: bytes = b"",

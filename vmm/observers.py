@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from vmm.debug.exit_notes import handled_summary, qualification
+from vmm.exit_decoding import handled_summary, qualification
 
 
 class ExitStats:
@@ -55,8 +55,7 @@ class JsonTrace:
         self.stream = stream
 
     def on_exit(self, vcpu, exit) -> None:
-        if not exit.insn_bytes:
-            exit.insn_bytes = vcpu.engine.exit_bytes(exit)
+        pass
 
     def on_entry(self, vcpu, exit, outcome) -> None:
         record = exit.to_json()

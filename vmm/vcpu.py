@@ -1,60 +1,31 @@
-"""The vCPU run loop: enter the guest, take exits, call observers and the handler, apply the outcome.
+"""The vCPU run loop: run the guest in instruction slices, and between them advance virtual time,
+fire timers, inject interrupts when the guest's interrupt window is open, idle a halted CPU
+straight to its next timer event, and enforce --timeout.
 
-Exits are handled where Unicorn reports them (inside its hooks, like KVM handling an exit in the
-kernel); the loop itself only runs between instruction slices: it advances virtual time, fires
-timers, injects interrupts when the guest's interrupt window is open, idles a halted CPU straight
-to its next timer event, enforces --timeout / --max-exits, and pauses where a debugger asks
-(address breakpoints as Unicorn exits, instruction steps, requests from exit observers).
+Exits are not handled here: engines report them, inside Unicorn's hooks (as KVM handles an exit in
+the kernel), through the vCPU's ``ExitPath`` (vmm/exits.py). Where a debugger pauses the run is
+``RunControl``'s (vmm/run_control.py); the loop only asks it.
 """
 from __future__ import annotations
 
-import collections
-import enum
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from emu.events import TripleFault, UnsupportedEvent
-from vmm.exits import Outcome, dispatch
-from vmm.vmcs import VmExit
+from typing import Protocol
+
+from vmm.exits import ExitOps, ExitPath
+from vmm.run_control import DEBUG_SLICE, RunControl
+from vmm.run_state import RunResult, RunState
 
 MAX_SLICE = 2_000_000   # instructions per counted run() when no timer is due
 WALL_SLICE = 100_000    # instructions per run() under --wall-clock (the PIT is checked between)
-DEBUG_SLICE = 200_000   # instructions per run() under a debugger: bounds Ctrl-C latency
 STI = 0xFB
-LAST_EXITS = 16
 
 
-def _dead_read(port: int, size: int) -> int:
-    return (1 << 8 * size) - 1
-
-
-def _dead_write(port: int, size: int, value: int) -> None:
-    return None
-
-
-class RunState(enum.Enum):
-    RUNNING = "running"
-    EXITED = "exited"                  # the guest wrote its status to the debug-exit port
-    TRIPLE_FAULT = "triple-fault"
-    HALTED = "halted"                  # HLT that nothing can ever wake
-    GUEST_FAULT = "fault"              # unmapped memory, garbage the machine cannot execute
-    TIMEOUT = "timeout"
-    MAX_EXITS = "max-exits"
-    VMM_ERROR = "vmm-error"
-    DEVICE_ERROR = "device-error"      # a device model outside the hypervisor failed or vanished
-
-
-class Observer(Protocol):
-    """Tracing, statistics and the debugger watch exits without being handlers."""
-
-    def on_exit(self, vcpu: "Vcpu", exit: VmExit) -> None: ...
-    def on_entry(self, vcpu: "Vcpu", exit: VmExit, outcome: Outcome) -> None: ...
-
-
-class Engine(Protocol):
-    """A CPU virtualization technique: it turns Unicorn events into exits or hardware behaviour."""
+class Engine(ExitOps, Protocol):
+    """A CPU virtualization technique: it turns Unicorn events into exits or hardware behaviour,
+    and carries out what exit handlers ask of the guest (``ExitOps``)."""
     name: str
 
     def attach(self, vcpu: "Vcpu") -> None: ...
@@ -65,39 +36,7 @@ class Engine(Protocol):
     def machine_error(self, err: int) -> None: ...
     def fetch(self, linear: int) -> bytes: ...
     def describe_pc(self) -> tuple[int, str]: ...
-
-
-@dataclass
-class RunResult:
-    state: RunState
-    status: int | None
-    message: str
-    rip: int = 0
-    instruction: str = ""
-    last_exits: list[str] = field(default_factory=list)
-    exits: int = 0
-    instructions: int = 0
-    wall_seconds: float = 0.0
-    fidelity: str = ""          # what the engine could not virtualize (trap's blind spots)
-
-    @property
-    def ok(self) -> bool:
-        return self.state is RunState.EXITED
-
-    def report(self) -> str:
-        lines = [f"trapvisor: {self.state.value}: {self.message}",
-                 f"  guest RIP {self.rip:#010x}: {self.instruction or '?'}",
-                 f"  {self.instructions} instructions counted, {self.exits} exits, "
-                 f"{self.wall_seconds:.3f} s"]
-        if self.last_exits:
-            lines.append(f"  last {len(self.last_exits)} recorded exits:")
-            lines += [f"    {line}" for line in self.last_exits]
-        if self.exits > len(self.last_exits) and len(self.last_exits) < LAST_EXITS:
-            lines.append("  (exits taken on the fastpath are counted, not recorded: run with "
-                         "--trace FILE or --stats to record every exit)")
-        if self.fidelity:
-            lines.append(self.fidelity)
-        return "\n".join(lines)
+    def fidelity_report(self) -> str: ...
 
 
 class Vcpu:
@@ -108,77 +47,38 @@ class Vcpu:
         self.vm = vm
         self.cpu = vm.cpu
         self.engine = engine
-        self.handlers = handlers
-        self.observers = list(observers)
+        self.exits = ExitPath(self, handlers, observers, max_exits)
+        self.control = RunControl(vm.cpu)
         self.timeout = timeout
-        self.max_exits = max_exits
         self.wall_clock = wall_clock
         self.state = RunState.RUNNING
         self.status: int | None = None
         self.message = ""
         self.halted = False
         self.interrupt_shadow = False
-        self.exit_count = 0
         self.final_exit_count = 0
         self.instructions = 0
-        self.recent: collections.deque[VmExit] = collections.deque(maxlen=LAST_EXITS)
-        self.guest = None  # set by the engine: what handlers emulate against
-        # Exit fastpath (as KVM's handle_fastpath_*): with nobody observing, engines skip building
-        # VmExit records and call the hypervisor's port-I/O callables directly.
-        self.fast = not self.observers and max_exits is None
-        self.precise = False          # a debugger needs stops from hooks to be exact: count always
-        self.pause_requested = False
-        self.breakpoints: frozenset[int] = frozenset()
-        self.breakpoint_hit: int | None = None
-        self.steps_left: int | None = None
         self.run_seconds = 0.0
-        self.io_read = vm.pio.read
-        self.io_write = vm.pio.write
         engine.attach(self)
 
     @property
     def stopping(self) -> bool:
         return self.state is not RunState.RUNNING
 
-    # ----- exits ------------------------------------------------------------------------------
-    def handle_exit(self, exit: VmExit) -> Outcome:
-        """Called by the engine inside a Unicorn hook for every VM exit."""
-        if self.state is not RunState.RUNNING:
-            return Outcome.STOP
-        self.exit_count += 1
-        self.recent.append(exit)
-        for observer in self.observers:
-            observer.on_exit(self, exit)
-        try:
-            outcome = dispatch(self.handlers, self, exit)
-        except BaseException:
-            self._observe_entry(exit, Outcome.STOP)  # observers see the exit that killed the run
-            raise
-        if outcome is Outcome.HALT:
-            self.halt()
-        elif outcome is Outcome.STOP:
-            self.cpu.stop()
-        if self.max_exits is not None and self.exit_count >= self.max_exits and not self.stopping:
-            self.finish(RunState.MAX_EXITS, f"--max-exits {self.max_exits} reached")
-        self._observe_entry(exit, outcome)
-        return outcome
+    @property
+    def exit_count(self) -> int:
+        return self.exits.count
 
-    def _observe_entry(self, exit: VmExit, outcome: Outcome) -> None:
-        exit.entry_ns = time.perf_counter_ns()
-        for observer in self.observers:
-            observer.on_entry(self, exit, outcome)
-
+    # ----- how a run ends ---------------------------------------------------------------------
     def finish(self, state: RunState, message: str, status: int | None = None) -> None:
         """End the run (from a hook or the loop); the first reason given wins.
 
         Unicorn stops only at the end of the current translation block, so the instructions
-        after a stopping exit still run: from here on their I/O reaches no device and their
-        exits are neither handled nor counted."""
+        after a stopping exit still run: from here on their exits are neither handled nor
+        counted (``ExitPath.take``), so their I/O reaches no device."""
         if self.state is RunState.RUNNING:
             self.state, self.message, self.status = state, message, status
-            self.final_exit_count = self.exit_count
-            self.io_read, self.io_write = _dead_read, _dead_write
-            self.fast = True
+            self.final_exit_count = self.exits.count
         self.cpu.stop()
 
     def guest_exit(self, value: int) -> None:
@@ -211,8 +111,9 @@ class Vcpu:
         --timeout counts only the time spent here, not time spent stopped in a debugger."""
         started = time.perf_counter()
         watchdog = self._watchdog()
+        control = self.control
         try:
-            while self.state is RunState.RUNNING and not self.pause_requested:
+            while self.state is RunState.RUNNING and not control.pause_requested:
                 self._service_interrupts()
                 if self.state is not RunState.RUNNING:
                     break
@@ -223,7 +124,7 @@ class Vcpu:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
-            self.pause_requested = False
+            control.pause_requested = False
             self.run_seconds += time.perf_counter() - started
 
     def _watchdog(self) -> threading.Timer | None:
@@ -238,25 +139,6 @@ class Vcpu:
         watchdog.start()
         return watchdog
 
-    def request_pause(self) -> None:
-        """From a hook: stop at the next instruction boundary (precise in counted runs)."""
-        self.pause_requested = True
-        self.cpu.stop()
-
-    def interrupt(self) -> None:
-        """From another thread: pause at the end of the current slice. (A stop requested from
-        outside can land inside an instruction, which Unicorn then executes twice.)"""
-        self.pause_requested = True
-
-    def set_breakpoints(self, addresses) -> None:
-        """Linear addresses before which the CPU stops (Unicorn exits: no cost while running)."""
-        self.breakpoints = frozenset(addresses)
-        self.cpu.set_exits(self.breakpoints)
-
-    def step(self, instructions: int | None) -> None:
-        """Pause after this many more guest instructions (None: no limit)."""
-        self.steps_left = instructions
-
     def _run_slice(self) -> None:
         budget = self._budget()
         if self.wall_clock:
@@ -268,13 +150,13 @@ class Vcpu:
             clock.running = False
             clock.retire(self.cpu.executed())
         self.instructions += self.cpu.executed()
-        self._count_steps()
+        self.control.count_steps(self.cpu.executed())
         self.vm.update_timers()
         if self.cpu.hook_error is not None:
             self._hook_failed(self.cpu.hook_error)
         elif err:
             self.engine.machine_error(err)
-        elif self.state is RunState.RUNNING and not self._at_breakpoint():
+        elif self.state is RunState.RUNNING and not self.control.at_breakpoint():
             self.engine.after_run()
 
     def retire(self, count: int) -> None:
@@ -283,40 +165,27 @@ class Vcpu:
         self.instructions += count
         if not self.wall_clock:
             self.vm.clock.retire(count)
-        self._count_steps(count)
-
-    def _count_steps(self, executed: int | None = None) -> None:
-        if self.steps_left is not None:
-            self.steps_left -= self.cpu.executed() if executed is None else executed
-            if self.steps_left <= 0:
-                self.steps_left = None
-                self.pause_requested = True
-
-    def _at_breakpoint(self) -> bool:
-        """Unicorn stops at an exit address the way it stops on HLT, so this comes first."""
-        if self.breakpoints and self.cpu.linear_pc() in self.breakpoints:
-            self.breakpoint_hit = self.cpu.linear_pc()
-            self.pause_requested = True
-            return True
-        return False
+        self.control.count_steps(count)
 
     def _budget(self) -> int:
         """Instructions for the next run; 0 means an uncounted run that ends on its own."""
         if self.interrupt_shadow:
             self.interrupt_shadow = False
             return 1
-        if self.steps_left is not None:
-            return min(self.steps_left, DEBUG_SLICE)
+        stepping = self.control.slice_limit()
+        if stepping is not None:
+            return stepping
         if self.vm.irq_chip.has_interrupt():
             self.cpu.watch_blocks(self._window_check)
         else:
             self.cpu.unwatch_blocks()
         if self.wall_clock:
             return WALL_SLICE
-        if self.vm.quiescent() and not self.precise:
+        precise = self.control.precise
+        if self.vm.quiescent() and not precise:
             return 0  # nothing can interrupt or observe time: uncounted, full speed
         deadline = self.vm.next_deadline_ns()
-        limit = DEBUG_SLICE if self.precise else MAX_SLICE
+        limit = DEBUG_SLICE if precise else MAX_SLICE
         return limit if deadline is None else min(limit, self.vm.clock.budget_until(deadline))
 
     def _window_check(self) -> None:
@@ -367,9 +236,8 @@ class Vcpu:
 
     def result(self) -> RunResult:
         """How the run ended (or stands, if it is paused)."""
-        wall = self.run_seconds
         rip, text = self.engine.describe_pc()
-        exits = self.exit_count if self.state is RunState.RUNNING else self.final_exit_count
+        exits = self.exits.count if self.state is RunState.RUNNING else self.final_exit_count
         return RunResult(self.state, self.status, self.message, rip, text,
-                         [e.describe() for e in self.recent], exits, self.instructions, wall,
-                         self.engine.fidelity_report())
+                         [e.describe() for e in self.exits.recent], exits, self.instructions,
+                         self.run_seconds, self.engine.fidelity_report())

@@ -100,22 +100,32 @@ def interruption_info(vector: int, kind: int, error_code_valid: bool) -> int:
 
 
 class VmExit:
-    """One VM exit: why, where, the SDM qualification, typed data and timestamps (ns)."""
+    """One VM exit: why, where, the SDM qualification, typed data and timestamps (ns).
 
-    __slots__ = ("reason", "rip", "qualification", "exit_ns", "entry_ns", "port", "size",
-                 "value", "is_in", "intr_info", "error_code", "insn", "insn_bytes", "detail")
+    Engines fill what the handler needs; what only an observer reads (the I/O qualification's
+    string/REP/immediate bits, the instruction bytes, the timestamps) is filled in by the exit
+    path only when someone observes, as KVM reads EXIT_QUALIFICATION lazily. Fields left at
+    their class default cost nothing on the hot path."""
 
-    def __init__(self, reason: ExitReason, rip: int, qualification: int, exit_ns: int):
+    qualification: int | None = 0      # None: not read yet (I/O, unobserved)
+    exit_ns = 0
+    entry_ns = 0
+    port: int | None = None            # IO_INSTRUCTION
+    size: int | None = None
+    is_in = False
+    value: int | None = None           # I/O data (OUT: written; IN: the handler's answer)
+    guest_physical: int | None = None  # EPT_VIOLATION: the guest-physical-address field
+    intr_info: int | None = None       # EXCEPTION_NMI: VM-exit interruption information
+    error_code: int | None = None
+    insn = None                        # the decoded instruction (emu.disasm.Insn), if decoded
+    plan = None                        # how the engine carries it out (trap/bt emulation plan)
+    insn_bytes = b""
+    detail = ""
+
+    def __init__(self, reason: ExitReason, rip: int, qualification: int | None = 0):
         self.reason = reason
         self.rip = rip
         self.qualification = qualification
-        self.exit_ns = exit_ns
-        self.entry_ns = 0
-        self.port = self.size = self.value = self.intr_info = self.error_code = None
-        self.is_in = False
-        self.insn = None
-        self.insn_bytes = b""
-        self.detail = ""
 
     @property
     def insn_len(self) -> int:
@@ -126,7 +136,11 @@ class VmExit:
         return max(self.entry_ns - self.exit_ns, 0)
 
     def describe(self) -> str:
-        text = f"{self.reason.name} rip={self.rip:#010x} qual={self.qualification:#x}"
+        if self.qualification is None:
+            direction = "in" if self.is_in else "out"
+            text = f"{self.reason.name} rip={self.rip:#010x} {direction} port {self.port:#x}"
+        else:
+            text = f"{self.reason.name} rip={self.rip:#010x} qual={self.qualification:#x}"
         if self.detail:
             text += f" {self.detail}"
         return text
@@ -136,7 +150,7 @@ class VmExit:
                   "rip": self.rip, "qualification": self.qualification,
                   "insn_len": self.insn_len, "insn_bytes": self.insn_bytes.hex(),
                   "exit_ns": self.exit_ns, "entry_ns": self.entry_ns}
-        for name in ("port", "size", "value", "intr_info", "error_code"):
+        for name in ("port", "size", "value", "guest_physical", "intr_info", "error_code"):
             value = getattr(self, name)
             if value is not None:
                 record[name] = value

@@ -20,7 +20,7 @@ from hypervisors.images import GuestImage
 from hypervisors.micro.partition import ChildPartition
 from hypervisors.micro.wire import HEADER, Control, PartitionConfig, Record, pack
 from vmm.engines import make_engine
-from vmm.vcpu import RunResult
+from vmm.run_state import RunResult
 from vmm.vm import DEFAULT_RAM, Vm
 
 CONTROL_RECORD_MAX = 1 << 20

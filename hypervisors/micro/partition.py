@@ -20,7 +20,8 @@ from hypervisors.micro.proxy import (InputMirror, ParentChannel, PicMirror, Time
 from hypervisors.micro.synic import SYNIC_MSRS, SynIC
 from hypervisors.micro.wire import RAISED, RECONFIGURED, Message, Op, Record
 from vmm.exits import EXIT_HANDLERS, Outcome, handle_emulated
-from vmm.vcpu import RunResult, RunState, Vcpu
+from vmm.run_state import RunResult, RunState
+from vmm.vcpu import Vcpu
 from vmm.vm import Vm
 from vmm.vmcs import ExitReason
 
@@ -44,15 +45,6 @@ class CompositeChip:
         return self.synic.acknowledge() if self.synic.has_interrupt() else self.pic.acknowledge()
 
 
-def handle_io(vcpu, exit) -> Outcome:
-    """Port I/O: the bus holds proxy windows, so a claimed port is a round trip to the parent."""
-    if exit.is_in:
-        exit.value = vcpu.vm.pio.read(exit.port, exit.size)
-    else:
-        vcpu.vm.pio.write(exit.port, exit.size, exit.value)
-    return Outcome.STOP if vcpu.stopping else Outcome.RESUME
-
-
 class ChildPartition:
     """One guest VM: built by MicroHypervisor, which supplies the channel to the parent."""
 
@@ -73,13 +65,9 @@ class ChildPartition:
         self.hypercalls = Hypercalls(partition_id, vm.memory, self._post_message,
                                      self._signal_event,
                                      lambda: self.synic.queue_full(PARENT_SINT))
-        handlers = {**EXIT_HANDLERS, ExitReason.IO_INSTRUCTION: handle_io,
-                    ExitReason.VMCALL: self.handle_vmcall,
+        handlers = {**EXIT_HANDLERS, ExitReason.VMCALL: self.handle_vmcall,
                     ExitReason.MSR_READ: self.handle_rdmsr, ExitReason.MSR_WRITE: self.handle_wrmsr}
         self.vcpu = Vcpu(vm, engine, handlers, **vcpu_options)
-        # The trap engine's exit fastpath runs instruction emulators directly, past the exit
-        # table; synthetic MSRs must reach this partition's handlers, so every exit is recorded.
-        self.vcpu.fast = False
 
     # ----- notifications from the parent ---------------------------------------------------------
     def _on_record(self, record: Message) -> None:
@@ -123,7 +111,7 @@ class ChildPartition:
         pair = lambda high, low: (gpr[high] & 0xFFFFFFFF) << 32 | gpr[low] & 0xFFFFFFFF
         result = self.hypercalls.call(pair(EDX, EAX), pair(EBX, ECX), pair(EDI, ESI))
         gpr[EAX], gpr[EDX] = result & 0xFFFFFFFF, result >> 32
-        vcpu.guest.complete_vmcall()
+        vcpu.engine.complete_vmcall(exit)
         return Outcome.STOP if vcpu.stopping else Outcome.RESUME
 
     def handle_rdmsr(self, vcpu, exit) -> Outcome:

@@ -104,7 +104,7 @@ def test_mmio_is_reached_through_ept_violations():
     assert result.ok, result.report()
     assert device.stores == [(0, 1, 0x41), (2, 2, 0x4342), (4, 4, 0x44434241)]
     assert output == b"0x450x1122334c\n"
-    assert [e.value for e in violations] == [0xFEB00000, 0xFEB00002, 0xFEB00004, 0xFEB00001,
+    assert [e.guest_physical for e in violations] == [0xFEB00000, 0xFEB00002, 0xFEB00004, 0xFEB00001,
                                              0xFEB00008]
     assert [e.qualification for e in violations] == [0x102, 0x102, 0x102, 0x101, 0x101]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from emu.cpu import GPR_NAMES, SEG_NAMES
-from vmm.vcpu import RunResult, RunState
+from vmm.run_state import RunResult, RunState
 from vmm.vmcs import ExitReason, VmExit
 
 
@@ -113,8 +113,6 @@ class _ExitRecorder:
         self.debuggee = debuggee
 
     def on_exit(self, vcpu, exit: VmExit) -> None:
-        if not exit.insn_bytes:
-            exit.insn_bytes = vcpu.engine.exit_bytes(exit)
         self.debuggee.history.append(exit)
 
     def on_entry(self, vcpu, exit: VmExit, outcome) -> None:
@@ -139,7 +137,8 @@ class Debuggee:
         self.vcpu = self.hypervisor.vcpu
         self.cpu = self.vm.cpu
         self.engine = self.vcpu.engine
-        self.vcpu.precise = True
+        self.control = self.vcpu.control
+        self.control.precise = True
         self.hypervisor.boot(self.image)
         self.ended: RunResult | None = None
         self._pending: Stop | None = None
@@ -206,7 +205,7 @@ class Debuggee:
         self._sync_addresses()
 
     def _sync_addresses(self, skip: int | None = None) -> None:
-        self.vcpu.set_breakpoints(bp.address for bp in self.table.values()
+        self.control.set_breakpoints(bp.address for bp in self.table.values()
                                   if bp.kind == "break" and bp.address != skip)
 
     # ----- running ------------------------------------------------------------------------------
@@ -250,7 +249,7 @@ class Debuggee:
         """Ask a running cont()/stepi() to stop; safe to call from another thread. A request
         that arrives between runs stops the next one before it executes anything."""
         self._interrupted = True
-        self.vcpu.interrupt()
+        self.control.interrupt()
 
     def _go(self, steps: int | None) -> Stop:
         if self.ended is not None:
@@ -268,23 +267,23 @@ class Debuggee:
         return self.stop
 
     def _run(self, steps: int | None) -> None:
-        self.vcpu.step(steps)
+        self.control.step(steps)
         try:
             self.vcpu.resume()
         finally:
-            self.vcpu.step(None)
+            self.control.step(None)
 
     def _step_over_breakpoint(self) -> int:
         """Resuming at a breakpoint's address: execute that instruction with it disarmed."""
         pc = self.cpu.linear_pc()
-        if pc not in self.vcpu.breakpoints:
+        if pc not in self.control.breakpoints:
             return 0
         self._sync_addresses(skip=pc)
         try:
             self._run(1)
         finally:
             self._sync_addresses()
-            self.vcpu.breakpoint_hit = None
+            self.control.breakpoint_hit = None
         return 1
 
     def _conclude(self) -> Stop:
@@ -299,8 +298,8 @@ class Debuggee:
         if self._interrupted:
             self._interrupted = False
             return Stop(StopKind.INTERRUPTED, self.exit_number)
-        if vcpu.breakpoint_hit is not None:
-            address, vcpu.breakpoint_hit = vcpu.breakpoint_hit, None
+        if self.control.breakpoint_hit is not None:
+            address, self.control.breakpoint_hit = self.control.breakpoint_hit, None
             bp = next((b for b in self.table.values() if b.address == address and b.kind == "break"),
                       None)
             if bp is not None:
@@ -312,7 +311,7 @@ class Debuggee:
         with self._lock:
             if self._pending is None:
                 self._pending = stop
-        self.vcpu.request_pause()
+        self.control.request_pause()
 
     def exit_handled(self, exit: VmExit) -> None:
         if self._stop_at_exit is not None and self.exit_number >= self._stop_at_exit:
@@ -381,7 +380,7 @@ class Debuggee:
     def registers(self) -> dict[str, int]:
         """The registers as the guest believes them to be (shadow state where the engine has it)."""
         regs = self.real_registers()
-        view = getattr(self.engine, "g", None)
+        view = getattr(self.engine, "deprivileged", None)
         if view is None:
             return regs
         state = view.state
@@ -392,7 +391,7 @@ class Debuggee:
 
     def set_register(self, name: str, value: int) -> None:
         """Write a register as the guest sees it (through the shadow state where there is one)."""
-        cpu, guest = self.cpu, getattr(self.engine, "g", None)
+        cpu, guest = self.cpu, getattr(self.engine, "deprivileged", None)
         if name in GPR_NAMES:
             cpu.gpr[GPR_NAMES.index(name)] = value & 0xFFFFFFFF
         elif name == "eip":

@@ -1,7 +1,6 @@
-"""VM exits in words, for the debugger: SDM exit qualifications decoded (Intel SDM Vol. 3,
-Tables 28-1 to 28-5 and 25-19), what the exit handler did, with devices named by the bus and
-their registers by the 16550, 8259A and 8254 datasheet names (``OUT 0x3f8 <- 0x48 'H' ->
-uart16550 THR``), the exit history, and the report printed at every debugger stop.
+"""VM exits in words, for the debugger: what each exit handler did (registers it changed, the
+device register an I/O exit reached, from vmm/exit_decoding.py), the exit history, and the report
+printed at every debugger stop.
 ``ExitNotes`` is the observer that writes down what each handler did as the exit is handled.
 """
 from __future__ import annotations
@@ -9,156 +8,19 @@ from __future__ import annotations
 from collections import Counter
 
 from emu.cpu import CS
-from emu.events import EXCEPTION_NAMES, vector_name
+from emu.events import vector_name
 from vmm.debug import views
 from vmm.debug.debuggee import StopKind
-from vmm.devices import pic8259
-from vmm.devices.pic8259 import Pic8259
-from vmm.devices.pit8254 import Pit8254
-from vmm.devices.uart16550 import LCR_DLAB, Uart16550
+from vmm.exit_decoding import io_action, port_target, qualification
 from vmm.vmcs import ExitReason, VmExit
 
 R = ExitReason
-UART_READ = ("RBR", "IER", "IIR", "LCR", "MCR", "LSR", "MSR", "SCR")
-UART_WRITE = ("THR", "IER", "FCR", "LCR", "MCR", "LSR", "MSR", "SCR")
-PIT_MODES = ("interrupt on terminal count", "hardware retriggerable one-shot", "rate generator",
-             "square wave", "software triggered strobe", "hardware triggered strobe",
-             "rate generator", "square wave")
-PIT_ACCESS = ("counter latch", "lobyte", "hibyte", "lobyte/hibyte")
-GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
-EVENT_TYPES = {0: "external interrupt", 2: "NMI", 3: "hardware exception",
-               4: "software interrupt", 5: "privileged software exception",
-               6: "software exception"}
 WATCHED = ("cr0", "cr2", "cr3", "cr4", "gdtr.base", "gdtr.limit", "idtr.base", "idtr.limit",
            "ldtr.base", "tr", "cpl", "cs", "ss", "ds", "es", "fs", "gs")
 GPR_RESULTS = ("eax", "ebx", "ecx", "edx")
 IOPL_SHIFT = 12
 SHORT_REASONS = {"IO": R.IO_INSTRUCTION, "CR": R.CR_ACCESS, "DR": R.DR_ACCESS,
                  "EXCEPTION": R.EXCEPTION_NMI, "RDMSR": R.MSR_READ, "WRMSR": R.MSR_WRITE}
-DATA_REGISTERS = (" THR", " RBR", "debug-console")
-
-
-# ----- qualifications ---------------------------------------------------------------------------
-def qualification(exit: VmExit) -> str:
-    """The exit qualification (and interruption information) as the SDM defines its fields."""
-    decoder = QUALIFICATIONS.get(exit.reason)
-    if decoder is not None:
-        return decoder(exit)
-    return f"qualification {exit.qualification:#x}" if exit.qualification else ""
-
-
-def io_qualification(exit: VmExit) -> str:
-    """SDM Table 28-5: size, direction, string, REP, operand encoding, port."""
-    q = exit.qualification
-    size = (q & 7) + 1
-    parts = [f"port {q >> 16:#x}", f"{size} byte{'s' if size > 1 else ''}",
-             "in" if q & 8 else "out", "immediate port" if q & 0x40 else "port in dx"]
-    parts += [name for bit, name in ((0x10, "string"), (0x20, "rep")) if q & bit]
-    return ", ".join(parts)
-
-
-def cr_qualification(exit: VmExit) -> str:
-    """SDM Table 28-3: CR number, access type, general register, LMSW source data."""
-    q = exit.qualification
-    cr, access, gpr = q & 0xF, (q >> 4) & 3, GPRS[(q >> 8) & 7]
-    if access == 0:
-        return f"CR{cr}, MOV to CR from {gpr}"
-    if access == 1:
-        return f"CR{cr}, MOV from CR to {gpr}"
-    if access == 2:
-        return "CR0, CLTS"
-    return f"CR0, LMSW source {q >> 16:#06x}"
-
-
-def dr_qualification(exit: VmExit) -> str:
-    """SDM Table 28-4: debug register number, direction, general register."""
-    q = exit.qualification
-    direction = "MOV from DR to" if q & 0x10 else "MOV to DR from"
-    return f"DR{q & 7}, {direction} {GPRS[(q >> 8) & 7]}"
-
-
-def event_qualification(exit: VmExit) -> str:
-    """SDM Table 25-19 (interruption information) plus the error code and #PF's linear address."""
-    info = exit.intr_info
-    if info is None:
-        return f"qualification {exit.qualification:#x}"
-    vector = info & 0xFF
-    kind = EVENT_TYPES.get((info >> 8) & 7, f"type {(info >> 8) & 7}")
-    name = EXCEPTION_NAMES.get(vector)
-    text = f"vector {vector:#x}{f' {name}' if name else ''}, {kind}"
-    if info & (1 << 11) and exit.error_code is not None:
-        text += f", error code {exit.error_code:#x}"
-    if vector == 14:
-        text += f", linear address {exit.qualification:#010x}"
-    return text
-
-
-def address_qualification(exit: VmExit) -> str:
-    """INVLPG: the linear address; descriptor-table exits: the displacement (SDM Table 28-1)."""
-    name = "linear address" if exit.reason is R.INVLPG else "displacement"
-    return f"{name} {exit.qualification:#x}"
-
-
-QUALIFICATIONS = {R.IO_INSTRUCTION: io_qualification, R.CR_ACCESS: cr_qualification,
-                  R.DR_ACCESS: dr_qualification, R.EXCEPTION_NMI: event_qualification,
-                  R.INVLPG: address_qualification, R.GDTR_IDTR_ACCESS: address_qualification,
-                  R.LDTR_TR_ACCESS: address_qualification}
-
-
-# ----- device registers -------------------------------------------------------------------------
-def uart_register(uart: Uart16550, offset: int, is_in: bool, value: int) -> str:
-    if uart.lcr & LCR_DLAB and offset in (0, 1):
-        return ("DLL", "DLM")[offset]
-    return (UART_READ if is_in else UART_WRITE)[offset & 7]
-
-
-def pic_register(pic: Pic8259, offset: int, is_in: bool, value: int) -> str:
-    """8259A: the even port takes ICW1/OCW2/OCW3 and reads IRR or ISR; the odd one ICW2-4/OCW1."""
-    if offset & 1:
-        step = pic._init_step  # which ICW the chip expects next (read before the write lands)
-        return "IMR" if is_in else ("OCW1 (IMR)" if step == pic8259.OPERATIONAL else f"ICW{step}")
-    if is_in:
-        return "ISR" if pic._read_isr else "IRR"
-    if value & pic8259.ICW1_INIT:
-        return "ICW1"
-    return "OCW3" if value & pic8259.OCW3_SELECT else "OCW2"
-
-
-def pit_register(pit: Pit8254, offset: int, is_in: bool, value: int) -> str:
-    """8254: counters 0-2 and the control word register (mode, access, read-back decoded)."""
-    if offset != 3:
-        return f"counter {offset}"
-    if is_in:
-        return "control word (not readable)"
-    counter, access, mode = value >> 6, (value >> 4) & 3, (value >> 1) & 7
-    if counter == 3:
-        return "control word: read-back command"
-    if access == 0:
-        return f"control word: counter {counter} latch"
-    return (f"control word: counter {counter}, {PIT_ACCESS[access]}, mode {mode} "
-            f"({PIT_MODES[mode]})")
-
-
-REGISTER_NAMERS = {Uart16550: uart_register, Pic8259: pic_register, Pit8254: pit_register}
-
-
-def port_target(bus, port: int, is_in: bool, value: int) -> str:
-    """'uart16550 THR': the device the bus routes ``port`` to, and the register it hits."""
-    hit = bus.lookup(port)
-    if hit is None:
-        return "unclaimed port (reads all-ones, writes dropped)"
-    device, offset = hit
-    namer = REGISTER_NAMERS.get(type(device))
-    register = namer(device, offset, is_in, value) if namer else ""
-    return f"{device.name} {register}".rstrip()
-
-
-def show_value(value: int, size: int, target: str) -> str:
-    """The value in hex, and as a character when it goes through a data register."""
-    text = f"{value:#0{2 + 2 * size}x}"
-    if target.endswith(DATA_REGISTERS) and (32 <= value < 127 or value in (9, 10, 13)):
-        text += " " + repr(chr(value))
-    return text
 
 
 # ----- what the handler did ---------------------------------------------------------------------
@@ -193,25 +55,6 @@ def handler_action(exit: VmExit, target: str, before: dict, after: dict, outcome
     if outcome is not None and outcome.value != "resume":
         words.append(f"outcome {outcome.value.upper()}")
     return ": ".join(w for w in words if w)
-
-
-def io_action(exit: VmExit, target: str) -> str:
-    """`OUT 0x3f8 <- 0x48 'H' -> uart16550 THR` / `IN 0x3fd -> 0x60 <- uart16550 LSR`."""
-    if exit.is_in:
-        value = "?" if exit.value is None else show_value(exit.value, exit.size, target)
-        return f"IN {exit.port:#x} -> {value} <- {target}"
-    return f"OUT {exit.port:#x} <- {show_value(exit.value, exit.size, target)} -> {target}"
-
-
-def handled_summary(vm, exit: VmExit) -> str:
-    """What the handler did, from the exit record alone (for traces; no register snapshots)."""
-    if exit.reason is R.IO_INSTRUCTION:
-        return io_action(exit, port_target(vm.pio, exit.port, exit.is_in, exit.value or 0))
-    if exit.insn is not None:
-        return f"emulated `{exit.insn}`"
-    if exit.reason is R.EXCEPTION_NMI and exit.intr_info is not None:
-        return f"reflected {vector_name(exit.intr_info & 0xFF)} into the guest"
-    return exit.reason.name
 
 
 def what_was_handled(exit: VmExit, before: dict, after: dict) -> str:
@@ -367,5 +210,3 @@ def reason_by_name(text: str) -> ExitReason:
     raise ValueError(f"unknown exit reason {text!r}; one of: {known}")
 
 
-__all__ = ["ExitNotes", "qualification", "history_report", "exit_line", "reason_by_name",
-           "stop_report"]

@@ -39,7 +39,7 @@ def bit_names(value: int, bits) -> str:
 
 def guest_view(engine):
     """The engine's GuestView: shadow state under a VMM, the real CPU on bare hardware."""
-    return engine.g.view if hasattr(engine, "g") else engine.events.view
+    return engine.guest_view()
 
 
 def snapshot(debuggee) -> dict[str, int]:

@@ -10,8 +10,8 @@ from emu.cpu import CS, EAX, EBX, ECX, EDX
 from emu.disasm import Disassembler, Insn
 from emu.events import EventKind
 from emu.paging import CR0_PG, BusError, Fault
-from vmm.vcpu import RunState
-from vmm.vmcs import io_qualification
+from vmm.run_state import RunState
+from vmm.vmcs import ExitReason, VmExit, io_qualification
 
 UC_ERR_NAMES = {6: "read from unmapped memory", 7: "write to unmapped memory",
                 8: "fetch from unmapped memory", 10: "an invalid instruction",
@@ -21,6 +21,7 @@ HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
 VMCALL_BYTES = b"\x0f\x01\xc1"
 IMM_IO_OPCODES = frozenset((0xE4, 0xE5, 0xE6, 0xE7))
 STRING_IO_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F))
+IO_INSTRUCTION = ExitReason.IO_INSTRUCTION  # enum lookups are slow on the exit path
 PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
 
 
@@ -42,15 +43,30 @@ class EngineBase:
     def reset(self) -> None:
         """Called once the guest is loaded and the CPU holds its boot state."""
 
-    def exit_bytes(self, exit) -> bytes:
-        return b""
+    def complete_exit_info(self, exit: VmExit) -> None:
+        """Fill in what only observers read: the I/O qualification (its string/REP/immediate
+        bits come from the instruction bytes) and the exiting instruction's bytes."""
+        if exit.qualification is None:
+            exit.qualification = self.io_exit_qualification(exit.port, exit.size, exit.is_in)
+        if not exit.insn_bytes:
+            insn = exit.insn if exit.insn is not None else self.current_insn()
+            if insn is not None and (exit.insn is not None or self.cpu.eip == exit.rip):
+                exit.insn_bytes = insn.raw
+
+    def io_exit(self, port: int, size: int, is_in: bool, value: int | None) -> VmExit:
+        """An IO_INSTRUCTION record. An IN reads all-ones unless a handler answers (as an
+        undriven bus does): after the run has ended, no handler does."""
+        exit = VmExit(IO_INSTRUCTION, self.cpu.eip_reg.value & 0xFFFFFFFF, None)
+        exit.port, exit.size, exit.is_in = port, size, is_in
+        exit.value = (1 << 8 * size) - 1 if is_in else value
+        return exit
 
     def at_vmcall(self) -> bool:
         """#UD at VMCALL (0F 01 C1): the hypercall instruction, which exits with reason VMCALL
         in VMX non-root operation (a CPU without VMX raises #UD)."""
         return self.fetch(self.cpu.linear_pc(), 3) == VMCALL_BYTES
 
-    def complete_vmcall(self) -> None:
+    def complete_vmcall(self, exit: VmExit) -> None:
         """A hypercall handler finished: step over the 3-byte VMCALL."""
         eip = self.cpu.eip_reg
         eip.value = (eip.value + len(VMCALL_BYTES)) & 0xFFFFFFFF
@@ -75,6 +91,10 @@ class EngineBase:
         words = [int.from_bytes(signature[i:i + 4], "little") for i in (0, 4, 8)]
         gpr[EAX], gpr[EBX], gpr[ECX], gpr[EDX] = leaf_base, *words
         return True
+
+    def guest_view(self):
+        """The guest's architectural state as the guest sees it (emu.events.GuestView)."""
+        return self.events.view
 
     def fidelity_report(self) -> str:
         """What the engine knows it failed to virtualize in this run; empty if nothing."""

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from emu.cpu import CS, FLAG_IF, FLAG_VM, IOPL_MASK, IOPL_SHIFT
 from vmm.engines.deprivilege import DeprivilegedGuest, TrapView
-from vmm.engines.emulate import emulate_hlt, emulator_for
+from vmm.engines.emulate import emulator_for
 from vmm.engines.scanner import CodeScanner, Site, SiteKind
 from vmm.engines.sensitive import sensitive_emulator_for
-from vmm.engines.trap import Plan, TrapEngine
+from vmm.engines.trap import Plan, TrapEngine, make_plan
 from vmm.vmcs import ExitReason
 
 R = ExitReason
@@ -82,13 +82,13 @@ class BtEngine(TrapEngine):
 
     def translating(self) -> bool:
         """Guest kernel code (real ring 1) and guest real mode (v8086) are translated."""
-        return self.cpu.cpl != 3 or not self.g.protected
+        return self.cpu.cpl != 3 or not self.deprivileged.protected
 
     def classify(self, insn) -> SiteKind | None:
         mnemonic = insn.mnemonic
         if mnemonic in IO_MNEMONICS:
             return SiteKind.IO
-        if mnemonic in ("cli", "sti") and self.g.protected:
+        if mnemonic in ("cli", "sti") and self.deprivileged.protected:
             return SiteKind.INLINE
         if emulator_for(insn) is not None or sensitive_emulator_for(insn) is not None:
             return SiteKind.CALLOUT
@@ -105,31 +105,20 @@ class BtEngine(TrapEngine):
     def _callout(self, site: Site) -> None:
         site.hits += 1
         self.vcpu.retire(1)
-        plan = self._site_plan(site)
-        self.g.view.flags()  # bring the shadow IF up to date with the real (virtual) IF
-        vcpu = self.vcpu
-        if vcpu.fast:
-            vcpu.exit_count += 1
-            self.run_emulator(plan)
-            if plan.emulator is emulate_hlt:
-                vcpu.halt()
-            return
-        insn = plan.insn
-        reason, qualification = self._classify(insn)
-        if reason is R.EXCEPTION_NMI:
-            reason = DESCRIPTOR_TABLE_REASONS.get(insn.mnemonic, R.BT_CALLOUT)
-        exit = self._exit(reason, qualification)
-        exit.insn, exit.insn_bytes, exit.detail = insn, insn.raw, str(insn)
-        self.vmcs.exit_instruction_length = insn.size
-        vcpu.handle_exit(exit)
+        self.deprivileged.view.flags()  # bring the shadow IF up to date with the real (virtual) IF
+        self.take_exit(self.instruction_exit(self._site_plan(site)))
 
     def _site_plan(self, site: Site) -> Plan:
+        """The site's plan, made once. Sensitive instructions that trap-and-emulate would not
+        see are reported with the reason VT-x gives them, or as BT_CALLOUT."""
         if site.plan is None:
             insn = site.insn
             emulator = emulator_for(insn) or sensitive_emulator_for(insn)
-            mask = 0xFFFFFFFF if self.cpu.code_bits == 32 else 0xFFFF
-            site.plan = Plan(insn, emulator, insn.size, mask, self.cpu.segs[CS].flags)
-        self._plans[site.linear] = site.plan
+            plan = make_plan(insn, emulator, self.cpu.code_bits, self.cpu.segs[CS].flags)
+            if plan.reason is R.EXCEPTION_NMI:
+                plan = plan._replace(reason=DESCRIPTOR_TABLE_REASONS.get(insn.mnemonic,
+                                                                         R.BT_CALLOUT))
+            site.plan = plan
         return site.plan
 
     def on_in(self, port: int, size: int) -> int:
@@ -147,9 +136,9 @@ class BtEngine(TrapEngine):
 
     # ----- run loop -----------------------------------------------------------------------------
     def interrupt_window(self) -> bool:
-        if self.g.protected:
+        if self.deprivileged.protected:
             return bool(self.cpu.system_flags & FLAG_IF)
-        return self.g.state.interrupt_flag
+        return self.deprivileged.state.interrupt_flag
 
     # ----- reporting ----------------------------------------------------------------------------
     def translation_report(self) -> str:

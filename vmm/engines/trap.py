@@ -8,7 +8,6 @@ interruption information says which event it was. IN/OUT and CPUID always exit.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, NamedTuple
 
 from emu.cpu import CS
@@ -20,7 +19,7 @@ from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.exits import Outcome
 from vmm.engines.scanner import CodeScanner, SiteKind
 from vmm.engines.sensitive import sensitive_emulator_for
-from vmm.vcpu import RunState
+from vmm.run_state import RunState
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
                       cr_qualification, interruption_info)
 
@@ -46,19 +45,48 @@ UNTRAPPED_EFFECT = {
 
 
 class Plan(NamedTuple):
-    """A decoded faulting instruction, the function that emulates it, and how to step over it."""
+    """A decoded privileged instruction, the function that emulates it, how to step over it, and
+    the exit it is reported as (decoded once per linear address, carried on every exit record)."""
     insn: object
     emulator: Callable
     size: int
     eip_mask: int
     cs_flags: int  # the code segment it was decoded under (its D bit decides 16/32-bit)
+    reason: ExitReason
+    qualification: int  # the SDM qualification, where it does not depend on register values
 
 
-def make_plan(insn, bits: int, cs_flags: int) -> Plan | None:
-    emulator = emulator_for(insn) if insn is not None else None
-    if emulator is None:
-        return None
-    return Plan(insn, emulator, insn.size, 0xFFFFFFFF if bits == 32 else 0xFFFF, cs_flags)
+def make_plan(insn, emulator, bits: int, cs_flags: int) -> Plan:
+    reason, qualification = classify(insn)
+    return Plan(insn, emulator, insn.size, 0xFFFFFFFF if bits == 32 else 0xFFFF, cs_flags,
+                reason, qualification)
+
+
+def classify(insn) -> tuple[ExitReason, int]:
+    """The exit reason VT-x would give for a privileged instruction, and its qualification."""
+    mnemonic = insn.mnemonic
+    if mnemonic == "mov":
+        return classify_mov(insn)
+    reason = INSTRUCTION_REASONS.get(mnemonic, R.EXCEPTION_NMI)
+    if mnemonic == "clts":
+        return reason, cr_qualification(0, CR_CLTS)
+    if mnemonic == "lmsw":
+        return reason, cr_qualification(0, CR_LMSW, lmsw_source=insn.operands[0].imm or 0)
+    if reason in (R.GDTR_IDTR_ACCESS, R.LDTR_TR_ACCESS) and insn.operands[0].mem:
+        return reason, insn.operands[0].mem.disp & 0xFFFFFFFF
+    return reason, 0
+
+
+def classify_mov(insn) -> tuple[ExitReason, int]:
+    dst, src = insn.operands
+    for control, gpr, access in ((dst, src, CR_MOV_TO), (src, dst, CR_MOV_FROM)):
+        if control.reg and control.reg.startswith("cr"):
+            return R.CR_ACCESS, cr_qualification(int(control.reg[2:]), access,
+                                                 GPR_NUMBER.get(gpr.reg, 0))
+        if control.reg and control.reg.startswith("dr"):
+            return R.DR_ACCESS, int(control.reg[2:]) | ((access & 1) << 4) | (
+                GPR_NUMBER.get(gpr.reg, 0) << 8)
+    return R.EXCEPTION_NMI, 0
 
 
 class TrapEngine(EngineBase):
@@ -69,11 +97,10 @@ class TrapEngine(EngineBase):
     def attach(self, vcpu) -> None:
         super().attach(vcpu)
         self.vmcs = Vmcs()
-        self.g = self.guest_class(vcpu, self.vmcs.guest)
-        self.state = self.vmcs.guest
+        self.deprivileged = self.guest_class(vcpu, self.vmcs.guest)
+        self.take_exit = vcpu.exits.take
         self._cpuid_done = False
         self._plans: dict[int, Plan] = {}
-        vcpu.guest = self
         self.scanner = self.make_scanner()
         self.scanner.start()
 
@@ -81,7 +108,7 @@ class TrapEngine(EngineBase):
         """Note (without intercepting) each sensitive instruction that will not fault in guest
         kernel code: trap-and-emulate cannot virtualize it, and the run's report says so."""
         return CodeScanner(self.cpu, self.fetch, self.disasm, self._untrapped,
-                           lambda: self.g.protected and self.cpu.cpl == 1, owner="audit")
+                           lambda: self.deprivileged.protected and self.cpu.cpl == 1, owner="audit")
 
     @staticmethod
     def _untrapped(insn) -> SiteKind | None:
@@ -102,39 +129,27 @@ class TrapEngine(EngineBase):
         return "\n".join(lines)
 
     def reset(self) -> None:
-        self.g.enter_real_mode()
+        self.deprivileged.enter_real_mode()
 
     # ----- Unicorn events -> exits --------------------------------------------------------------
-    def _exit(self, reason: ExitReason, qualification: int = 0) -> VmExit:
-        """A recorded exit (the slow path); the VMCS exit-information fields follow it."""
+    def _exit(self, reason: ExitReason, qualification: int = 0, length: int = 0) -> VmExit:
+        """A new exit record; the VMCS exit-information fields follow it."""
         vmcs = self.vmcs
         vmcs.exit_reason, vmcs.exit_qualification = reason, qualification
-        vmcs.exit_instruction_length = 0
-        return VmExit(reason, self.cpu.eip, qualification, time.perf_counter_ns())
+        vmcs.exit_instruction_length = length
+        return VmExit(reason, self.cpu.eip, qualification)
 
     def on_in(self, port: int, size: int) -> int:
-        vcpu = self.vcpu
-        if vcpu.fast:
-            vcpu.exit_count += 1
-            return vcpu.io_read(port, size)
-        exit = self._exit(R.IO_INSTRUCTION, self.io_exit_qualification(port, size, True))
-        exit.port, exit.size, exit.is_in = port, size, True
-        self.vcpu.handle_exit(exit)
+        exit = self.io_exit(port, size, True, None)
+        self.take_exit(exit)
         return exit.value
 
     def on_out(self, port: int, size: int, value: int) -> None:
-        vcpu = self.vcpu
-        if vcpu.fast:
-            vcpu.exit_count += 1
-            vcpu.io_write(port, size, value)
-            return
-        exit = self._exit(R.IO_INSTRUCTION, self.io_exit_qualification(port, size, False))
-        exit.port, exit.size, exit.value = port, size, value
-        self.vcpu.handle_exit(exit)
+        self.take_exit(self.io_exit(port, size, False, value))
 
     def on_cpuid(self) -> bool:
         self._cpuid_done = False
-        self.vcpu.handle_exit(self._exit(R.CPUID))
+        self.take_exit(self._exit(R.CPUID, length=2))
         return self._cpuid_done
 
     def on_interrupt(self, intno: int) -> None:
@@ -143,10 +158,10 @@ class TrapEngine(EngineBase):
             kind, raw = self.software_event(intno)
             self._event_exit(intno, kind, None, raw)
             return
-        if intno == GP and (self.cpu.cpl != 3 or not self.state.cr0 & CR0_PE):
+        if intno == GP and (self.cpu.cpl != 3 or not self.vmcs.guest.cr0 & CR0_PE):
             plan = self._plan()
             if plan is not None:
-                self._instruction_exit(plan, error_code)
+                self.take_exit(self.instruction_exit(plan, error_code))
                 return
         self._event_exit(intno, EventKind.HARDWARE_EXCEPTION,
                          error_code if intno in ERROR_CODE_VECTORS else None)
@@ -155,10 +170,9 @@ class TrapEngine(EngineBase):
         """#UD. VMCALL (0F 01 C1) raises #UD on a CPU without VMX; here it is the hypercall
         instruction and exits with reason VMCALL, as it does in VMX non-root operation."""
         if self.at_vmcall():
-            exit = self._exit(R.VMCALL)
+            exit = self._exit(R.VMCALL, length=3)
             exit.insn_bytes = VMCALL_BYTES
-            self.vmcs.exit_instruction_length = 3
-            self.vcpu.handle_exit(exit)
+            self.take_exit(exit)
             return True
         self._event_exit(UD, EventKind.HARDWARE_EXCEPTION, None)
         return True
@@ -168,13 +182,12 @@ class TrapEngine(EngineBase):
         """An exception or software interrupt to reflect. A software event's exit names the INT
         instruction itself (RIP and bytes), as VT-x reports it, though EIP is already past it."""
         qualification = self.cpu.cr[2] & 0xFFFFFFFF if vector == PF else 0
-        exit = self._exit(R.EXCEPTION_NMI, qualification)
+        exit = self._exit(R.EXCEPTION_NMI, qualification, len(raw))
         exit.rip = (exit.rip - len(raw)) & 0xFFFFFFFF
         exit.insn_bytes = raw
-        self.vmcs.exit_instruction_length = len(raw)
         exit.intr_info = interruption_info(vector, kind.value, error_code is not None)
         exit.error_code = error_code
-        self.vcpu.handle_exit(exit)
+        self.take_exit(exit)
 
     def _plan(self) -> Plan | None:
         """The faulting instruction's plan, cached per linear address and revalidated against
@@ -187,75 +200,41 @@ class TrapEngine(EngineBase):
             if self.fetch(linear, plan.size) == plan.insn.raw:
                 return plan
         bits = cpu.code_bits
-        plan = make_plan(self.disasm.decode(self.fetch(linear), cpu.eip, bits), bits, cs.flags)
-        if plan is not None:
-            self._plans[linear] = plan
+        insn = self.disasm.decode(self.fetch(linear), cpu.eip, bits)
+        emulator = emulator_for(insn) if insn is not None else None
+        if emulator is None:
+            return None
+        plan = self._plans[linear] = make_plan(insn, emulator, bits, cs.flags)
         return plan
 
-    def _instruction_exit(self, plan: Plan, error_code: int) -> None:
-        vcpu = self.vcpu
-        if vcpu.fast:
-            vcpu.exit_count += 1
-            if plan.emulator is emulate_hlt:
-                emulate_hlt(self.g, plan.insn)
-                vcpu.halt()
-            else:
-                self.run_emulator(plan)
-            return
+    def instruction_exit(self, plan: Plan, error_code: int | None = None) -> VmExit:
+        """The exit record of a privileged instruction, carrying its decoded plan."""
         insn = plan.insn
-        reason, qualification = self._classify(insn)
-        exit = self._exit(reason, qualification)
-        exit.insn, exit.insn_bytes, exit.detail = insn, insn.raw, str(insn)
-        self.vmcs.exit_instruction_length = insn.size
-        if reason is R.EXCEPTION_NMI:
+        qualification = plan.qualification
+        if plan.reason is R.INVLPG:
+            qualification = effective_address(self.deprivileged, insn, insn.operands[0])
+        exit = self._exit(plan.reason, qualification, insn.size)
+        exit.insn, exit.plan, exit.insn_bytes, exit.detail = insn, plan, insn.raw, str(insn)
+        if plan.reason is R.EXCEPTION_NMI:
             exit.intr_info = interruption_info(GP, EventKind.HARDWARE_EXCEPTION.value, True)
             exit.error_code = error_code
-        self.vcpu.handle_exit(exit)
+        return exit
 
-    def _classify(self, insn) -> tuple[ExitReason, int]:
-        mnemonic = insn.mnemonic
-        if mnemonic == "mov":
-            return self._classify_mov(insn)
-        reason = INSTRUCTION_REASONS.get(mnemonic, R.EXCEPTION_NMI)
-        if mnemonic == "clts":
-            return reason, cr_qualification(0, CR_CLTS)
-        if mnemonic == "lmsw":
-            return reason, cr_qualification(0, CR_LMSW, lmsw_source=insn.operands[0].imm or 0)
-        if mnemonic == "invlpg":
-            return reason, effective_address(self.g, insn, insn.operands[0])
-        if reason in (R.GDTR_IDTR_ACCESS, R.LDTR_TR_ACCESS) and insn.operands[0].mem:
-            return reason, insn.operands[0].mem.disp & 0xFFFFFFFF
-        return reason, 0
-
-    @staticmethod
-    def _classify_mov(insn) -> tuple[ExitReason, int]:
-        dst, src = insn.operands
-        for control, gpr, access in ((dst, src, CR_MOV_TO), (src, dst, CR_MOV_FROM)):
-            if control.reg and control.reg.startswith("cr"):
-                return R.CR_ACCESS, cr_qualification(int(control.reg[2:]), access,
-                                                     GPR_NUMBER.get(gpr.reg, 0))
-            if control.reg and control.reg.startswith("dr"):
-                return R.DR_ACCESS, int(control.reg[2:]) | ((access & 1) << 4) | (
-                    GPR_NUMBER.get(gpr.reg, 0) << 8)
-        return R.EXCEPTION_NMI, 0
-
-    # ----- what the exit handlers call (vcpu.guest) ---------------------------------------------
-    def handle_exception(self, exit: VmExit) -> Outcome:
-        if exit.insn is not None:
-            return self.emulate(exit)
+    # ----- ExitOps: what the exit handlers call ------------------------------------------------
+    def reflect_exception(self, exit: VmExit) -> Outcome:
         info = exit.intr_info
-        self.g.reflect(info & 0xFF, EventKind((info >> 8) & 7), exit.error_code)
+        self.deprivileged.reflect(info & 0xFF, EventKind((info >> 8) & 7), exit.error_code)
         return Outcome.RESUME
 
     def emulate(self, exit: VmExit) -> Outcome:
-        """The handler side of an instruction exit: run the plan _plan() cached for its RIP."""
-        return self.run_emulator(self._plans[(self.cpu.segs[CS].base + exit.rip) & 0xFFFFFFFF])
+        """Carry out the plan the exit record carries."""
+        return self.run_emulator(exit.plan)
 
     def run_emulator(self, plan: Plan) -> Outcome:
         eip = self.cpu.eip_reg
         start = eip.value
         try:
-            if not plan.emulator(self.g, plan.insn):
+            if not plan.emulator(self.deprivileged, plan.insn):
                 eip.value = (start + plan.size) & plan.eip_mask
         except (Fault, UnsupportedGuestState) as exc:
             return self._emulation_failed(exc)
@@ -266,36 +245,33 @@ class TrapEngine(EngineBase):
         if isinstance(exc, Fault):
             if exc.vector == PF:
                 self.cpu.write_cr(2, exc.cr2)
-            self.g.reflect(exc.vector, EventKind.HARDWARE_EXCEPTION, exc.error_code)
+            self.deprivileged.reflect(exc.vector, EventKind.HARDWARE_EXCEPTION, exc.error_code)
             return Outcome.RESUME
         self.vcpu.finish(RunState.GUEST_FAULT, str(exc))
         return Outcome.STOP
 
-    def skip_instruction(self, exit: VmExit) -> None:
-        emulate_hlt(self.g, exit.insn)
+    def skip_halt(self, exit: VmExit) -> None:
+        emulate_hlt(self.deprivileged, exit.insn)
 
-    def cpuid(self, leaf_base: int, signature: bytes) -> Outcome:
+    def answer_cpuid(self, exit: VmExit, leaf_base: int, signature: bytes) -> Outcome:
         """CPUID passes through, except the hypervisor leaves, which name this VMM."""
         self._cpuid_done = self.hypervisor_cpuid(leaf_base, signature)
         return Outcome.RESUME
 
-    def exit_bytes(self, exit: VmExit) -> bytes:
-        if exit.insn is not None:
-            return exit.insn.raw
-        insn = self.current_insn()
-        return insn.raw if insn is not None and self.cpu.eip == exit.rip else b""
+    def guest_view(self):
+        return self.deprivileged.view
 
     def guest_selector(self, seg: int) -> int:
-        return self.g.view.selector(seg)
+        return self.deprivileged.view.selector(seg)
 
     # ----- run loop -----------------------------------------------------------------------------
     def interrupt_window(self) -> bool:
-        if self.g.protected and self.cpu.cpl == 3:
+        if self.deprivileged.protected and self.cpu.cpl == 3:
             return True  # guest user mode: the kernel can only have returned there with IF set
-        return self.g.state.interrupt_flag
+        return self.deprivileged.state.interrupt_flag
 
     def inject_external(self, vector: int) -> None:
-        self.g.reflect(vector, EventKind.EXTERNAL)
+        self.deprivileged.reflect(vector, EventKind.EXTERNAL)
 
     def after_run(self) -> None:
         """HLT, the only other way out of a run, faults into the VMM under trap."""

@@ -12,8 +12,6 @@ real CPU (one instruction, with that stop lifted): the guest-state area is the C
 """
 from __future__ import annotations
 
-import time
-
 from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
 
 from emu.cpu import EAX, ECX, EDX, FLAG_IF
@@ -25,7 +23,7 @@ from vmm.engines.mmio_emulator import MmioError, emulate_mmio
 from vmm.engines.scanner import CodeScanner, SiteKind
 from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.trap import GPR_NUMBER
-from vmm.vcpu import RunState
+from vmm.run_state import RunState
 from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
                       cr_qualification, interruption_info)
 from vmm.engines.vmx_controls import VmxControls
@@ -56,7 +54,7 @@ class VtxEngine(EngineBase):
         self._cpuid_done = False
         self._window_held = False
         self.ept_violation: tuple[int, int] | None = None
-        vcpu.guest = self
+        self.take_exit = vcpu.exits.take
 
     # ----- which instructions must stop (the controls in force) ---------------------------------
     def classify(self, insn) -> SiteKind | None:
@@ -90,48 +88,31 @@ class VtxEngine(EngineBase):
     def _exit(self, reason: ExitReason, qualification: int = 0, rip: int | None = None) -> VmExit:
         vmcs = self.vmcs
         vmcs.exit_reason, vmcs.exit_qualification = reason, qualification
-        return VmExit(reason, self.cpu.eip if rip is None else rip, qualification,
-                      time.perf_counter_ns())
+        return VmExit(reason, self.cpu.eip if rip is None else rip, qualification)
 
     def on_in(self, port: int, size: int) -> int:
-        vcpu = self.vcpu
         if not self.controls.io_exits(port, size):
             return self.vm.pio.read(port, size)  # not intercepted: the port itself answers
-        if vcpu.fast:
-            vcpu.exit_count += 1
-            return vcpu.io_read(port, size)
-        exit = self._io_exit(port, size, True)
-        vcpu.handle_exit(exit)
+        exit = self.io_exit(port, size, True, None)
+        self.take_exit(exit)
         return exit.value
 
     def on_out(self, port: int, size: int, value: int) -> None:
-        vcpu = self.vcpu
         if not self.controls.io_exits(port, size):
             self.vm.pio.write(port, size, value)
             return
-        if vcpu.fast:
-            vcpu.exit_count += 1
-            vcpu.io_write(port, size, value)
-            return
-        exit = self._io_exit(port, size, False)
-        exit.value = value
-        vcpu.handle_exit(exit)
-
-    def _io_exit(self, port: int, size: int, is_in: bool) -> VmExit:
-        exit = self._exit(R.IO_INSTRUCTION, self.io_exit_qualification(port, size, is_in))
-        exit.port, exit.size, exit.is_in = port, size, is_in
-        return exit
+        self.take_exit(self.io_exit(port, size, False, value))
 
     def on_cpuid(self) -> bool:
         self._cpuid_done = False
-        self.vcpu.handle_exit(self._exit(R.CPUID))
+        self.take_exit(self._exit(R.CPUID))
         return self._cpuid_done
 
     def on_invalid_opcode(self) -> bool:
         if self.at_vmcall():
             exit = self._exit(R.VMCALL)
             exit.insn_bytes = VMCALL_BYTES
-            self.vcpu.handle_exit(exit)
+            self.take_exit(exit)
             return True
         return self._exception(UD, EventKind.HARDWARE_EXCEPTION, None, b"")
 
@@ -158,7 +139,7 @@ class VtxEngine(EngineBase):
         exit.insn_bytes = raw
         exit.intr_info = interruption_info(vector, kind.value, error_code is not None)
         exit.error_code = error_code
-        self.vcpu.handle_exit(exit)
+        self.take_exit(exit)
         return True
 
     def on_unmapped(self, access: int, address: int, size: int, value: int) -> bool:
@@ -176,12 +157,12 @@ class VtxEngine(EngineBase):
         kind = {UC_MEM_WRITE_UNMAPPED: EPT_WRITE, UC_MEM_FETCH_UNMAPPED: EPT_FETCH}.get(access,
                                                                                     EPT_READ)
         exit = self._exit(R.EPT_VIOLATION, kind | EPT_TRANSLATED)
-        exit.value = address  # the guest-physical-address field
+        exit.guest_physical = address
         exit.detail = f"guest-physical {address:#x}"
         self.vmcs.guest_physical_address = address
         insn = self.current_insn()
         exit.insn, exit.insn_bytes = insn, insn.raw if insn else b""
-        self.vcpu.handle_exit(exit)
+        self.take_exit(exit)
 
     # ----- stops at scanned instructions --------------------------------------------------------
     def after_run(self) -> None:
@@ -201,7 +182,7 @@ class VtxEngine(EngineBase):
         exit = self._exit(reason, qualification)
         exit.insn, exit.insn_bytes, exit.detail = insn, insn.raw, str(insn)
         self.vmcs.exit_instruction_length = insn.size
-        self.vcpu.handle_exit(exit)
+        self.take_exit(exit)
 
     def _exit_for(self, insn) -> tuple[ExitReason | None, int]:
         c, mnemonic, gpr = self.controls, insn.mnemonic, self.cpu.gpr
@@ -248,9 +229,9 @@ class VtxEngine(EngineBase):
             return
         exit = self._exit(R.HLT, 0, (self.cpu.eip - 1) & 0xFFFFFFFF)
         exit.insn_bytes = b"\xf4"
-        self.vcpu.handle_exit(exit)
+        self.take_exit(exit)
 
-    # ----- what the exit handlers call (vcpu.guest) ---------------------------------------------
+    # ----- ExitOps: what the exit handlers call ------------------------------------------------
     def complete_instruction(self) -> None:
         """Let the instruction at EIP happen on the real CPU: lift its stop, run it, re-arm.
         RDMSR/WRMSR go straight to the CPU's MSR access instead (the same QEMU code runs)."""
@@ -290,7 +271,7 @@ class VtxEngine(EngineBase):
             c.cr4_read_shadow = int(self.cpu.cr[4]) & c.cr4_guest_host_mask
         return Outcome.RESUME
 
-    def handle_exception(self, exit: VmExit) -> Outcome:
+    def reflect_exception(self, exit: VmExit) -> Outcome:
         """Reflect the exception back into the guest by VM-entry event injection."""
         info = exit.intr_info
         self.inject(info & 0xFF, EventKind((info >> 8) & 7), exit.error_code)
@@ -305,29 +286,26 @@ class VtxEngine(EngineBase):
         self.events.deliver(vector, kind, error_code)
         c.entry_interruption_info = 0
 
-    def skip_instruction(self, exit: VmExit) -> None:
+    def skip_halt(self, exit: VmExit) -> None:
         """HLT exits after the CPU already stepped over the HLT."""
 
-    def cpuid(self, leaf_base: int, signature: bytes) -> Outcome:
+    def answer_cpuid(self, exit: VmExit, leaf_base: int, signature: bytes) -> Outcome:
         """CPUID passes through, except the hypervisor leaves, which name this VMM."""
         self._cpuid_done = self.hypervisor_cpuid(leaf_base, signature)
         return Outcome.RESUME
 
-    def handle_ept_violation(self, exit: VmExit) -> Outcome:
+    def emulate_mmio(self, exit: VmExit) -> Outcome:
         """An MMIO window: emulate the access against the device; otherwise the guest touched
         memory that does not exist, which ends the run with a report."""
         try:
-            emulate_mmio(self, exit.insn, exit.value)
+            emulate_mmio(self, exit.insn, exit.guest_physical)
         except MmioError as exc:
             self.vcpu.finish(RunState.GUEST_FAULT, f"EPT violation at guest-physical "
-                                                   f"{exit.value:#x}: {exc}")
+                                                   f"{exit.guest_physical:#x}: {exc}")
             return Outcome.STOP
         except Fault as fault:
             self.inject(fault.vector, EventKind.HARDWARE_EXCEPTION, fault.error_code)
         return Outcome.RESUME
-
-    def exit_bytes(self, exit: VmExit) -> bytes:
-        return exit.insn.raw if exit.insn is not None else exit.insn_bytes
 
     # ----- run loop -----------------------------------------------------------------------------
     def interrupt_window(self) -> bool:
@@ -338,9 +316,6 @@ class VtxEngine(EngineBase):
 
     def inject_external(self, vector: int) -> None:
         if self._window_held:
-            if self.vcpu.fast:
-                self.vcpu.exit_count += 1
-            else:
-                self.vcpu.handle_exit(self._exit(R.INTERRUPT_WINDOW))
+            self.take_exit(self._exit(R.INTERRUPT_WINDOW))
         self._window_held = False
         self.inject(vector, EventKind.EXTERNAL)

@@ -22,10 +22,11 @@ from emu.paging import BusError, Fault
 from vmm.debug.gdb import registers as gdbregs
 from vmm.debug.debuggee import Debuggee, Stop, StopKind
 from vmm.debug.arguments import DebuggerError, parse_exit_filter
-from vmm.debug.exit_notes import ExitNotes, qualification
+from vmm.debug.exit_notes import ExitNotes
+from vmm.exit_decoding import qualification
 from vmm.debug.gdb.wire import PACKET_SIZE, Link, escape, unescape
 from vmm.debug.views import snapshot
-from vmm.vcpu import RunResult, RunState
+from vmm.run_state import RunResult, RunState
 
 REPEAT_S = 0.02          # how often a stop request is repeated until the run it targets returns
 PAGE = 0x1000
