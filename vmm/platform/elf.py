@@ -5,14 +5,19 @@ recognising an ELF file, its loadable segments (PT_LOAD program headers) and its
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError as _PyElfError
+from elftools.common.exceptions import ELFError
+from elftools.construct.core import ConstructError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from vmm.platform.handover import BootError
+
+# What pyelftools raises on malformed or short input.
+_PyElfError = (ELFError, ConstructError, struct.error)
 
 ELF_MAGIC = b"\x7fELF"
 EM_386 = "EM_386"

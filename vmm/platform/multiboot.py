@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vmm.platform import bios
-from vmm.platform.elf import (NotElfError, TruncatedImageError, UnsupportedElfError, is_elf,
-                              load_segments, open_elf32)
+from vmm.platform.elf import NotElfError, TruncatedImageError, is_elf, load_segments
 from vmm.platform.handover import (BootError, CR0_ET, CR0_PE, HandOver, Segment, write_zeros)
 
 HEADER_MAGIC = 0x1BADB002
@@ -321,7 +320,7 @@ def boot_multiboot(memory, kernel: bytes | str | Path, *, name: str | None = Non
         header = find_header(data, name)
     except (NoMultibootHeaderError, BadChecksumError):
         if is_elf(data):
-            open_elf32(data, name)       # a 64-bit or foreign ELF says so first
+            load_segments(data, name)    # a 64-bit, foreign or truncated ELF says so first
         raise
     required = header.flags & 0xFFFF
     if required & ~KNOWN_REQUIREMENTS:
