@@ -126,14 +126,26 @@ def header_macros(flags: int = 0x3, checksum: int | None = None) -> list[str]:
     return [f"-DFLAGS={flags:#x}u", f"-DCHECKSUM={checksum:#x}u"]
 
 
+# A higher-half kernel: linked at 0xC0100000, loaded at 1 MiB (AT), e_entry virtual.
+HIGHER_HALF_LD = """
+ENTRY(_start)
+SECTIONS {
+  . = 0xC0100000;
+  .text : AT(0x100000) { *(.multiboot) *(.text*) *(.rodata*) *(.data*) *(COMMON) *(.bss*) }
+  /DISCARD/ : { *(.note*) *(.comment) *(.eh_frame*) }
+}
+"""
+
+
 @functools.cache
 def build(source: str = KERNEL_C, base: int = 0x100000, bits: int = 32,
-          flags: int = 0x3, checksum: int | None = None, strip: bool = False) -> bytes:
+          flags: int = 0x3, checksum: int | None = None, strip: bool = False,
+          script: str = LINK_LD) -> bytes:
     """Compile and link ``source`` at ``base``; the ELF file's bytes (cached per arguments)."""
-    key = abs(hash((source, base, bits, flags, checksum, strip)))
+    key = abs(hash((source, base, bits, flags, checksum, strip, script)))
     src, ld, out = (BUILD_DIR / f"k{key}.c", BUILD_DIR / f"k{key}.ld", BUILD_DIR / f"k{key}.elf")
     src.write_text(source)
-    ld.write_text(LINK_LD.replace("BASE", hex(base)))
+    ld.write_text(script.replace("BASE", hex(base)))
     cmd = ["gcc", f"-m{bits}", *CFLAGS, *header_macros(flags, checksum), "-T", str(ld),
            "-o", str(out), str(src)]
     if strip:
@@ -344,6 +356,27 @@ def test_kernel_runs_on_the_cpu_and_sees_what_the_spec_promises():
     assert words[5] == len("kernel hello world") and words[6] == 1
     assert not words[7] & (1 << 9)             # IF clear
     assert words[8] == 0x600D
+
+
+@needs_gcc32
+def test_higher_half_kernel_loads_at_paddr_and_enters_at_the_translated_entry():
+    data = build(source=HEADER_C + "void _start(void) { for (;;); }\n", script=HIGHER_HALF_LD)
+    (ph,) = load_headers(data)
+    assert ph["p_vaddr"] == 0xC0100000 and ph["p_paddr"] == 0x100000
+    import io
+    e_entry = ELFFile(io.BytesIO(data))["e_entry"]
+    assert e_entry >= 0xC0100000
+    mem = FakeMemory()
+    boot = boot_multiboot(mem, data)
+    assert boot.entry == e_entry - 0xC0000000          # as GRUB does
+    assert mem.read(0x100000, ph["p_filesz"]) == data[ph["p_offset"]:][:ph["p_filesz"]]
+
+
+@needs_gcc32
+def test_bios_data_area_counts_no_disk_for_a_kernel():
+    mem = FakeMemory()
+    boot_multiboot(mem, build())
+    assert mem.ram[0x475] == 0 and mem.u32(0x40E) & 0xFFFF == 0x9FC0
 
 
 # ----- the a.out kludge (flag 16) ----------------------------------------------------------------

@@ -290,14 +290,14 @@ def _mmap_bytes(ram_size: int) -> bytes:
 
 def boot_multiboot(memory, kernel: bytes | str | Path, *, name: str | None = None,
                    cmdline: str = "", modules: Sequence[Module] = (),
-                   mp: bios.MpConfig = bios.MpConfig()) -> MultibootBoot:
+                   mp: bios.MpConfig = bios.MpConfig(), hard_disks: int = 0) -> MultibootBoot:
     """Boot a Multiboot v1 kernel as QEMU's ``-kernel NAME -append CMDLINE -initrd ...`` does.
 
     ``memory`` needs ``size`` and ``write(addr, data)`` (an ``emu.memory.GuestMemory``).
     ``kernel`` is the file's bytes or its path; ``name`` (default: the path, or "kernel") starts
     the command line the kernel sees: "NAME CMDLINE". Writes the kernel, the modules, the
-    Multiboot information and the PC firmware tables (``bios.install_firmware_tables``), and
-    returns a ``MultibootBoot`` whose ``handover`` the boot path applies to the vCPU.
+    Multiboot information and the PC firmware tables (``bios.install_firmware_tables``; the BDA
+    counts ``hard_disks``), and returns a ``MultibootBoot`` whose ``handover`` the boot path applies to the vCPU.
 
     Raises a ``BootError`` subclass (one-line message) for anything it cannot boot: not ELF
     and no address fields (``NotElfError``), 64-bit or non-x86 ELF (``UnsupportedElfError``),
@@ -373,7 +373,7 @@ def boot_multiboot(memory, kernel: bytes | str | Path, *, name: str | None = Non
     _check_placement(kernel_regions + info_regions + module_regions, memory.size, name)
 
     # Write everything.
-    bios.install_firmware_tables(memory, mp=mp)
+    bios.install_firmware_tables(memory, mp=mp, hard_disks=hard_disks)
     memory.write(bios.FSEG_GDT, GDT)
     for p in pieces:
         if p.data:
