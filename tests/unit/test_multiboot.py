@@ -7,6 +7,7 @@ strings from 0x102020, modules at 0x103000 and 0x104000, MBI 0x9500, mmap 0x9000
 from __future__ import annotations
 
 import functools
+import io
 import shutil
 import struct
 import subprocess
@@ -18,7 +19,7 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from emu.segments import Descriptor
-from vmm.platform import bios, elf, multiboot
+from vmm.platform import elf, multiboot
 from vmm.platform.elf import NotElfError, TruncatedImageError, UnsupportedElfError
 from vmm.platform.handover import BootError
 from vmm.platform.multiboot import (BadChecksumError, LayoutError, Module, MultibootError,
@@ -162,7 +163,6 @@ def kernel_path(data: bytes, name: str = "kernel.elf") -> Path:
 
 def load_headers(data: bytes) -> list[dict]:
     """The PT_LOAD program headers, read independently with pyelftools."""
-    import io
     return [dict(seg.header) for seg in ELFFile(io.BytesIO(data)).iter_segments()
             if seg["p_type"] == "PT_LOAD"]
 
@@ -216,7 +216,6 @@ def test_segments_load_at_their_physical_addresses_and_bss_is_zeroed():
     assert bss["p_memsz"] - bss["p_filesz"] >= 0x30000
     assert [(r.start, r.end) for r in boot.kernel] == [
         (ph["p_paddr"], ph["p_paddr"] + ph["p_memsz"]) for ph in phdrs]
-    import io
     assert boot.entry == ELFFile(io.BytesIO(data))["e_entry"]
 
 
@@ -363,7 +362,6 @@ def test_higher_half_kernel_loads_at_paddr_and_enters_at_the_translated_entry():
     data = build(source=HEADER_C + "void _start(void) { for (;;); }\n", script=HIGHER_HALF_LD)
     (ph,) = load_headers(data)
     assert ph["p_vaddr"] == 0xC0100000 and ph["p_paddr"] == 0x100000
-    import io
     e_entry = ELFFile(io.BytesIO(data))["e_entry"]
     assert e_entry >= 0xC0100000
     mem = FakeMemory()

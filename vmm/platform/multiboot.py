@@ -171,8 +171,9 @@ def find_header(data: bytes, name: str = "kernel") -> MultibootHeader:
         return MultibootHeader(offset, flags, checksum)
     if bad is not None:
         offset, flags, checksum = bad
-        raise BadChecksumError(f"{name}: Multiboot header at {offset:#x} has a bad checksum "
-                               f"({checksum:#010x}; magic + flags {flags:#x} + checksum must be 0)")
+        raise BadChecksumError(f"{name}: Multiboot header at {offset:#x} has a bad checksum: "
+                               f"0x1BADB002 + flags {flags:#x} + checksum {checksum:#x} is not 0 "
+                               "mod 2^32")
     raise NoMultibootHeaderError(f"{name}: not a Multiboot kernel (no header magic 0x1BADB002 "
                                  "in the first 8 KiB)")
 
