@@ -6,6 +6,7 @@ the same kind of kernel (measured: kernel 0x100000-0x1011a0, 2 modules -> mods_a
 strings from 0x102020, modules at 0x103000 and 0x104000, MBI 0x9500, mmap 0x9000)."""
 from __future__ import annotations
 
+import atexit
 import functools
 import io
 import shutil
@@ -105,6 +106,7 @@ SECTIONS {
 CFLAGS = ["-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie", "-no-pie", "-static", "-O1",
           "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none"]
 BUILD_DIR = Path(tempfile.mkdtemp(prefix="trapvisor-mb-"))
+atexit.register(shutil.rmtree, BUILD_DIR, True)
 
 
 @functools.cache
