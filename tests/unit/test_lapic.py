@@ -8,8 +8,9 @@ from hypothesis import given, strategies as st
 
 from vmm.bus import Bus
 from vmm.clock import VirtualClock
+from vmm.devices.apic_timer import timer_divisor
 from vmm.devices.lapic import (APIC_DEFAULT_BASE, ApicBaseFault, ApicMessage, DM_EXTINT,
-                               DM_INIT, DM_NMI, DM_STARTUP, LocalApic, timer_divisor)
+                               DM_INIT, DM_NMI, DM_STARTUP, LocalApic)
 
 BASE = APIC_DEFAULT_BASE
 ID, VER, TPR, APR, PPR, EOI, LDR, DFR, SVR = 0x20, 0x30, 0x80, 0x90, 0xA0, 0xB0, 0xD0, 0xE0, 0xF0

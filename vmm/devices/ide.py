@@ -5,8 +5,6 @@ alternate status at 0x3F6), IDENTIFY DEVICE and LBA28/CHS sector reads and write
 from __future__ import annotations
 
 import os
-from typing import Callable
-
 from vmm.bus import IrqLine, all_ones
 
 SECTOR = 512
@@ -146,7 +144,6 @@ class IdeChannel:
         self.selected = 0
         self._intrq = False
         self._irq_level = False
-        self.on_flush: Callable[[], None] | None = None
 
     def drive(self) -> IdeDrive | None:
         return self.drives[self.selected]

@@ -8,6 +8,7 @@ from typing import Callable, NamedTuple
 
 from vmm.bus import IrqLine, all_ones
 from vmm.clock import Clock
+from vmm.devices.apic_timer import BUS_HZ, ApicTimer
 
 MSR_IA32_APIC_BASE = 0x1B
 APIC_DEFAULT_BASE = 0xFEE00000
@@ -15,8 +16,6 @@ APIC_WINDOW = 0x1000
 APIC_BASE_BSP = 1 << 8
 APIC_BASE_EXTD = 1 << 10
 APIC_BASE_ENABLE = 1 << 11
-NS_PER_S = 1_000_000_000
-BUS_HZ = NS_PER_S          # the timer's input clock: 1 GHz, as QEMU and KVM count it
 
 # Register offsets (SDM Table 11-1, "Local APIC Register Address Map").
 ID, VERSION, TPR, APR, PPR, EOI, RRD, LDR, DFR, SVR = (
@@ -72,13 +71,6 @@ def _highest(bits: int) -> int:
     return bits.bit_length() - 1
 
 
-def timer_divisor(dcr: int) -> int:
-    """Divide Configuration Register bits 3,1:0 (SDM Figure 11-10): 000 -> 2 ... 110 -> 128,
-    111 -> 1."""
-    code = (dcr >> 1 & 4) | (dcr & 3)
-    return 1 << ((code + 1) & 7)
-
-
 class LocalApic:
     """One xAPIC. Power-on state per SDM 11.4.7.1: ID from ``apic_id``, every LVT masked, SVR
     0xFF (software disabled), DFR all ones, everything else 0. ``bsp`` marks the bootstrap
@@ -111,7 +103,7 @@ class LocalApic:
         self._clock = clock
         self.extint = extint                # an 8259 pair: all_masked/has_interrupt/acknowledge
         self.sources: list = []             # IOAPICs feeding this APIC: each has all_masked()
-        self.bus_hz = bus_hz
+        self._bus_hz = bus_hz
         self.bsp = bsp
         self._base_mask = ((1 << phys_addr_bits) - 1) & ~0xFFF
         self.on_nmi, self.on_init, self.on_startup = on_nmi, on_init, on_startup
@@ -134,11 +126,7 @@ class LocalApic:
         self.lvt = {reg: LVT_MASKED for reg in LVT_WRITABLE}
         if self.bsp:
             self.lvt[LVT_LINT0] = DM_EXTINT << 8
-        self.dcr = 0
-        self.initial_count = 0
-        self._timer_start: int | None = None
-        self._timer_from = 0                # current count when the timer (re)started
-        self._expiries_taken = 0
+        self.timer = ApicTimer(self._clock, self._bus_hz)
         self._int_output = False
 
     # ----- IA32_APIC_BASE (SDM 11.4.4) -------------------------------------------------------
@@ -198,9 +186,9 @@ class LocalApic:
                 LDR: lambda self: self.ldr, DFR: lambda self: self.dfr, SVR: lambda self: self.svr,
                 ESR: lambda self: self.esr, ICR_LOW: lambda self: self.icr_low,
                 ICR_HIGH: lambda self: self.icr_high,
-                TIMER_INITIAL_COUNT: lambda self: self.initial_count,
-                TIMER_CURRENT_COUNT: lambda self: self.current_count(),
-                TIMER_DIVIDE_CONFIG: lambda self: self.dcr}
+                TIMER_INITIAL_COUNT: lambda self: self.timer.initial_count,
+                TIMER_CURRENT_COUNT: lambda self: self.timer.current_count(self.periodic),
+                TIMER_DIVIDE_CONFIG: lambda self: self.timer.dcr}
 
     def _write_register(self, reg: int, value: int) -> None:
         if reg in self.lvt:
@@ -249,7 +237,7 @@ class LocalApic:
         remote IRR bits are kept; the mask cannot be cleared while software-disabled."""
         self.update()
         if reg == LVT_TIMER and (value ^ self.lvt[reg]) & TIMER_PERIODIC:
-            self._restart_timer(self.current_count())
+            self.timer.restart(self.timer.current_count(self.periodic))
         if not self.software_enabled:
             value |= LVT_MASKED
         kept = self.lvt[reg] & ~LVT_WRITABLE[reg]
@@ -258,15 +246,12 @@ class LocalApic:
     def _write_initial_count(self, value: int) -> None:
         """A new initial count restarts the timer from it; 0 stops the timer (SDM 11.5.4)."""
         self.update()
-        self.initial_count = value
-        self._restart_timer(value)
+        self.timer.load(value)
 
     def _write_dcr(self, value: int) -> None:
         """The new divider applies from now on: the count reached so far is kept."""
         self.update()
-        count = self.current_count()
-        self.dcr = value & 0xB
-        self._restart_timer(count)
+        self.timer.set_divide(value, self.periodic)
 
     _WRITERS = {ID: _write_id, TPR: _write_tpr, EOI: lambda self, value: self._eoi(),
                 LDR: _write_ldr, DFR: _write_dfr, SVR: _write_svr, ESR: _write_esr,
@@ -445,65 +430,22 @@ class LocalApic:
 
     # ----- the APIC timer (SDM 11.5.4) and the Timer protocol (vmm.vm.Timer) -----------------
     @property
-    def divisor(self) -> int:
-        return timer_divisor(self.dcr)
-
-    @property
     def periodic(self) -> bool:
         return bool(self.lvt[LVT_TIMER] & TIMER_PERIODIC)
 
-    def _restart_timer(self, count: int) -> None:
-        self._timer_from = count
-        self._timer_start = self._clock.now_ns() if count else None
-        self._expiries_taken = 0
-
-    def _ticks(self, now: int) -> int:
-        return (now - self._timer_start) * self.bus_hz // (NS_PER_S * self.divisor)
-
-    def _ticks_to_ns(self, ticks: int) -> int:
-        return -(-ticks * self.divisor * NS_PER_S // self.bus_hz)
-
-    def current_count(self) -> int:
-        """One-shot: counts down to 0 and stays; periodic: reloads from the initial count."""
-        if self._timer_start is None:
-            return 0
-        ticks = self._ticks(self._clock.now_ns())
-        if ticks < self._timer_from:
-            return self._timer_from - ticks
-        if not self.periodic or not self.initial_count:
-            return 0
-        return self.initial_count - (ticks - self._timer_from) % self.initial_count
-
-    def _expiries_by(self, now: int) -> int:
-        ticks = self._ticks(now)
-        if ticks < self._timer_from:
-            return 0
-        if not self.periodic or not self.initial_count:
-            return 1
-        return 1 + (ticks - self._timer_from) // self.initial_count
-
     def counting(self) -> bool:
-        return self._timer_start is not None
+        return self.timer.running
 
     def next_deadline_ns(self) -> int | None:
         """When the next timer interrupt is due (may be past); None if stopped or masked."""
-        if self._timer_start is None or self.lvt[LVT_TIMER] & LVT_MASKED:
+        if self.lvt[LVT_TIMER] & LVT_MASKED:
             return None
-        ticks = self._timer_from + self._expiries_taken * self.initial_count
-        return self._timer_start + self._ticks_to_ns(ticks)
+        return self.timer.next_expiry_ns()
 
     def update(self) -> None:
-        """Deliver the timer vector once if an expiry passed (missed periods coalesce); a one-shot
-        timer then stops at 0. A masked timer's expiries pass unseen."""
-        if self._timer_start is None:
-            return
-        expiries = self._expiries_by(self._clock.now_ns())
-        if expiries <= self._expiries_taken:
-            return
-        self._expiries_taken = expiries
+        """Deliver the timer vector once if an expiry passed (missed periods coalesce); a
+        masked timer's expiries pass unseen."""
         lvt = self.lvt[LVT_TIMER]
-        if not self.periodic:
-            self._timer_start = None
-        if not lvt & LVT_MASKED:
+        if self.timer.take_expiries(self.periodic) and not lvt & LVT_MASKED:
             self._accept(lvt & 0xFF, False)
             self._changed()
