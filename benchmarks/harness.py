@@ -124,8 +124,9 @@ class Run:
 
 
 def run_vm(image: GuestImage, engine: str, hypervisor: type = MonolithicHypervisor,
-           observers=()) -> Run:
-    """Boot ``image`` and time hypervisor.run() alone; the guest must end with status 0."""
+           observers=(), check=None) -> Run:
+    """Boot ``image`` and time hypervisor.run() alone; the guest must end with status 0, and
+    ``check(vm)``, when given, raises BenchmarkError if the run did not do what it measures."""
     vm = hypervisor(engine=engine, ram_size=RAM, observers=list(observers))
     try:
         gc.collect()
@@ -133,6 +134,8 @@ def run_vm(image: GuestImage, engine: str, hypervisor: type = MonolithicHypervis
             result = vm.run(image)
         if not result.ok or result.status != 0:
             raise BenchmarkError(f"{image.name} under {engine}:\n{result.report()}")
+        if check is not None:
+            check(vm)
     finally:
         vm.close()
     return Run(watch.wall, watch.cpu, result.exits, result.instructions)

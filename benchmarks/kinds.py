@@ -7,9 +7,12 @@ parent-partition device (micro hypervisor only), MOV to CR0, RDMSR, WRMSR, HLT w
 page fault, exception reflection (#DE), INT 0x80 system call from ring 3. Per combination: median
 µs per guest iteration with p10/p90 over the repetitions, exits per iteration (vCPU exit count),
 µs per exit, x native (same loop, native engine) and x floor (Unicorn's cheapest round trip).
+Then the trap paths (traps.py): OUT and CLI in real and protected mode on the exit fast path and
+with an ExitStats observer attached, beside their floors in the same mode.
 """
 from __future__ import annotations
 
+from benchmarks import traps
 from benchmarks.loops import Context
 from benchmarks.records import (BARE, NONE, Section, derived, fmt, missing, ratio, record,
                                 spread, with_spread)
@@ -48,8 +51,9 @@ def run(ctx: Context) -> Section:
     ctx.ensure_loops(["nano-in"] if ctx.quick else [g for g in every if g != "exit-vmcall"],
                      "micro")
     section = Section(NAME, TITLE)
-    section.records += floor_records(ctx)
-    section.lines += floor_lines(ctx)
+    floors = floor_records(ctx)
+    section.records += floors
+    section.lines += floor_lines(floors)
     header = (f"    {'engine/hypervisor':<20} {'µs/iter':>8} {'p10':>8} {'p90':>8} "
               f"{'exits/it':>8} {'µs/exit':>8} {'x native':>8} {'x floor':>8}")
     for kind, (guest, floor, what) in KINDS.items():
@@ -59,6 +63,9 @@ def run(ctx: Context) -> Section:
                 line, records = combination(ctx, kind, engine, name)
                 section.lines.append(line)
                 section.records += records
+    lines, records = traps.run(ctx)
+    section.lines += lines
+    section.records += records
     return section
 
 
@@ -67,12 +74,13 @@ def floor_records(ctx: Context) -> list[dict]:
                         description=floor.description) for kind, floor in ctx.floors.items()]
 
 
-def floor_lines(ctx: Context) -> list[str]:
+def floor_lines(records: list[dict]) -> list[str]:
     lines = ["  bare-Unicorn floors (emu.cpu.Cpu, no VMM; µs per event, median p10-p90):"]
-    for kind, floor in ctx.floors.items():
-        s = spread(floor.samples)
-        lines.append(f"    {kind:<8} {s['median']:8.3f} {s['p10']:8.3f} {s['p90']:8.3f}  "
-                     f"{floor.description}")
+    for r in records:
+        kind = r["metric"].removeprefix("floor_").removesuffix("_us_per_event")
+        figures = (f"{r['value']:8.3f} {r['p10']:8.3f} {r['p90']:8.3f}" if r["value"] is not None
+                   else f"not measured: {r['reason']}")
+        lines.append(f"    {kind:<8} {figures}  {r['description']}")
     return lines
 
 
@@ -84,25 +92,28 @@ def combination(ctx: Context, kind: str, engine: str, hypervisor: str) -> tuple[
         return (f"    {label:<20} not measured: {reason}",
                 [missing(NAME, engine, hypervisor, f"{kind}_us_per_iteration", "us", reason)])
     loop = ctx.loop(KINDS[kind][0], engine, hypervisor)
-    s = spread(loop.us_per_iteration)
-    exits = loop.exits_per_iteration
-    per_exit = s["median"] / exits if exits and exits >= MIN_EXITS else None
+    main = with_spread(NAME, engine, hypervisor, f"{kind}_us_per_iteration",
+                       loop.us_per_iteration, "us", n=list(loop.n))
+    us, exits = main["value"], loop.exits_per_iteration
+    records = [main, record(NAME, engine, hypervisor, f"{kind}_exits_per_iteration", exits,
+                            "exits")]
+    if us is None:
+        return (f"    {label:<20} not measured: {main['reason']} ({exits:.2f} exits/iteration)",
+                records)
+    per_exit = us / exits if exits and exits >= MIN_EXITS else None
     native = ctx.loop(loop.guest, "native", hypervisor) if "native" in ctx.engines else None
-    x_native = ratio(s["median"], spread(native.us_per_iteration)["median"]) \
+    x_native = ratio(us, spread(native.us_per_iteration)["median"]) \
         if native is not None and native.us_per_iteration and engine != "native" else None
-    x_floor = ratio(s["median"], spread(ctx.floors[KINDS[kind][1]].samples)["median"])
-    records = [
-        with_spread(NAME, engine, hypervisor, f"{kind}_us_per_iteration",
-                    loop.us_per_iteration, "us", n=list(loop.n)),
-        record(NAME, engine, hypervisor, f"{kind}_exits_per_iteration", exits, "exits"),
+    x_floor = ratio(us, spread(ctx.floors[KINDS[kind][1]].samples)["median"])
+    records += [
         derived(NAME, engine, hypervisor, f"{kind}_us_per_exit", per_exit, "us",
                 f"fewer than {MIN_EXITS} exits per iteration"),
         derived(NAME, engine, hypervisor, f"{kind}_x_native", x_native, "ratio",
-                "the native row itself, or native not measured"),
+                "the native row itself, or no positive native figure"),
         derived(NAME, engine, hypervisor, f"{kind}_x_floor", x_floor, "ratio",
-                "the floor or this row is not positive"),
+                "the floor is not positive"),
     ]
-    line = (f"    {label:<20} {s['median']:8.3f} {s['p10']:8.3f} {s['p90']:8.3f} "
+    line = (f"    {label:<20} {us:8.3f} {main['p10']:8.3f} {main['p90']:8.3f} "
             f"{fmt(exits, '.2f')} {fmt(per_exit)} {fmt(x_native, '.2f')} {fmt(x_floor, '.2f')}")
     return line, records
 

@@ -40,6 +40,10 @@ class Loop:
     def key(self) -> tuple[str, str, str]:
         return self.guest, self.engine, self.hypervisor
 
+    @property
+    def label(self) -> str:
+        return f"{self.guest} {self.engine}/{self.hypervisor}"
+
     def measure(self) -> tuple[float, float]:
         """One repetition: (µs per iteration, exits per iteration)."""
         low, high = (run_vm(build(self.guest, n), self.engine, self.cls) for n in self.n)
@@ -56,30 +60,37 @@ def calibrate(loop: Loop, target_seconds: float) -> None:
             break
 
 
-def measure_loops(loops: list[Loop], reps: int, target_seconds: float, progress) -> None:
-    """Calibrate each loop, then run the repetitions rotating through the loops; a loop that
-    fails keeps its error (reported as a record with a reason) and is dropped."""
-    live = [loop for loop in loops if not _attempt(loop, calibrate, target_seconds)]
+def interleave(items: list, reps: int, prepare, repetition, progress) -> None:
+    """prepare(item) for each item (warm-up, calibration), then `reps` repetitions of
+    repetition(item, rep) over the items in an order rotated by one each time, so slow phases of
+    the machine hit every configuration alike. An item (with .label and .error) whose step fails
+    keeps the error, reported as a record with a reason, and is dropped."""
+    live = [item for item in items if not attempt(item, prepare)]
     for rep in range(reps):
         shift = rep % len(live) if live else 0
-        for loop in live[shift:] + live[:shift]:
-            progress(f"{loop.guest} {loop.engine}/{loop.hypervisor} rep {rep + 1}/{reps}")
-            if loop.error is None:
-                _attempt(loop, _record_rep)
+        for item in live[shift:] + live[:shift]:
+            if item.error is None:
+                progress(f"{item.label} rep {rep + 1}/{reps}")
+                attempt(item, repetition, rep)
 
 
-def _record_rep(loop: Loop) -> None:
+def measure_loops(loops: list[Loop], reps: int, target_seconds: float, progress) -> None:
+    """Calibrate each loop, then run the repetitions rotating through the loops."""
+    interleave(loops, reps, lambda loop: calibrate(loop, target_seconds), _record_rep, progress)
+
+
+def _record_rep(loop: Loop, rep: int) -> None:
     us, exits = loop.measure()
     loop.us_per_iteration.append(us)
     loop.exits_per_iteration = exits
 
 
-def _attempt(loop: Loop, step, *args) -> bool:
-    """Run step(loop, *args); on failure store the error and say so."""
+def attempt(item, step, *args) -> bool:
+    """Run step(item, *args); on failure store the error in item.error and say so."""
     try:
-        step(loop, *args)
+        step(item, *args)
     except Exception as exc:  # noqa: BLE001  (one broken combination must not end the suite)
-        loop.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        item.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return True
     return False
 

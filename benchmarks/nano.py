@@ -8,13 +8,13 @@ divzero (it runs them natively, BT pays translation or callouts).
 from __future__ import annotations
 
 from benchmarks.loops import Context
-from benchmarks.records import (Section, derived, fmt, missing, ratio, record, spread,
-                                with_spread)
+from benchmarks.records import Section, derived, fmt, missing, ratio, record, with_spread
 
 NAME = "nano"
 TITLE = ("2. Adams & Agesen nanobenchmarks: µs per iteration (exits per iteration), "
          "monolithic hypervisor")
 HYPERVISOR = "monolithic"
+US = "_us_per_iteration"
 # test -> (published native, BT, VT-x in cycles as printed, the engine that wins, and why)
 PUBLISHED = {
     "syscall": ("-", "native+~2000", "native", "vtx",
@@ -48,6 +48,9 @@ def run(ctx: Context) -> Section:
             section.records += records
         section.lines.append(f"    {test:<8}" + "".join(f"{c:>20}" for c in cells)
                              + f"   {' / '.join(published[:3]):<40}")
+    section.lines += [f"    {r['metric'].removesuffix(US)} {r['engine']}: not measured: "
+                      f"{r['reason']}" for r in section.records
+                      if r["value"] is None and r["metric"].endswith(US)]
     section.lines.append("  verdicts (computed from the µs per iteration above):")
     for test in PUBLISHED:
         text, rec = verdict(ctx, test)
@@ -56,44 +59,51 @@ def run(ctx: Context) -> Section:
     return section
 
 
-def loop_for(ctx: Context, test: str, engine: str):
+def us_record(ctx: Context, test: str, engine: str) -> dict | None:
+    """The µs-per-iteration record of one test under one engine (null when the run failed or
+    its median is not positive), or None when the engine does not exist here."""
     if engine not in ctx.engines:
         return None
     loop = ctx.loop(f"nano-{test}", engine, HYPERVISOR)
-    return loop if loop.us_per_iteration else None
+    metric = f"{test}{US}"
+    if not loop.us_per_iteration:
+        return missing(NAME, engine, HYPERVISOR, metric, "us", f"the run failed: {loop.error}")
+    return with_spread(NAME, engine, HYPERVISOR, metric, loop.us_per_iteration, "us",
+                       n=list(loop.n))
 
 
 def median_us(ctx: Context, test: str, engine: str) -> float | None:
-    loop = loop_for(ctx, test, engine)
-    return spread(loop.us_per_iteration)["median"] if loop else None
+    found = us_record(ctx, test, engine)
+    return found["value"] if found else None
 
 
 def measured(ctx: Context, test: str, engine: str) -> tuple[str, list[dict]]:
+    main = us_record(ctx, test, engine)
     loop = ctx.loop(f"nano-{test}", engine, HYPERVISOR)
     if not loop.us_per_iteration:
-        reason = f"the run failed: {loop.error}"
-        return "failed", [missing(NAME, engine, HYPERVISOR, f"{test}_us_per_iteration", "us",
-                                  reason)]
-    us = spread(loop.us_per_iteration)["median"]
+        return "failed", [main]
+    exits = loop.exits_per_iteration
+    records = [main, record(NAME, engine, HYPERVISOR, f"{test}_exits_per_iteration", exits,
+                            "exits")]
+    us = main["value"]
+    if us is None:
+        return f"not measured ({exits:.2f})", records
     x_native = ratio(us, median_us(ctx, test, "native")) if engine != "native" else None
-    records = [with_spread(NAME, engine, HYPERVISOR, f"{test}_us_per_iteration",
-                           loop.us_per_iteration, "us", n=list(loop.n)),
-               record(NAME, engine, HYPERVISOR, f"{test}_exits_per_iteration",
-                      loop.exits_per_iteration, "exits"),
-               derived(NAME, engine, HYPERVISOR, f"{test}_x_native", x_native, "ratio",
-                       "the native row itself, or native not measured")]
-    return f"{us:8.3f} ({loop.exits_per_iteration:.2f})", records
+    records.append(derived(NAME, engine, HYPERVISOR, f"{test}_x_native", x_native, "ratio",
+                           "the native row itself, or no positive native figure"))
+    return f"{us:8.3f} ({exits:.2f})", records
 
 
 def verdict(ctx: Context, test: str) -> tuple[str, dict]:
     """Whether the published winner (bt or vtx) also wins here, with the measured ratio."""
     *_, winner, why = PUBLISHED[test]
-    absent = [e for e in ("bt", "vtx") if median_us(ctx, test, e) is None]
+    absent = [f"{e} {'not measured' if e in ctx.engines else 'missing'}" for e in ("bt", "vtx")
+              if median_us(ctx, test, e) is None]
     if absent:
-        reason = f"not measured: engine missing ({', '.join(absent)})"
+        reason = f"engine {', '.join(absent)}"
         trap = ratio(median_us(ctx, test, "trap"), median_us(ctx, test, "native"))
         note = f"; trap/native here {trap:.2f}x" if trap else ""
-        return (f"{reason}; published: {winner} wins ({why}){note}",
+        return (f"not measured: {reason}; published: {winner} wins ({why}){note}",
                 missing(NAME, "bt,vtx", HYPERVISOR, f"{test}_pattern_holds", "bool", reason))
     bt, vtx = median_us(ctx, test, "bt"), median_us(ctx, test, "vtx")
     loser = "vtx" if winner == "bt" else "bt"

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from benchmarks.harness import EMPTY_VARIANT, Guest, run_bare, run_vm
 from benchmarks.loops import Context
-from benchmarks.records import BARE, NONE, Section, fmt, missing, with_spread
+from benchmarks.records import (BARE, NONE, Section, fmt, missing, ratio, value_text,
+                                with_spread)
 
 NAME = "peers"
 TITLE = "5. Peers (QEMU) and Unicorn's guest loads against stores"
@@ -81,15 +82,15 @@ def qemu_section(ctx: Context, section: Section) -> None:
                       for _ in range(ctx.reps)]
             ctx.progress(f"qemu {kind}")
             qemu = [a - statistics.median(empty) for a in loaded]
-            section.records.append(with_spread(NAME, "qemu-tcg", NONE, f"{kind}_seconds", qemu,
-                                               "s", startup_s=statistics.median(empty)))
-            section.lines.append(f"    {kind:<10} qemu-tcg {statistics.median(qemu):8.4f} s")
+            found = [with_spread(NAME, "qemu-tcg", NONE, f"{kind}_seconds", qemu, "s",
+                                 startup_s=statistics.median(empty))]
             for engine in ctx.engines:
                 ours = [run_vm(guest.with_params(passes, variant), engine).seconds
                         for _ in range(ctx.reps)]
-                section.records.append(with_spread(NAME, engine, "monolithic", f"{kind}_seconds",
-                                                   ours, "s"))
-                section.lines.append(f"    {kind:<10} {engine:<8} {statistics.median(ours):8.4f} s")
+                found.append(with_spread(NAME, engine, "monolithic", f"{kind}_seconds", ours, "s"))
+            section.records += found
+            section.lines += [f"    {kind:<10} {r['engine']:<8} {value_text(r, '8.4f')}"
+                              for r in found]
 
 
 # ----- loads against stores ---------------------------------------------------------------------
@@ -118,8 +119,9 @@ def memops_section(ctx: Context, section: Section) -> None:
         for variant, metric in MEMOPS.items():
             ctx.progress(f"loads/stores {label} {metric}")
             ns = [per_access(runner, passes, variant) for _ in range(ctx.reps)]
-            section.records.append(with_spread(NAME, engine, hypervisor, f"{metric}_ns", ns, "ns"))
-            cells.append(fmt(statistics.median(ns), ".1f", 17))
+            found = with_spread(NAME, engine, hypervisor, f"{metric}_ns", ns, "ns")
+            section.records.append(found)
+            cells.append(fmt(found["value"], ".1f", 17))
         section.lines.append(f"    {label:<24}" + "".join(cells))
     section.lines += memops_verdict(section.records)
 
@@ -133,8 +135,11 @@ def memops_verdict(records: list[dict]) -> list[str]:
     """What the bare rows say about the hypothesis, computed from them."""
     bare = {r["metric"]: r["value"] for r in records
             if r["engine"] == BARE and r["benchmark"] == NAME and r["metric"].endswith("_ns")}
-    store_x_load = bare["store_data_page_ns"] / max(bare["load_data_page_ns"], 0.01)
-    code_x_data = bare["store_code_page_ns"] / max(bare["store_data_page_ns"], 0.01)
+    store_x_load = ratio(bare["store_data_page_ns"], bare["load_data_page_ns"])
+    code_x_data = ratio(bare["store_code_page_ns"], bare["store_data_page_ns"])
+    if store_x_load is None or code_x_data is None:
+        return ["  bare Unicorn: no verdict on loads against stores: a bare figure above is not "
+                "measured (its median is not positive)"]
     lines = [f"  bare Unicorn: a store costs {store_x_load:.0f}x a load on a page with no code; "
              f"a store to the code's own page costs {code_x_data:.2f}x a store to the data page."]
     if code_x_data < 1.5:

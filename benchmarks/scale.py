@@ -15,7 +15,7 @@ import time
 
 from benchmarks.harness import RAM, BenchmarkError, Guest
 from benchmarks.loops import Context
-from benchmarks.records import Section, record
+from benchmarks.records import Section, derived, fmt, record
 from hypervisors.monolithic import MonolithicHypervisor
 
 NAME = "scale"
@@ -100,11 +100,13 @@ def scale_row(ctx, section, guest, engine, hypervisor, runner, passes) -> None:
         seconds, grown = runner(guest, engine, count, passes)
         throughput = count * passes / seconds
         single = single or throughput
-        per_vm = grown / count / (1 << 20)
+        per_vm = grown / count / (1 << 20) if grown > 0 else None
         section.records += [
             record(NAME, engine, hypervisor, f"vms{count}_passes_per_second", throughput,
                    "passes/s", vms=count, mode=mode),
-            record(NAME, engine, hypervisor, f"vms{count}_rss_mib_per_vm", per_vm, "MiB",
-                   vms=count)]
+            derived(NAME, engine, hypervisor, f"vms{count}_rss_mib_per_vm", per_vm, "MiB",
+                    f"the RSS did not grow ({grown / (1 << 20):+.2f} MiB): freed memory was "
+                    "reused", vms=count)]
         section.lines.append(f"    {engine:<8} {hypervisor:<10} {count:4d} {seconds:9.3f} "
-                             f"{throughput:11.0f} {throughput / single:7.2f} {per_vm:7.2f}")
+                             f"{throughput:11.0f} {throughput / single:7.2f} "
+                             f"{fmt(per_vm, '.2f', 7)}")

@@ -1,9 +1,10 @@
-"""`trapvisor bench`: run the benchmarks on this machine in one run, show progress on stderr,
-print their tables, and write every figure as a JSON record (--json) and a chart (--plot).
+"""`trapvisor bench`, the one runner of the benchmarks: parse its options, run the benchmarks on
+this machine in one run, show progress on stderr, print their tables, and write every figure as
+a JSON record (--json) and a chart (--plot).
 
-Benchmarks: exits (exit cost by kind), nano (Adams & Agesen), cpu (CPU-bound overhead), micro
-(monolithic against micro), peers (QEMU, and Unicorn's loads against stores), scale (1..16
-guests). Engines come from vmm.engines.ENGINES and hypervisors from whether
+Benchmarks: exits (exit cost by kind, and the OUT/CLI trap paths), nano (Adams & Agesen), cpu
+(CPU-bound overhead), micro (monolithic against micro), peers (QEMU, and Unicorn's loads against
+stores), scale (1..16 guests). Engines come from vmm.engines.ENGINES and hypervisors from whether
 hypervisors.micro imports, so new ones are measured as they land.
 """
 from __future__ import annotations
@@ -14,9 +15,8 @@ import os
 import platform
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
-
-import unicorn
 
 from benchmarks import kinds, nano, overhead, partition, peers, scale
 from benchmarks.harness import engines, hypervisors
@@ -49,15 +49,20 @@ class Progress:
             self.stream.flush()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The options of `trapvisor bench` (the CLI hands them over unparsed)."""
+    parser = argparse.ArgumentParser(
+        prog="trapvisor bench", description="Measure exit costs, engines and hypervisors on this "
+        "machine and print tables (progress on stderr). See benchmarks/README.md.")
     parser.add_argument("--quick", action="store_true",
-                        help="2 repetitions and short runs: about a minute (what CI runs)")
+                        help="1 repetition and short runs: about a minute (what CI runs)")
     parser.add_argument("--only", metavar="NAME,...", type=selection,
                         help=f"run only these benchmarks ({', '.join(BENCHMARKS)})")
     parser.add_argument("--reps", metavar="N", type=int, help="repetitions (default 7, 1 quick)")
     parser.add_argument("--json", metavar="FILE", type=Path, help="write every figure as a record")
     parser.add_argument("--plot", metavar="FILE.png", type=Path,
                         help="draw the figures (needs matplotlib: pip install 'trapvisor[bench]')")
+    return parser
 
 
 def selection(text: str) -> list[str]:
@@ -73,18 +78,23 @@ def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in
                   Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
-    return {"python": platform.python_version(), "unicorn": unicorn.__version__, "cpu": model,
+    return {"python": platform.python_version(), "unicorn": version("unicorn"), "cpu": model,
             "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0]}
 
 
 def header(info: dict, ctx: Context) -> list[str]:
     hyps = ", ".join(name if not isinstance(cls, str) else f"{name} (absent: {cls})"
                      for name, cls in ctx.hypervisors.items())
-    return [f"trapvisor bench{' --quick' if ctx.quick else ''}: python {info['python']}, unicorn "
-            f"{info['unicorn']}, {info['cpus']} x {info['cpu']}",
-            f"  engines: {', '.join(ctx.engines)}; hypervisors: {hyps}",
-            f"  {ctx.reps} repetitions, interleaved; load average {info['loadavg_start']:.2f} -> "
-            f"{info['loadavg_end']:.2f} over {info['seconds']:.0f} s", ""]
+    lines = [f"trapvisor bench{' --quick' if ctx.quick else ''}: python {info['python']}, unicorn "
+             f"{info['unicorn']}, {info['cpus']} x {info['cpu']}",
+             f"  engines: {', '.join(ctx.engines)}; hypervisors: {hyps}",
+             f"  {ctx.reps} repetition{'s, interleaved' if ctx.reps > 1 else ''}; load average "
+             f"{info['loadavg_start']:.2f} -> {info['loadavg_end']:.2f} over "
+             f"{info['seconds']:.0f} s"]
+    if ctx.reps == 1:
+        lines.append("  one repetition: every figure is a single sample (p10 = p90 = median), so "
+                     "verdicts, goals and ratios are indicative only")
+    return lines + [""]
 
 
 def run_all(ctx: Context, names: list[str], progress: Progress) -> list:
@@ -97,8 +107,9 @@ def run_all(ctx: Context, names: list[str], progress: Progress) -> list:
     return sections
 
 
-def main(args: argparse.Namespace) -> int:
-    """The `bench` subcommand (args from add_arguments)."""
+def main(argv: list[str]) -> int:
+    """The `bench` subcommand: argv is what follows `trapvisor bench`."""
+    args = build_parser().parse_args(argv)
     if args.plot is not None:
         from benchmarks import plot
         plot.require()                      # a clear error before an hour of measuring

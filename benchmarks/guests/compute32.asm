@@ -1,4 +1,4 @@
-; compute32: a CPU-bound 32-bit guest for benchmarks/exit_cost.py (no VM exits in its loop)
+; compute32: a CPU-bound 32-bit guest for `trapvisor bench` (benchmarks/overhead.py, peers.py)
 ;
 ; Boots into flat 32-bit protected mode, then runs `iterations` passes of a loop of 10
 ; instructions: a linear congruential generator (IMUL/ADD) whose output picks a dword in a 64 KiB

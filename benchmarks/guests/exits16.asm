@@ -1,11 +1,11 @@
-; exits16: real-mode exit-cost loops for benchmarks/exit_cost.py
+; exits16: real-mode exit-cost loops for the trap paths of `trapvisor bench` (benchmarks/traps.py)
 ;
 ; One loop of `iterations` passes, chosen by `variant`:
 ;   0  empty      dec ecx / jnz only: the loop overhead the other variants are measured against
 ;   1  out        out 0x80, al      (POST port: the platform's null device) -> IO_INSTRUCTION exit
 ;   2  cli        cli               (virtual-8086 under the trap engine: IOPL 0 -> #GP -> emulate)
-; The loop bodies differ only by the measured instruction. exit_cost.py patches the dwords after
-; the "BNCH" magic; the defaults below let the guest run on its own too. Ends with status 0
+; The loop bodies differ only by the measured instruction. benchmarks/traps.py patches the dwords
+; after the "BNCH" magic; the defaults below let the guest run on its own too. Ends with status 0
 ; through the debug-exit port; the HLT after it stops a bare machine that has no such port.
 
 bits 16

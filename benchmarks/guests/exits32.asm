@@ -1,4 +1,4 @@
-; exits32: 32-bit protected-mode exit-cost loops for benchmarks/exit_cost.py
+; exits32: 32-bit protected-mode exit-cost loops for `trapvisor bench` (benchmarks/traps.py)
 ;
 ; Boots like guests/pmode.asm (flat ring-0 GDT, CR0.PE, far jump), then runs one loop of
 ; `iterations` passes at guest ring 0, chosen by `variant`:
@@ -9,8 +9,8 @@
 ;   4  int 0x80   int 0x80          (bare-CPU floor of a software interrupt: the INTR hook only;
 ;                                    no IDT here, so only a bare CPU with a hook can run it)
 ; `entry32` holds the address of the 32-bit part, so the benchmark can start a bare CPU there
-; with its own flat segments at CPL 3. exit_cost.py and the `trapvisor bench`
-; floors patch the dwords after "BNCH".
+; with its own flat segments at CPL 3. benchmarks/traps.py and the bare-Unicorn
+; floors (benchmarks/loops.py) patch the dwords after "BNCH".
 
 bits 16
 org 0x7c00
