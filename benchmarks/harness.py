@@ -126,7 +126,8 @@ class Run:
 def run_vm(image: GuestImage, engine: str, hypervisor: type = MonolithicHypervisor,
            observers=(), check=None) -> Run:
     """Boot ``image`` and time hypervisor.run() alone; the guest must end with status 0, and
-    ``check(vm)``, when given, raises BenchmarkError if the run did not do what it measures."""
+    ``check(hypervisor)``, when given, raises BenchmarkError if the run did not do what it
+    measures."""
     vm = hypervisor(engine=engine, ram_size=RAM, observers=list(observers))
     try:
         gc.collect()

@@ -101,11 +101,11 @@ def vm_runner(guest: Guest, engine: str, observed: bool) -> Callable[[int, int],
         stats = ExitStats()
         writes = passes if variant == EVENTS["out"][0] else 0
 
-        def check(vm) -> None:
-            if vm.platform.post.writes != writes:
+        def check(hypervisor) -> None:
+            if hypervisor.board.post.writes != writes:
                 raise BenchmarkError(f"{guest.image.name} under {engine}: "
-                                     f"{vm.platform.post.writes} writes reached the null device, "
-                                     f"expected {writes}")
+                                     f"{hypervisor.board.post.writes} writes reached the null "
+                                     f"device, expected {writes}")
         done = run_vm(guest.with_params(passes, variant), engine,
                       observers=[stats] if observed else [], check=check)
         done.handled_ns = [ns for samples in stats.samples.values() for ns in samples]

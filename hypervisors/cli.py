@@ -16,7 +16,7 @@ from pathlib import Path
 import guests
 from hypervisors.images import AsmError, ImageError, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
-from hypervisors.micro.proxy import inject_fault
+from vmm.devices.faults import inject_fault
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.engines import ENGINES
 from vmm.observers import ExitStats, JsonTrace

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
-
-from emu.events import TripleFault, UnsupportedEvent
 from typing import Protocol
 
+from emu.events import TripleFault, UnsupportedEvent
 from vmm.exits import ExitOps, ExitPath
 from vmm.run_control import DEBUG_SLICE, RunControl
 from vmm.run_state import RunResult, RunState

@@ -15,8 +15,13 @@ from typing import Callable
 from emu.cpu import EAX, EBX, ECX, EDI, EDX, ESI
 from hypervisors.images import GuestImage, hand_over
 from hypervisors.micro.hypercalls import HYPERCALL_MSRS, Hypercalls
-from hypervisors.micro.proxy import (InputMirror, ParentChannel, PicMirror, TimerMirror,
-                                     install_proxies)
+from hypervisors.micro.proxy import (
+    InputMirror,
+    ParentChannel,
+    PicMirror,
+    TimerMirror,
+    install_proxies,
+)
 from hypervisors.micro.synic import SYNIC_MSRS, SynIC
 from hypervisors.micro.wire import RAISED, RECONFIGURED, Message, Op, Record
 from vmm.exits import EXIT_HANDLERS, Outcome, handle_emulated

@@ -4,16 +4,25 @@
 the notifications that precede it. Each reply carries the parent's interrupt-controller and
 timer state, which ``PicMirror``, ``TimerMirror`` and ``InputMirror`` present to the vCPU loop as
 its ``InterruptController``, ``Timer`` and input source: the loop queries them between slices
-without a round trip; only INTA, due timer edges and input polls travel. ``inject_fault`` wraps a
-device so that it raises, for the driver-fault comparison.
+without a round trip; only INTA, due timer edges and input polls travel.
 """
 from __future__ import annotations
 
 import socket
 from typing import Callable
 
-from hypervisors.micro.wire import (ALL_MASKED, COUNTING, INPUT_ALIVE, INT_OUTPUT, NO_DEADLINE,
-                                    Message, Op, Record, pack, read_message)
+from hypervisors.micro.wire import (
+    ALL_MASKED,
+    COUNTING,
+    INPUT_ALIVE,
+    INT_OUTPUT,
+    NO_DEADLINE,
+    Message,
+    Op,
+    Record,
+    pack,
+    read_message,
+)
 from vmm.bus import Bus
 
 ALL_ONES = 0xFFFFFFFF
@@ -143,40 +152,3 @@ class InputMirror:
 
     def alive(self) -> bool:
         return bool(self.channel.state & INPUT_ALIVE)
-
-
-class DeviceFault(RuntimeError):
-    """A device model failed (here: on purpose, through --inject-device-fault)."""
-
-
-class FaultyDevice:
-    """Wraps a device so that its first access raises: a driver bug, injected on purpose."""
-
-    def __init__(self, device):
-        self.device = device
-        self.name = device.name
-
-    def read(self, offset: int, size: int) -> int:
-        raise DeviceFault(f"{self.name}: injected fault on a read at offset {offset}")
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        raise DeviceFault(f"{self.name}: injected fault on a write of {value:#x} at offset "
-                          f"{offset}")
-
-
-def device_names(bus: Bus) -> list[str]:
-    return [device.name for _base, _length, device in bus.entries()]
-
-
-def inject_fault(bus: Bus, name: str) -> None:
-    """Replace the device called ``name`` on ``bus`` by one whose accesses raise DeviceFault."""
-    windows = [(base, length, device) for base, length, device in bus.entries()
-               if device.name == name]
-    if not windows:
-        raise ValueError(f"no device named {name!r} to inject a fault into; devices: "
-                         f"{', '.join(device_names(bus))}")
-    device = windows[0][2]
-    bus.remove(device)
-    faulty = FaultyDevice(device)
-    for base, length, _device in windows:
-        bus.insert(faulty, base, length)

@@ -13,18 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypervisors.loaded_modules import loaded_modules
+
 PROBE_GUEST = "hello"
-PROJECT_PACKAGES = ("emu", "vmm", "hypervisors", "guests")
 PLACEMENTS = (("monolithic", "hypervisor"), ("micro", "hypervisor"), ("micro", "parent partition"))
-
-
-def loaded_modules() -> str:
-    """The project's modules loaded in this process, 'name path' a line; this measuring module
-    itself is left out (the probe runs it as __main__, the parent imports it to answer)."""
-    modules = list(sys.modules.items())
-    return "\n".join(sorted(f"{name} {module.__file__}" for name, module in modules
-                            if name.split(".")[0] in PROJECT_PACKAGES and module.__file__
-                            and name != __spec__.name))
 
 
 def probe(architecture: str) -> None:

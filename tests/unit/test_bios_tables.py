@@ -1,4 +1,4 @@
-"""PC firmware state (vmm/platform/bios.py): the BIOS data area, the Intel MP Specification 1.4
+"""PC firmware state (vmm/pc/bios.py): the BIOS data area, the Intel MP Specification 1.4
 tables read back by a parser written from the spec's layout (section 4) and by a transcription
 of xv6's mp.c, the memory map, the 8259 initialisation, and booting sector 0 of a disk."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vmm.platform import bios
-from vmm.platform.bios import DiskImageError, MpConfig, boot_disk, install_firmware_tables
-from vmm.platform.handover import BootError
+from vmm.pc import bios
+from vmm.pc.bios import DiskImageError, MpConfig, boot_disk, install_firmware_tables
+from vmm.pc.handover import BootError
 
 MiB = 1 << 20
 XV6_IMAGE = Path("/work/shared/xv6/xv6.img")

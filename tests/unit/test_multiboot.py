@@ -1,4 +1,4 @@
-"""Multiboot v1 loading (vmm/platform/multiboot.py) of real ELF kernels built here with
+"""Multiboot v1 loading (vmm/pc/multiboot.py) of real ELF kernels built here with
 ``gcc -m32 -ffreestanding -nostdlib`` and a linker script (skipped if the compiler cannot build
 32-bit code). Boot information is read back at the offsets of the Multiboot 0.6.96
 specification, section 3.3; the layout is compared with what QEMU 7.2's -kernel produced for
@@ -20,10 +20,10 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from emu.segments import Descriptor
-from vmm.platform import elf, multiboot
-from vmm.platform.elf import NotElfError, TruncatedImageError, UnsupportedElfError
-from vmm.platform.handover import BootError
-from vmm.platform.multiboot import (BadChecksumError, LayoutError, Module, MultibootError,
+from vmm.pc import elf, multiboot
+from vmm.pc.elf import NotElfError, TruncatedImageError, UnsupportedElfError
+from vmm.pc.handover import BootError
+from vmm.pc.multiboot import (BadChecksumError, LayoutError, Module, MultibootError,
                                     NoMultibootHeaderError, UnsupportedHeaderError, boot_multiboot)
 
 MiB = 1 << 20

@@ -17,7 +17,6 @@ from emu.cpu import GPR_NAMES, SEG_NAMES
 from vmm.run_state import RunResult, RunState
 from vmm.vmcs import ExitReason, VmExit
 
-
 WATCH_ACCESS = ("write", "read", "access")
 
 

@@ -17,9 +17,16 @@ from pathlib import Path
 
 from emu.paging import BusError, Fault
 from vmm.debug import views
+from vmm.debug.arguments import (
+    DebuggerError,
+    describe_fault,
+    parse_address,
+    parse_count,
+    parse_dump,
+    parse_exit_filter,
+    parse_number,
+)
 from vmm.debug.debuggee import Debuggee, StopKind
-from vmm.debug.arguments import (DebuggerError, describe_fault, parse_address, parse_count,
-                           parse_dump, parse_exit_filter, parse_number)
 from vmm.debug.exit_notes import ExitNotes, history_report, stop_report
 from vmm.vmcs import ExitReason
 

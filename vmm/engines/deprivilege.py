@@ -8,8 +8,23 @@ protected mode, the real IF always set and IOPL 0 so CLI/STI/IRET/INT fault into
 """
 from __future__ import annotations
 
-from emu.cpu import (CS, DS, ES, FS, GS, SS, DESC_DPL_SHIFT, DESC_P, DESC_S, DESC_TYPE_SHIFT,
-                     FLAG_IF, FLAG_VM, IOPL_MASK, IOPL_SHIFT, Cpu)
+from emu.cpu import (
+    CS,
+    DESC_DPL_SHIFT,
+    DESC_P,
+    DESC_S,
+    DESC_TYPE_SHIFT,
+    DS,
+    ES,
+    FLAG_IF,
+    FLAG_VM,
+    FS,
+    GS,
+    IOPL_MASK,
+    IOPL_SHIFT,
+    SS,
+    Cpu,
+)
 from emu.events import EventDelivery, EventKind, GuestView
 from emu.paging import CR0_PE, Fault
 from emu.segments import TYPE_ACCESSED, Descriptor, DescriptorTables

@@ -10,7 +10,21 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-from emu.cpu import CS, DS, ES, FS, GS, SS, ESP, EAX, ECX, EDX, FLAG_IF, FLAG_NT, FLAG_VM
+from emu.cpu import (
+    CS,
+    DS,
+    EAX,
+    ECX,
+    EDX,
+    ES,
+    ESP,
+    FLAG_IF,
+    FLAG_NT,
+    FLAG_VM,
+    FS,
+    GS,
+    SS,
+)
 from emu.disasm import Insn, Operand
 from emu.events import EventKind
 from emu.paging import Fault

@@ -11,7 +11,6 @@ from emu.events import UD, EventDelivery, EventKind, GuestView
 from vmm.engines.base import EngineBase
 
 
-
 class NativeEngine(EngineBase):
     """Bare hardware: nothing is intercepted, so there are no VM exits."""
     name = "native"

@@ -12,7 +12,14 @@ from emu.disasm import Insn, Operand
 from emu.paging import Fault
 from emu.segments import Descriptor
 from vmm.engines.deprivilege import DeprivilegedGuest
-from vmm.engines.emulate import SEGMENTS, effective_address, push, read_operand, set_reg, user
+from vmm.engines.emulate import (
+    SEGMENTS,
+    effective_address,
+    push,
+    read_operand,
+    set_reg,
+    user,
+)
 
 FLAG_ZF = 1 << 6
 LAR_SYSTEM_TYPES = frozenset((0x1, 0x2, 0x3, 0x4, 0x5, 0x9, 0xB, 0xC))

@@ -11,17 +11,26 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from emu.cpu import CS
-from emu.events import GP, PF, UD, ERROR_CODE_VECTORS, EventKind
+from emu.events import ERROR_CODE_VECTORS, GP, PF, UD, EventKind
 from emu.paging import CR0_PE, Fault
-from vmm.engines.deprivilege import DeprivilegedGuest, UnsupportedGuestState
-from vmm.engines.emulate import emulate_hlt, emulator_for, effective_address
 from vmm.engines.base import VMCALL_BYTES, EngineBase
-from vmm.exits import Outcome
+from vmm.engines.deprivilege import DeprivilegedGuest, UnsupportedGuestState
+from vmm.engines.emulate import effective_address, emulate_hlt, emulator_for
 from vmm.engines.scanner import CodeScanner, SiteKind
 from vmm.engines.sensitive import sensitive_emulator_for
+from vmm.exits import Outcome
 from vmm.run_state import RunState
-from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
-                      cr_qualification, interruption_info)
+from vmm.vmcs import (
+    CR_CLTS,
+    CR_LMSW,
+    CR_MOV_FROM,
+    CR_MOV_TO,
+    ExitReason,
+    Vmcs,
+    VmExit,
+    cr_qualification,
+    interruption_info,
+)
 
 R = ExitReason
 INSTRUCTION_REASONS = {

@@ -15,18 +15,27 @@ from __future__ import annotations
 from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
 
 from emu.cpu import EAX, ECX, EDX, FLAG_IF
-from emu.events import UD, EventDelivery, EventKind, GuestView, ERROR_CODE_VECTORS
+from emu.events import ERROR_CODE_VECTORS, UD, EventDelivery, EventKind, GuestView
 from emu.paging import Fault
+from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.emulate import effective_address
-from vmm.exits import Outcome
 from vmm.engines.mmio_emulator import MmioError, emulate_mmio
 from vmm.engines.scanner import CodeScanner, SiteKind
-from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.trap import GPR_NUMBER
-from vmm.run_state import RunState
-from vmm.vmcs import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, ExitReason, Vmcs, VmExit,
-                      cr_qualification, interruption_info)
 from vmm.engines.vmx_controls import VmxControls
+from vmm.exits import Outcome
+from vmm.run_state import RunState
+from vmm.vmcs import (
+    CR_CLTS,
+    CR_LMSW,
+    CR_MOV_FROM,
+    CR_MOV_TO,
+    ExitReason,
+    Vmcs,
+    VmExit,
+    cr_qualification,
+    interruption_info,
+)
 
 R = ExitReason
 DT_MNEMONICS = {"lgdt": R.GDTR_IDTR_ACCESS, "lidt": R.GDTR_IDTR_ACCESS,

@@ -18,47 +18,41 @@ import tempfile
 import threading
 import traceback
 
+from hypervisors.loaded_modules import loaded_modules
 from hypervisors.micro.parent import gpadl, vsp
-from hypervisors.micro.proxy import inject_fault
-from hypervisors.micro.tcb import loaded_modules
-from hypervisors.micro.wire import (ALL_MASKED, COUNTING, HEADER, INPUT_ALIVE, INT_OUTPUT,
-                                    NO_DEADLINE, RAISED, RECONFIGURED, Control, Message, Op,
-                                    PartitionConfig, Record, pack, read_message)
-from vmm.platform.host_input import ScriptedInput
+from hypervisors.micro.wire import (
+    ALL_MASKED,
+    COUNTING,
+    HEADER,
+    INPUT_ALIVE,
+    INT_OUTPUT,
+    NO_DEADLINE,
+    RAISED,
+    RECONFIGURED,
+    Control,
+    Message,
+    Op,
+    PartitionConfig,
+    Record,
+    pack,
+    read_message,
+)
 from vmm.bus import Bus
 from vmm.clock import VirtualClock
-from vmm.devices.debug import DebugConsole, DebugExit, NullDevice
-from vmm.devices.pic8259 import Pic8259Pair
-from vmm.devices.pit8254 import Pit8254
-from vmm.devices.uart16550 import Uart16550
+from vmm.devices.faults import inject_fault
+from vmm.pc.board import PcBoard
+from vmm.pc.host_input import ScriptedInput
 
-COM1, COM1_IRQ = 0x3F8, 4
 HV_STATUS_SUCCESS = 0x0000
 HV_STATUS_INVALID_CONNECTION_ID = 0x0012
 DEFAULT_DISK_SIZE = 1 << 20
 CONTROL_RECORD_MAX = 1 << 20
 
 
-class Board:
-    """One child's PC devices on its own port bus, wired as the monolithic Platform wires them:
-    8259 PIC pair, 8254 PIT on IRQ0, 16550 UART at COM1/IRQ4, debug exit 0xF4, 0xE9, null 0x80."""
-
-    def __init__(self, clock, on_intr, on_reconfigure, sink, on_exit):
-        self.pio = Bus("pio")
-        self.pic = Pic8259Pair(on_intr=on_intr)
-        self.pit = Pit8254(clock, self.pic.irq_line(0))
-        self.uart = Uart16550(self.pic.irq_line(COM1_IRQ), sink)
-        self.pic.on_reconfigure = self.pit.on_reconfigure = on_reconfigure
-        for device, base, length in ((self.pic.master, 0x20, 2), (self.pic.slave, 0xA0, 2),
-                                     (self.pit, 0x40, 4), (self.uart, COM1, 8),
-                                     (DebugExit(on_exit), 0xF4, 4), (DebugConsole(sink), 0xE9, 1),
-                                     (NullDevice("post-0x80"), 0x80, 1)):
-            self.pio.insert(device, base, length)
-
-    def layout(self) -> bytes:
-        """The port windows, one 'base length name' line each, for the hypervisor's proxies."""
-        return "\n".join(f"{base} {length} {device.name}"
-                         for base, length, device in self.pio.entries()).encode()
+def port_layout(pio: Bus) -> bytes:
+    """The port windows, one 'base length name' line each, for the hypervisor's proxies."""
+    return "\n".join(f"{base} {length} {device.name}"
+                     for base, length, device in pio.entries()).encode()
 
 
 class PartitionWorker:
@@ -74,8 +68,8 @@ class PartitionWorker:
         self.outbox: list[tuple[int, int, int, bytes]] = []
         self.lock = threading.Lock()
         self.failed = False
-        self.board = Board(self.clock, self._raised, self._reconfigured, self.console,
-                           self._guest_exit)
+        self.board = PcBoard(Bus("pio"), self.clock, self._raised, self._reconfigured,
+                             self.console, self._guest_exit)
         self.input = ScriptedInput(self.board.uart, config.input_data)
         self.board.uart.before_read = self.input.poll
         if config.fault_device:
@@ -240,7 +234,7 @@ class RootPartition:
             return pack(Record.FAULT, payload=f"{type(exc).__name__}: {exc}".encode())
         threading.Thread(target=worker.serve, name=f"partition-{partition_id}",
                          daemon=True).start()
-        return pack(Record.REPLY, payload=worker.board.layout())
+        return pack(Record.REPLY, payload=port_layout(worker.board.pio))
 
     def _scratch_disk(self) -> str:
         """A zero-filled temporary disk image, owned by this process, when none was given."""

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmm.platform.handover import BootError, HandOver, check_in_ram, real_mode_handover
+from vmm.pc.handover import BootError, HandOver, check_in_ram, real_mode_handover
 
 # ----- memory layout below 1 MiB -----------------------------------------------------------------
 IVT_BASE = 0x0000

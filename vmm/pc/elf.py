@@ -14,7 +14,7 @@ from elftools.construct.core import ConstructError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from vmm.platform.handover import BootError
+from vmm.pc.handover import BootError
 
 # What pyelftools raises on malformed or short input.
 _PyElfError = (ELFError, ConstructError, struct.error)

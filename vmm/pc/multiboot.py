@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from vmm.platform import bios
-from vmm.platform.elf import NotElfError, TruncatedImageError, is_elf, load_segments
-from vmm.platform.handover import (BootError, CR0_ET, CR0_PE, HandOver, Segment, write_zeros)
+from vmm.pc import bios
+from vmm.pc.elf import NotElfError, TruncatedImageError, is_elf, load_segments
+from vmm.pc.handover import (BootError, CR0_ET, CR0_PE, HandOver, Segment, write_zeros)
 
 HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002

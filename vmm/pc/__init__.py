@@ -8,7 +8,7 @@ message naming the file: the CLI prints it and exits with status 2.
 
 - A Multiboot v1 kernel (QEMU's ``-kernel K -append ARGS -initrd "M1 args" -initrd M2``)::
 
-      from vmm.platform.multiboot import Module, boot_multiboot
+      from vmm.pc.multiboot import Module, boot_multiboot
       boot = boot_multiboot(vm.memory, "K", cmdline="ARGS",
                             modules=[Module.from_spec("M1 args"), Module.from_spec("M2")])
       boot.handover.apply(cpu)   # 32-bit flat protected mode, EAX = 0x2BADB002, EBX = MBI
@@ -18,7 +18,7 @@ message naming the file: the CLI prints it and exits with status 2.
   the things worth logging.
 - The first hard disk, like a BIOS::
 
-      from vmm.platform.bios import boot_disk
+      from vmm.pc.bios import boot_disk
       handover = boot_disk(vm.memory, "xv6.img")   # sector 0 at 0x7C00, real mode, DL = 0x80
       handover.apply(cpu)
 
