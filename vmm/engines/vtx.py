@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import time
 
-from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
-
 from emu.cpu import EAX, ECX, EDX, FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView, ERROR_CODE_VECTORS
+from emu.memory import Access
 from emu.paging import Fault
 from vmm.engines.emulate import effective_address
 from vmm.exits import Outcome
@@ -55,7 +54,7 @@ class VtxEngine(EngineBase):
         self.scanner.start()
         self._cpuid_done = False
         self._window_held = False
-        self.ept_violation: tuple[int, int] | None = None
+        self.ept_violation: tuple[Access, int] | None = None
         vcpu.guest = self
 
     # ----- which instructions must stop (the controls in force) ---------------------------------
@@ -84,7 +83,7 @@ class VtxEngine(EngineBase):
     def controls_changed(self) -> None:
         """After changing ``controls`` from the API: rescan so the right instructions stop."""
         self.scanner.sites.clear()
-        self.cpu.uc.ctl_flush_tb()
+        self.cpu.flush_translations()
 
     # ----- Unicorn events -> exits --------------------------------------------------------------
     def _exit(self, reason: ExitReason, qualification: int = 0, rip: int | None = None) -> VmExit:
@@ -161,7 +160,7 @@ class VtxEngine(EngineBase):
         self.vcpu.handle_exit(exit)
         return True
 
-    def on_unmapped(self, access: int, address: int, size: int, value: int) -> bool:
+    def on_unmapped(self, access: Access, address: int, size: int, value: int) -> bool:
         """A guest-physical address with no RAM behind it: an EPT violation (handled after the
         run stops, with EIP at the instruction)."""
         self.ept_violation = (access, address)
@@ -173,8 +172,7 @@ class VtxEngine(EngineBase):
             return
         access, address = self.ept_violation
         self.ept_violation = None
-        kind = {UC_MEM_WRITE_UNMAPPED: EPT_WRITE, UC_MEM_FETCH_UNMAPPED: EPT_FETCH}.get(access,
-                                                                                    EPT_READ)
+        kind = {Access.WRITE: EPT_WRITE, Access.FETCH: EPT_FETCH}.get(access, EPT_READ)
         exit = self._exit(R.EPT_VIOLATION, kind | EPT_TRANSLATED)
         exit.value = address  # the guest-physical-address field
         exit.detail = f"guest-physical {address:#x}"
@@ -269,13 +267,13 @@ class VtxEngine(EngineBase):
         insn = self.current_insn()
         if insn is None or insn.mnemonic not in ("rdmsr", "wrmsr"):
             return False
-        gpr, uc = self.cpu.gpr, self.cpu.uc
+        cpu, gpr = self.cpu, self.cpu.gpr
         msr = gpr[ECX] & 0xFFFFFFFF
         if insn.mnemonic == "rdmsr":
-            value = uc.msr_read(msr)
+            value = cpu.msr_read(msr)
             gpr[EAX], gpr[EDX] = value & 0xFFFFFFFF, value >> 32 & 0xFFFFFFFF
         else:
-            uc.msr_write(msr, (gpr[EDX] & 0xFFFFFFFF) << 32 | gpr[EAX] & 0xFFFFFFFF)
+            cpu.msr_write(msr, (gpr[EDX] & 0xFFFFFFFF) << 32 | gpr[EAX] & 0xFFFFFFFF)
         self.cpu.eip = self.cpu.eip + insn.size
         self.vcpu.retire(1)
         return True
