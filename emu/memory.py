@@ -11,9 +11,17 @@ import fcntl
 import mmap
 import os
 import struct
+from enum import Enum
 
 PAGE_SIZE = 0x1000
 MIN_RAM = 1 << 20
+
+
+class Access(Enum):
+    """The kind of a guest memory access (as the CPU reports one that hits no RAM)."""
+    READ = "read"
+    WRITE = "write"
+    FETCH = "fetch"
 
 
 class GuestMemoryError(ValueError):

@@ -359,14 +359,14 @@ class Debuggee:
 
     def write_virtual(self, address: int, data: bytes) -> None:
         self.vm.lin.write(address, data)
-        self.cpu.uc.ctl_flush_tb()
+        self.cpu.flush_translations()
 
     def read_physical(self, address: int, length: int) -> bytes:
         return self.vm.memory.read(address, length)
 
     def write_physical(self, address: int, data: bytes) -> None:
         self.vm.memory.write(address, data)
-        self.cpu.uc.ctl_flush_tb()
+        self.cpu.flush_translations()
 
     def real_registers(self) -> dict[str, int]:
         cpu = self.cpu

@@ -4,18 +4,14 @@ defined end of the run with a report.
 """
 from __future__ import annotations
 
-from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
-
-from emu.cpu import CS, EAX, EBX, ECX, EDX
+from emu.cpu import CS, EAX, EBX, ECX, EDX, describe_run_error
 from emu.disasm import Disassembler, Insn
 from emu.events import EventKind
+from emu.memory import Access
 from emu.paging import CR0_PG, BusError, Fault
 from vmm.run_state import RunState
 from vmm.vmcs import ExitReason, VmExit, io_qualification
 
-UC_ERR_NAMES = {6: "read from unmapped memory", 7: "write to unmapped memory",
-                8: "fetch from unmapped memory", 10: "an invalid instruction",
-                21: "an unhandled CPU exception"}
 MAX_INSN = 15
 HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
 VMCALL_BYTES = b"\x0f\x01\xc1"
@@ -31,7 +27,7 @@ class EngineBase:
 
     def __init__(self):
         self.disasm = Disassembler()
-        self.unmapped: tuple[int, int, int] | None = None
+        self.unmapped: tuple[Access, int, int] | None = None
 
     def attach(self, vcpu) -> None:
         self.vcpu = vcpu
@@ -148,17 +144,16 @@ class EngineBase:
         return cpu.eip, f"{where}  {insn.raw.hex(' ')}  {insn}"
 
     # ----- machine-level failures ---------------------------------------------------------------
-    def on_unmapped(self, access: int, address: int, size: int, value: int) -> bool:
+    def on_unmapped(self, access: Access, address: int, size: int, value: int) -> bool:
         self.unmapped = (access, address, size)
         return False
 
     def machine_error(self, err: int) -> None:
         if self.unmapped is not None:
             access, address, size = self.unmapped
-            kind = {UC_MEM_WRITE_UNMAPPED: "write", UC_MEM_FETCH_UNMAPPED: "instruction fetch"}.get(
-                access, "read")
+            kind = {Access.WRITE: "write", Access.FETCH: "instruction fetch"}.get(access, "read")
             message = (f"guest {kind} of {size} bytes at guest-physical {address:#x}, "
                        f"outside RAM ({self.vm.memory.size >> 20} MiB) and every MMIO window")
         else:
-            message = f"the machine stopped on {UC_ERR_NAMES.get(err, f'Unicorn error {err}')}"
+            message = f"the machine stopped on {describe_run_error(err)}"
         self.vcpu.finish(RunState.GUEST_FAULT, message)

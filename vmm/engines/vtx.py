@@ -12,10 +12,9 @@ real CPU (one instruction, with that stop lifted): the guest-state area is the C
 """
 from __future__ import annotations
 
-from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED
-
 from emu.cpu import EAX, ECX, EDX, FLAG_IF
 from emu.events import ERROR_CODE_VECTORS, UD, EventDelivery, EventKind, GuestView
+from emu.memory import Access
 from emu.paging import Fault
 from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.emulate import effective_address
@@ -62,7 +61,7 @@ class VtxEngine(EngineBase):
         self.scanner.start()
         self._cpuid_done = False
         self._window_held = False
-        self.ept_violation: tuple[int, int] | None = None
+        self.ept_violation: tuple[Access, int] | None = None
         self.take_exit = vcpu.exits.take
 
     # ----- which instructions must stop (the controls in force) ---------------------------------
@@ -91,7 +90,7 @@ class VtxEngine(EngineBase):
     def controls_changed(self) -> None:
         """After changing ``controls`` from the API: rescan so the right instructions stop."""
         self.scanner.sites.clear()
-        self.cpu.uc.ctl_flush_tb()
+        self.cpu.flush_translations()
 
     # ----- Unicorn events -> exits --------------------------------------------------------------
     def _exit(self, reason: ExitReason, qualification: int = 0, rip: int | None = None) -> VmExit:
@@ -151,7 +150,7 @@ class VtxEngine(EngineBase):
         self.take_exit(exit)
         return True
 
-    def on_unmapped(self, access: int, address: int, size: int, value: int) -> bool:
+    def on_unmapped(self, access: Access, address: int, size: int, value: int) -> bool:
         """A guest-physical address with no RAM behind it: an EPT violation (handled after the
         run stops, with EIP at the instruction)."""
         self.ept_violation = (access, address)
@@ -163,8 +162,7 @@ class VtxEngine(EngineBase):
             return
         access, address = self.ept_violation
         self.ept_violation = None
-        kind = {UC_MEM_WRITE_UNMAPPED: EPT_WRITE, UC_MEM_FETCH_UNMAPPED: EPT_FETCH}.get(access,
-                                                                                    EPT_READ)
+        kind = {Access.WRITE: EPT_WRITE, Access.FETCH: EPT_FETCH}.get(access, EPT_READ)
         exit = self._exit(R.EPT_VIOLATION, kind | EPT_TRANSLATED)
         exit.guest_physical = address
         exit.detail = f"guest-physical {address:#x}"
@@ -259,13 +257,13 @@ class VtxEngine(EngineBase):
         insn = self.current_insn()
         if insn is None or insn.mnemonic not in ("rdmsr", "wrmsr"):
             return False
-        gpr, uc = self.cpu.gpr, self.cpu.uc
+        cpu, gpr = self.cpu, self.cpu.gpr
         msr = gpr[ECX] & 0xFFFFFFFF
         if insn.mnemonic == "rdmsr":
-            value = uc.msr_read(msr)
+            value = cpu.msr_read(msr)
             gpr[EAX], gpr[EDX] = value & 0xFFFFFFFF, value >> 32 & 0xFFFFFFFF
         else:
-            uc.msr_write(msr, (gpr[EDX] & 0xFFFFFFFF) << 32 | gpr[EAX] & 0xFFFFFFFF)
+            cpu.msr_write(msr, (gpr[EDX] & 0xFFFFFFFF) << 32 | gpr[EAX] & 0xFFFFFFFF)
         self.cpu.eip = self.cpu.eip + insn.size
         self.vcpu.retire(1)
         return True

@@ -1,0 +1,221 @@
+"""The CPU's event wiring: raw ctypes Unicorn hooks dispatched to the CpuHandler an engine attaches,
+the translation/block/memory watches, and Unicorn's exits (addresses the CPU stops in front of).
+
+Hooks are raw ctypes callbacks installed once, with the handler's bound methods cached: they are
+the exit hot path, and Unicorn's own hook wrappers cost several times more per call.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Callable, Protocol
+
+from unicorn import Uc, UcError
+from unicorn import (UC_HOOK_BLOCK, UC_HOOK_EDGE_GENERATED, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
+                     UC_MEM_WRITE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
+                     UC_HOOK_MEM_WRITE_UNMAPPED, UC_HOOK_MEM_FETCH_UNMAPPED, UC_MEM_READ_UNMAPPED,
+                     UC_MEM_WRITE_UNMAPPED, UC_MEM_FETCH_UNMAPPED)
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+from emu.memory import Access
+
+_INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+_IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                          ctypes.c_void_p)
+_OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
+                           ctypes.c_void_p)
+_BOOL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
+_BLOCK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
+                             ctypes.c_void_p)
+_MEM_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
+                           ctypes.c_int64, ctypes.c_void_p)
+_EDGE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_void_p)
+_UNMAPPED_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
+                                ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
+
+UNMAPPED_ACCESS = {UC_MEM_READ_UNMAPPED: Access.READ, UC_MEM_WRITE_UNMAPPED: Access.WRITE,
+                   UC_MEM_FETCH_UNMAPPED: Access.FETCH}
+
+
+class TranslationBlock(ctypes.Structure):
+    """Unicorn's uc_tb: a newly translated block (linear start, instruction count, byte size)."""
+    _fields_ = [("pc", ctypes.c_uint64), ("icount", ctypes.c_uint16), ("size", ctypes.c_uint16)]
+
+
+class CpuHandler(Protocol):
+    """What an engine attaches to the CPU; every method runs inside a Unicorn hook."""
+
+    def on_interrupt(self, intno: int) -> None: ...
+    def on_in(self, port: int, size: int) -> int: ...
+    def on_out(self, port: int, size: int, value: int) -> None: ...
+    def on_cpuid(self) -> bool: ...
+    def on_invalid_opcode(self) -> bool: ...
+    def on_unmapped(self, access: Access, address: int, size: int, value: int) -> bool: ...
+
+
+class Hooks:
+    """Every hook of one Unicorn instance. A Python exception cannot cross into C: a callback that
+    raises hands the exception to ``failed`` (which stops the CPU) and returns a neutral value."""
+
+    def __init__(self, uc: Uc, failed: Callable[[BaseException], None]):
+        self._uc = uc
+        self._uch = uc._uch
+        self._failed = failed
+        self.handler: CpuHandler | None = None
+        self._callbacks: list = []
+        self._block_hook: int | None = None
+        self._exits: dict[str, frozenset[int]] = {}
+        self._hook(UC_HOOK_INTR, _INTR_CB(self._intr_cb))
+        self._hook(UC_HOOK_INSN, _IN_CB(self._in_cb), insn=X.UC_X86_INS_IN)
+        self._hook(UC_HOOK_INSN, _OUT_CB(self._out_cb), insn=X.UC_X86_INS_OUT)
+        self._hook(UC_HOOK_INSN, _BOOL_CB(self._cpuid_cb), insn=X.UC_X86_INS_CPUID)
+        self._hook(UC_HOOK_INSN_INVALID, _BOOL_CB(self._invalid_cb))
+        unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
+        self._hook(unmapped, _UNMAPPED_CB(self._unmapped_cb))
+        # Exits mode, with no exits: Unicorn ignores `until`, and no longer ends every run by
+        # looking up the code page of until-1 (with guest paging on, that lookup page-faults
+        # behind our back: CR2 = 0xffffffff and a pending #PF that turns the next fault to #DF).
+        uc.ctl_exits_enabled(True)
+        uc.ctl_set_exits([])
+
+    def attach(self, handler: CpuHandler) -> None:
+        """Route every hook to ``handler`` (bound methods cached: hooks are the exit hot path)."""
+        self.handler = handler
+        self._on_interrupt = handler.on_interrupt
+        self._on_in = handler.on_in
+        self._on_out = handler.on_out
+
+    # ----- the handler's hooks ------------------------------------------------------------------
+    def _intr_cb(self, _uc, intno, _ud):
+        try:
+            self._on_interrupt(intno)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+
+    def _in_cb(self, _uc, port, size, _ud):
+        try:
+            return self._on_in(port, size)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+            return 0
+
+    def _out_cb(self, _uc, port, size, value, _ud):
+        try:
+            self._on_out(port, size, value)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+
+    def _cpuid_cb(self, _uc, _ud):
+        try:
+            return self.handler.on_cpuid()
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+            return False
+
+    def _invalid_cb(self, _uc, _ud):
+        try:
+            return self.handler.on_invalid_opcode()
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+            return False
+
+    def _unmapped_cb(self, _uc, access, address, size, value, _ud):
+        try:
+            return self.handler.on_unmapped(UNMAPPED_ACCESS[access], address, size, value)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+            return False
+
+    # ----- exits --------------------------------------------------------------------------------
+    def set_exits(self, linear_addresses, owner: str) -> None:
+        """Stop before executing any of these linear addresses (Unicorn's exits). Each owner (the
+        debugger's breakpoints, an engine's translated sites) keeps its own set; the CPU stops at
+        their union. Unicorn checks exits when it translates a block, so the blocks holding a new
+        exit are invalidated (it only re-translates those at exit-1 after each run by itself)."""
+        before = set().union(*self._exits.values())
+        self._exits[owner] = frozenset(linear_addresses)
+        after = set().union(*self._exits.values())
+        if after == before:
+            return
+        self._uc.ctl_set_exits(sorted(after))
+        for address in after ^ before:
+            self._uc.ctl_remove_cache(address, address + 1)
+
+    # ----- watches ------------------------------------------------------------------------------
+    def watch_translations(self, callback, run_one_block: Callable[[], None]) -> None:
+        """Call ``callback(linear, size)`` for every block Unicorn translates, before it first
+        runs (UC_HOOK_EDGE_GENERATED: at translation time, never per execution). Unicorn reports
+        a new block only once some block has run to its end (one ended by HLT or a fault does not
+        count): ``run_one_block`` makes that happen, then every translated block is flushed so
+        that every block passes through the callback."""
+        self._translation_callback = lambda linear, size: None
+        self._hook(UC_HOOK_EDGE_GENERATED, _EDGE_CB(self._edge_cb))
+        run_one_block()
+        self._uc.ctl_flush_tb()
+        self._translation_callback = callback
+
+    def _edge_cb(self, _uc, current, _previous, _ud):
+        try:
+            block = TranslationBlock.from_address(current)
+            self._translation_callback(block.pc & 0xFFFFFFFF, block.size)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+
+    def watch_memory(self, start: int, end: int, callback, reads: bool, writes: bool) -> int:
+        """Call ``callback(address, size, is_write)`` before guest loads and/or stores to
+        physical [start, end]; return the handle for unhook(). A memory hook slows every load or
+        store: debugging only."""
+        htype = (UC_HOOK_MEM_READ if reads else 0) | (UC_HOOK_MEM_WRITE if writes else 0)
+        handle = self._hook(htype, _MEM_CB(self._make_memory_cb(callback)), start, end)
+        self._uc.ctl_flush_tb()
+        return handle
+
+    def _make_memory_cb(self, callback):
+        def memory_cb(_uc, access, address, size, _value, _ud):
+            try:
+                callback(address, size, access == UC_MEM_WRITE)
+            except BaseException as exc:  # noqa: BLE001
+                self._failed(exc)
+        return memory_cb
+
+    def unhook(self, handle: int) -> None:
+        uclib.uc_hook_del(self._uch, handle)
+
+    def watch_blocks(self, callback) -> None:
+        """Call ``callback()`` at the start of every translation block until unwatch_blocks().
+
+        A per-block Python hook is slow; the vCPU arms it only while an interrupt waits for the
+        guest to set IF (QEMU ends a block after STI, POPF and IRET, so the window is seen at the
+        next instruction). Cached blocks are flushed so that they pick the hook up."""
+        if self._block_hook is None:
+            self._block_callback = callback
+            self._block_hook = self._hook(UC_HOOK_BLOCK, _BLOCK_CB(self._block_cb))
+            self._uc.ctl_flush_tb()
+
+    def unwatch_blocks(self) -> None:
+        if self._block_hook is not None:
+            uclib.uc_hook_del(self._uch, self._block_hook)
+            self._block_hook = None
+
+    def _block_cb(self, _uc, _address, _size, _ud):
+        try:
+            self._block_callback()
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+
+    def _hook(self, htype: int, cfunc, begin: int = 1, end: int = 0, insn: int | None = None) -> int:
+        handle = ctypes.c_size_t()
+        args = [] if insn is None else [ctypes.c_int(insn)]
+        err = uclib.uc_hook_add(self._uch, ctypes.byref(handle), htype,
+                                ctypes.cast(cfunc, ctypes.c_void_p), None,
+                                ctypes.c_uint64(begin), ctypes.c_uint64(end), *args)
+        if err:
+            raise UcError(err)
+        self._callbacks.append(cfunc)
+        return handle.value
+
+    def close(self) -> None:
+        """Drop the Unicorn instance before the callbacks it could still call."""
+        self._uc = None
+        self._callbacks.clear()
