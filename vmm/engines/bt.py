@@ -17,9 +17,10 @@ from __future__ import annotations
 from emu.cpu import CS, FLAG_IF, FLAG_VM, IOPL_MASK, IOPL_SHIFT
 from vmm.engines.deprivilege import DeprivilegedGuest, TrapView
 from vmm.engines.emulate import emulator_for
+from vmm.engines.plans import Plan, make_plan
 from vmm.engines.scanner import CodeScanner, Site, SiteKind
 from vmm.engines.sensitive import sensitive_emulator_for
-from vmm.engines.trap import Plan, TrapEngine, make_plan
+from vmm.engines.trap import TrapEngine
 from vmm.vmcs import ExitReason
 
 R = ExitReason

@@ -8,94 +8,20 @@ interruption information says which event it was. IN/OUT and CPUID always exit.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
-
 from emu.cpu import CS
 from emu.events import ERROR_CODE_VECTORS, GP, PF, UD, EventKind
 from emu.paging import CR0_PE, Fault
+from vmm.engines.audit import audit_scanner, fidelity_report
 from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.deprivilege import DeprivilegedGuest, UnsupportedGuestState
 from vmm.engines.emulate import effective_address, emulate_hlt, emulator_for
-from vmm.engines.scanner import CodeScanner, SiteKind
-from vmm.engines.sensitive import sensitive_emulator_for
+from vmm.engines.plans import Plan, make_plan
+from vmm.engines.scanner import CodeScanner
 from vmm.exits import Outcome
 from vmm.run_state import RunState
-from vmm.vmcs import (
-    CR_CLTS,
-    CR_LMSW,
-    CR_MOV_FROM,
-    CR_MOV_TO,
-    ExitReason,
-    Vmcs,
-    VmExit,
-    cr_qualification,
-    interruption_info,
-)
+from vmm.vmcs import ExitReason, Vmcs, VmExit, interruption_info
 
 R = ExitReason
-INSTRUCTION_REASONS = {
-    "hlt": R.HLT, "clts": R.CR_ACCESS, "lmsw": R.CR_ACCESS, "invlpg": R.INVLPG,
-    "rdmsr": R.MSR_READ, "wrmsr": R.MSR_WRITE, "lgdt": R.GDTR_IDTR_ACCESS,
-    "lidt": R.GDTR_IDTR_ACCESS, "lldt": R.LDTR_TR_ACCESS, "ltr": R.LDTR_TR_ACCESS,
-    "wbinvd": R.WBINVD, "invd": R.INVD,
-}
-GPR_NUMBER = {"eax": 0, "ecx": 1, "edx": 2, "ebx": 3, "esp": 4, "ebp": 5, "esi": 6, "edi": 7}
-UNTRAPPED_EFFECT = {
-    "pushf": "pushes the real IF and IOPL", "pushfd": "pushes the real IF and IOPL",
-    "popf": "cannot change IF or IOPL at CPL 1 (silently)",
-    "popfd": "cannot change IF or IOPL at CPL 1 (silently)",
-    "lar": "checks DPL against the real CPL 1", "lsl": "checks DPL against the real CPL 1",
-    "verr": "checks DPL against the real CPL 1", "verw": "checks DPL against the real CPL 1",
-    "sgdt": "reads the real GDTR (the guest's own here)",
-    "sidt": "reads the real IDTR (the guest's own here)",
-    "sldt": "reads the real LDTR (the guest's own here)",
-    "str": "reads the real TR (the guest's own here)", "smsw": "reads the real CR0",
-}
-
-
-class Plan(NamedTuple):
-    """A decoded privileged instruction, the function that emulates it, how to step over it, and
-    the exit it is reported as (decoded once per linear address, carried on every exit record)."""
-    insn: object
-    emulator: Callable
-    size: int
-    eip_mask: int
-    cs_flags: int  # the code segment it was decoded under (its D bit decides 16/32-bit)
-    reason: ExitReason
-    qualification: int  # the SDM qualification, where it does not depend on register values
-
-
-def make_plan(insn, emulator, bits: int, cs_flags: int) -> Plan:
-    reason, qualification = classify(insn)
-    return Plan(insn, emulator, insn.size, 0xFFFFFFFF if bits == 32 else 0xFFFF, cs_flags,
-                reason, qualification)
-
-
-def classify(insn) -> tuple[ExitReason, int]:
-    """The exit reason VT-x would give for a privileged instruction, and its qualification."""
-    mnemonic = insn.mnemonic
-    if mnemonic == "mov":
-        return classify_mov(insn)
-    reason = INSTRUCTION_REASONS.get(mnemonic, R.EXCEPTION_NMI)
-    if mnemonic == "clts":
-        return reason, cr_qualification(0, CR_CLTS)
-    if mnemonic == "lmsw":
-        return reason, cr_qualification(0, CR_LMSW, lmsw_source=insn.operands[0].imm or 0)
-    if reason in (R.GDTR_IDTR_ACCESS, R.LDTR_TR_ACCESS) and insn.operands[0].mem:
-        return reason, insn.operands[0].mem.disp & 0xFFFFFFFF
-    return reason, 0
-
-
-def classify_mov(insn) -> tuple[ExitReason, int]:
-    dst, src = insn.operands
-    for control, gpr, access in ((dst, src, CR_MOV_TO), (src, dst, CR_MOV_FROM)):
-        if control.reg and control.reg.startswith("cr"):
-            return R.CR_ACCESS, cr_qualification(int(control.reg[2:]), access,
-                                                 GPR_NUMBER.get(gpr.reg, 0))
-        if control.reg and control.reg.startswith("dr"):
-            return R.DR_ACCESS, int(control.reg[2:]) | ((access & 1) << 4) | (
-                GPR_NUMBER.get(gpr.reg, 0) << 8)
-    return R.EXCEPTION_NMI, 0
 
 
 class TrapEngine(EngineBase):
@@ -114,28 +40,10 @@ class TrapEngine(EngineBase):
         self.scanner.start()
 
     def make_scanner(self) -> CodeScanner:
-        """Note (without intercepting) each sensitive instruction that will not fault in guest
-        kernel code: trap-and-emulate cannot virtualize it, and the run's report says so."""
-        return CodeScanner(self.cpu, self.fetch, self.disasm, self._untrapped,
-                           lambda: self.deprivileged.protected and self.cpu.cpl == 1, owner="audit")
-
-    @staticmethod
-    def _untrapped(insn) -> SiteKind | None:
-        if insn.mnemonic in ("pushf", "pushfd", "popf", "popfd"):
-            return SiteKind.UNTRAPPED
-        return SiteKind.UNTRAPPED if sensitive_emulator_for(insn) is not None else None
+        return audit_scanner(self)
 
     def fidelity_report(self) -> str:
-        untrapped = [s for s in self.scanner.table() if s.kind is SiteKind.UNTRAPPED]
-        if not untrapped:
-            return ""
-        lines = [f"trap could not virtualize {len(untrapped)} sensitive instruction(s) in guest "
-                 "kernel code: they do not fault at ring 1, so they ran on the real CPU state "
-                 "(Robin & Irvine; run with --engine bt or vtx for equivalence):"]
-        lines += [f"  {site.linear:#010x}  {site.raw.hex(' '):<20} {site.insn}  "
-                  f"{UNTRAPPED_EFFECT.get(site.insn.mnemonic, 'sees the real ring (RPL 1)')}"
-                  for site in untrapped]
-        return "\n".join(lines)
+        return fidelity_report(self.scanner)
 
     def reset(self) -> None:
         self.deprivileged.enter_real_mode()

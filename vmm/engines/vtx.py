@@ -19,8 +19,8 @@ from emu.paging import Fault
 from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.emulate import effective_address
 from vmm.engines.mmio_emulator import MmioError, emulate_mmio
+from vmm.engines.plans import GPR_NUMBER
 from vmm.engines.scanner import CodeScanner, SiteKind
-from vmm.engines.trap import GPR_NUMBER
 from vmm.engines.vmx_controls import VmxControls
 from vmm.exits import Outcome
 from vmm.run_state import RunState
