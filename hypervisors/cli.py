@@ -16,15 +16,14 @@ from pathlib import Path
 import guests
 from hypervisors.images import AsmError, ImageError, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
+from hypervisors.registry import HYPERVISORS
 from vmm.devices.faults import inject_fault
-from hypervisors.monolithic import MonolithicHypervisor
 from vmm.engines import ENGINES
 from vmm.observers import ExitStats, JsonTrace
 from vmm.run_state import RunState
 from vmm.engines.vmx_controls import EXIT_ON_NAMES
 
 EXIT_BAD_INPUT, EXIT_GUEST_FAILED, EXIT_VMM_ERROR = 2, 3, 4
-HYPERVISORS = {"monolithic": MonolithicHypervisor, "micro": MicroHypervisor}
 
 
 def parse_size(text: str) -> int:

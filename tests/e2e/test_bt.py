@@ -3,14 +3,14 @@ sites (callout / inline / io), run-time and self-modifying code is rescanned, an
 its original bytes."""
 from __future__ import annotations
 
-from conftest import TEST_GUESTS, run_guest
+from conftest import PROGRAMS, run_guest
 from hypervisors.images import resolve
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.observers import ExitCallback
 from vmm.engines.scanner import SiteKind
 from vmm.vcpu import RunState
 
-SELFMOD = TEST_GUESTS / "selfmod.asm"
+SELFMOD = PROGRAMS / "selfmod.asm"
 
 
 def booted(spec: str) -> MonolithicHypervisor:

@@ -4,19 +4,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import guests
+from conftest import PROGRAMS, trapvisor
 
-CLI = [sys.executable, "-m", "hypervisors.cli"]
-TEST_GUESTS = Path(__file__).resolve().parents[1] / "guests"
-
-
-def trapvisor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+BARE_AND_DEFAULT = ("native", "trap")   # the reference machine and the engine `run` picks
 
 
 def test_console_script_is_installed_and_runs_hello():
@@ -55,6 +50,11 @@ def test_bad_flag_is_refused_with_a_message():
     assert "invalid choice: 'warp'" in done.stderr
 
 
+def test_unknown_benchmark_is_refused():
+    done = trapvisor("bench", "--only", "nope")
+    assert done.returncode == 2 and "unknown benchmark" in done.stderr
+
+
 def test_bad_ram_size_is_refused():
     done = trapvisor("run", "hello", "--ram", "lots")
     assert done.returncode == 2
@@ -81,34 +81,34 @@ def test_flat_binary_is_loaded_like_a_boot_sector(tmp_path: Path):
     assert done.returncode == 0x80
 
 
-@pytest.mark.parametrize("engine", ["native", "trap"])
+@pytest.mark.parametrize("engine", BARE_AND_DEFAULT)
 def test_triple_fault_ends_with_a_report(engine):
-    done = trapvisor("run", str(TEST_GUESTS / "triplefault.asm"), "--engine", engine)
+    done = trapvisor("run", str(PROGRAMS / "triplefault.asm"), "--engine", engine)
     assert done.returncode == 3
     assert "triple-fault" in done.stderr
     assert "guest RIP" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("engine", ["native", "trap"])
+@pytest.mark.parametrize("engine", BARE_AND_DEFAULT)
 def test_access_outside_ram_ends_with_a_report(engine):
-    done = trapvisor("run", str(TEST_GUESTS / "unmapped.asm"), "--engine", engine)
+    done = trapvisor("run", str(PROGRAMS / "unmapped.asm"), "--engine", engine)
     assert done.returncode == 3
     assert "outside RAM" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("engine", ["native", "trap"])
+@pytest.mark.parametrize("engine", BARE_AND_DEFAULT)
 def test_garbage_code_ends_in_a_defined_state(engine):
-    done = trapvisor("run", str(TEST_GUESTS / "garbage.asm"), "--engine", engine)
+    done = trapvisor("run", str(PROGRAMS / "garbage.asm"), "--engine", engine)
     assert done.returncode == 3
     assert "Traceback" not in done.stderr
     assert "guest RIP" in done.stderr
 
 
-@pytest.mark.parametrize("engine", ["native", "trap"])
+@pytest.mark.parametrize("engine", BARE_AND_DEFAULT)
 def test_timeout_stops_a_guest_that_never_ends(engine):
-    done = trapvisor("run", str(TEST_GUESTS / "forever.asm"), "--engine", engine, "--timeout", "1")
+    done = trapvisor("run", str(PROGRAMS / "forever.asm"), "--engine", engine, "--timeout", "1")
     assert done.returncode == 3
     assert "--timeout 1 s expired" in done.stderr
 
@@ -121,9 +121,9 @@ def test_max_exits_stops_the_run_and_shows_the_last_exits():
     assert "IO_INSTRUCTION" in done.stderr
 
 
-@pytest.mark.parametrize("engine", ["native", "trap"])
+@pytest.mark.parametrize("engine", BARE_AND_DEFAULT)
 def test_hlt_with_interrupts_disabled_ends_the_run(engine):
-    done = trapvisor("run", str(TEST_GUESTS / "halt.asm"), "--engine", engine)
+    done = trapvisor("run", str(PROGRAMS / "halt.asm"), "--engine", engine)
     assert done.returncode == 3
     assert "HLT with interrupts disabled" in done.stderr
 
@@ -156,22 +156,21 @@ def test_trace_writes_one_json_line_per_exit(tmp_path: Path):
     assert "port 0x3f8" in thr[1]["qualification_decoded"]
 
 
-@pytest.mark.parametrize("engine", ["native", "trap"])
+@pytest.mark.parametrize("engine", BARE_AND_DEFAULT)
 def test_scripted_input_reaches_the_uart_receiver(engine):
-    done = trapvisor("run", str(TEST_GUESTS / "echo.asm"), "--engine", engine,
+    done = trapvisor("run", str(PROGRAMS / "echo.asm"), "--engine", engine,
                      "--input", "Hello, uart!\\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "HELLO, UART!\n"
 
 
 def test_stdin_reaches_the_uart_receiver():
-    done = subprocess.run([*CLI, "run", str(TEST_GUESTS / "echo.asm"), "--stdin"],
-                          input="typed line\n", capture_output=True, text=True, timeout=60)
+    done = trapvisor("run", str(PROGRAMS / "echo.asm"), "--stdin", input="typed line\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "TYPED LINE\n"
 
 
-@pytest.mark.parametrize("engine", ["native", "trap"])
+@pytest.mark.parametrize("engine", BARE_AND_DEFAULT)
 def test_wall_clock_drives_the_timer(engine):
     """usermode's output does not depend on slice lengths, so it must pass on real time too."""
     done = trapvisor("run", "usermode", "--engine", engine, "--wall-clock", "--timeout", "60")

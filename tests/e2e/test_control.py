@@ -2,19 +2,16 @@
 deterministic replay, on real guests under both engines."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+import guests
+from conftest import run_guest
 from emu.asm import assemble_file
 from hypervisors.images import resolve
-from conftest import run_guest
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.debug.debuggee import Debuggee, ExitFilter, StopKind
 from vmm.observers import ExitCallback
 from vmm.vmcs import ExitReason
-
-GUESTS = Path(__file__).resolve().parents[2] / "guests"
 
 
 def debuggee(name: str, engine: str, output: list | None = None) -> Debuggee:
@@ -32,7 +29,7 @@ def test_stops_at_the_entry_and_steps(engine):
 
 
 def test_breakpoint_stops_before_the_instruction_every_time(engine):
-    wait = assemble_file(GUESTS / "hello.asm").symbols["start.wait"]
+    wait = assemble_file(guests.path("hello")).symbols["start.wait"]
     d = debuggee("hello", engine)
     bp = d.add_breakpoint(wait)
     for _ in range(3):
@@ -53,7 +50,7 @@ def test_exit_breakpoint_stops_right_after_the_handled_exit():
 
 
 def test_watchpoint_reports_old_and_new_values():
-    ticks = assemble_file(GUESTS / "usermode.asm").symbols["ticks"]
+    ticks = assemble_file(guests.path("usermode")).symbols["ticks"]
     d = debuggee("usermode", "trap")
     d.add_watchpoint(ticks, 4)
     for n in range(1, 4):

@@ -5,24 +5,20 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import guests
+from conftest import CLI, PROGRAMS, ROOT, trapvisor
 from emu.asm import assemble_file
 
-CLI = [sys.executable, "-m", "hypervisors.cli", "debug"]
-TEST_GUESTS = Path(__file__).resolve().parents[1] / "guests"
-README = Path(__file__).resolve().parents[2] / "README.md"
 
-
-def debug(guest: str, *commands: str, options: tuple[str, ...] = (),
-          timeout: float = 60) -> subprocess.CompletedProcess:
-    args = [*CLI, guest, "--batch", *options]
+def debug(guest: str, *commands: str,
+          options: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    args = ["debug", guest, "--batch", *options]
     for command in commands:
         args += ["--ex", command]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    return trapvisor(*args)
 
 
 def sections(stdout: str) -> list[tuple[str, list[str]]]:
@@ -204,7 +200,7 @@ def test_breakpoints_on_unmapped_pages_are_refused():
 
 
 def test_post_mortem_after_a_triple_fault():
-    done = debug(str(TEST_GUESTS / "triplefault.asm"), "c", "info registers",
+    done = debug(str(PROGRAMS / "triplefault.asm"), "c", "info registers",
                  "x/2xb $pc", "info exits 1", "continue", "info gdt")
     assert done.returncode == 1  # the second continue is refused
     out = blocks(done.stdout)
@@ -221,7 +217,7 @@ def test_post_mortem_after_a_triple_fault():
 
 
 def test_exit_filters_by_cr_rip_and_vector():
-    done = debug(str(TEST_GUESTS / "triplefault.asm"),
+    done = debug(str(PROGRAMS / "triplefault.asm"),
                  "break exit cr_access cr 0 rip 0x7c16-0x7c18", "continue", "x/3xb -p 0x7c16")
     assert done.returncode == 0, done.stderr
     out = blocks(done.stdout)
@@ -242,8 +238,8 @@ def test_exit_filters_by_cr_rip_and_vector():
 def test_commands_from_a_file_and_the_help(tmp_path: Path):
     script = tmp_path / "commands.gdb"
     script.write_text("# set up\nbreak exit cr_access\n\ncontinue\ninfo vmcs\n")
-    done = subprocess.run([*CLI, "pmode", "--batch", "--ex", "help", "-x", str(script),
-                           "--ex", "info idt"], capture_output=True, text=True, timeout=120)
+    done = trapvisor("debug", "pmode", "--batch", "--ex", "help", "-x", str(script),
+                     "--ex", "info idt")
     assert done.returncode == 0, done.stderr
     out = blocks(done.stdout)
     help_text = "\n".join(out["help"])
@@ -274,8 +270,8 @@ def test_devices_and_descriptor_tables_after_setup():
 
 
 def test_ctrl_c_interrupts_a_running_guest_and_the_session_goes_on():
-    process = subprocess.Popen([*CLI, str(TEST_GUESTS / "forever.asm"), "--batch", "--ex",
-                                "continue", "--ex", "info exits 1"],
+    process = subprocess.Popen([*CLI, "debug", str(PROGRAMS / "forever.asm"), "--batch",
+                                "--ex", "continue", "--ex", "info exits 1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         while process.stdout.readline() != "(trapvisor) continue\n":
@@ -291,13 +287,12 @@ def test_ctrl_c_interrupts_a_running_guest_and_the_session_goes_on():
 
 
 def test_readme_debugging_examples_work():
-    text = README.read_text()
+    text = (ROOT / "README.md").read_text()
     section = text[text.index("## Debugging"):]
     section = section[:section.index("\n## ")]
     commands = [line[2:] for line in section.splitlines() if line.startswith("$ trapvisor debug")]
     assert len(commands) == 2
-    runs = [subprocess.run([sys.executable, "-m", "hypervisors.cli", *shlex.split(c)[1:]],
-                           capture_output=True, text=True, timeout=120) for c in commands]
+    runs = [trapvisor(*shlex.split(c)[1:]) for c in commands]
     assert all(done.returncode == 0 for done in runs), [done.stderr for done in runs]
     shown = section[section.index("```text\n") + 8:]
     shown = shown[:shown.index("```")]

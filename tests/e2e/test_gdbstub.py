@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import guests
+from conftest import CLI, PROGRAMS, trapvisor
 from emu.asm import assemble_file
 from hypervisors.images import resolve
 from hypervisors.monolithic import MonolithicHypervisor
@@ -26,8 +26,6 @@ from vmm.debug.gdb.stub import end_reply, serve
 from vmm.debug.gdb.wire import FrameParser, escape, frame, unescape
 from vmm.vcpu import RunResult, RunState
 
-CLI = [sys.executable, "-m", "hypervisors.cli"]
-TEST_GUESTS = Path(__file__).resolve().parents[1] / "guests"
 HELLO = assemble_file(guests.path("hello"))
 USERMODE = assemble_file(guests.path("usermode"))
 EIP = 8  # register numbers in the target description
@@ -356,7 +354,7 @@ def test_ctrl_c_interrupts_a_running_guest(tmp_path):
 
 
 def test_triple_fault_ends_with_x_and_a_report():
-    served = ServedGuest(TEST_GUESTS / "triplefault.asm")
+    served = ServedGuest(PROGRAMS / "triplefault.asm")
     client = served.connect()
     assert client.ask("c") == "X0b"
     assert "triple-fault" in client.console
@@ -469,7 +467,7 @@ class Trapvisor:
 
 
 @pytest.fixture
-def trapvisor():
+def trapvisor_gdb():
     started: list[Trapvisor] = []
     yield lambda guest, *options: started.append(Trapvisor(guest, *options)) or started[-1]
     for tv in started:
@@ -479,8 +477,8 @@ def trapvisor():
 
 
 @needs_gdb
-def test_gdb_sees_the_guest_stopped_at_its_first_instruction(trapvisor):
-    tv = trapvisor("hello")
+def test_gdb_sees_the_guest_stopped_at_its_first_instruction(trapvisor_gdb):
+    tv = trapvisor_gdb("hello")
     out = tv.gdb("info registers", "x/4xb 0x7c00", "monitor last-exit")
     assert re.search(r"^eip\s+0x7c00\s", out, re.M), out
     assert re.search(r"^edx\s+0x80\s", out, re.M), out
@@ -492,8 +490,8 @@ def test_gdb_sees_the_guest_stopped_at_its_first_instruction(trapvisor):
 
 
 @needs_gdb
-def test_gdb_break_continue_stepi(trapvisor):
-    tv = trapvisor("hello")
+def test_gdb_break_continue_stepi(trapvisor_gdb):
+    tv = trapvisor_gdb("hello")
     target = HELLO.symbols["start.next"]
     out = tv.gdb(f"break *{target:#x}", "continue", "p/x $pc", "stepi", "p/x $pc", "delete",
                  "continue")
@@ -504,8 +502,8 @@ def test_gdb_break_continue_stepi(trapvisor):
 
 
 @needs_gdb
-def test_gdb_monitor_stops_at_an_io_exit(trapvisor):
-    tv = trapvisor("hello")
+def test_gdb_monitor_stops_at_an_io_exit(trapvisor_gdb):
+    tv = trapvisor_gdb("hello")
     out = tv.gdb("monitor last-exit", "monitor break-exit IO_INSTRUCTION", "continue",
                  "monitor last-exit", "p/x $pc")
     assert "exit breakpoint 1: IO_INSTRUCTION (exit reason 30)" in out, out
@@ -517,8 +515,8 @@ def test_gdb_monitor_stops_at_an_io_exit(trapvisor):
 
 
 @needs_gdb
-def test_gdb_watch_on_a_ring3_variable(trapvisor):
-    tv = trapvisor("usermode")
+def test_gdb_watch_on_a_ring3_variable(trapvisor_gdb):
+    tv = trapvisor_gdb("usermode")
     written_a = USERMODE.symbols["written_a"]
     out = tv.gdb(f"watch *(int *){written_a:#x}", "continue", "delete", "continue")
     assert f"Hardware watchpoint 1: *(int *){written_a:#x}" in out, out
@@ -528,8 +526,8 @@ def test_gdb_watch_on_a_ring3_variable(trapvisor):
 
 
 @needs_gdb
-def test_gdb_ctrl_c_interrupts_the_guest(trapvisor, tmp_path):
-    tv = trapvisor(spin_guest(tmp_path))
+def test_gdb_ctrl_c_interrupts_the_guest(trapvisor_gdb, tmp_path):
+    tv = trapvisor_gdb(spin_guest(tmp_path))
     gdb, out = tv.interactive_gdb("continue")
     tv.log.wait_for("gdb: connected")
     time.sleep(1)
@@ -543,8 +541,8 @@ def test_gdb_ctrl_c_interrupts_the_guest(trapvisor, tmp_path):
 
 
 @needs_gdb
-def test_killing_gdb_at_a_breakpoint_leaves_trapvisor_waiting(trapvisor):
-    tv = trapvisor("hello")
+def test_killing_gdb_at_a_breakpoint_leaves_trapvisor_waiting(trapvisor_gdb):
+    tv = trapvisor_gdb("hello")
     target = HELLO.symbols["start.next"]
     gdb, out = tv.interactive_gdb(f"break *{target:#x}", "continue")
     out.wait_for("Breakpoint 1, ")
@@ -559,8 +557,8 @@ def test_killing_gdb_at_a_breakpoint_leaves_trapvisor_waiting(trapvisor):
 
 
 @needs_gdb
-def test_killing_gdb_while_the_guest_runs_leaves_it_running(trapvisor, tmp_path):
-    tv = trapvisor(spin_guest(tmp_path))
+def test_killing_gdb_while_the_guest_runs_leaves_it_running(trapvisor_gdb, tmp_path):
+    tv = trapvisor_gdb(spin_guest(tmp_path))
     gdb, _ = tv.interactive_gdb("continue")
     tv.log.wait_for("gdb: connected")
     time.sleep(1)
@@ -575,23 +573,21 @@ def test_killing_gdb_while_the_guest_runs_leaves_it_running(trapvisor, tmp_path)
 
 
 @needs_gdb
-def test_gdb_kill_ends_trapvisor_with_status_3(trapvisor):
-    tv = trapvisor("hello")
+def test_gdb_kill_ends_trapvisor_with_status_3(trapvisor_gdb):
+    tv = trapvisor_gdb("hello")
     assert "[Inferior 1 (Remote target) killed]" in tv.gdb("kill")
     assert tv.finish()[0] == 3
     assert "trapvisor: gdb killed the guest" in tv.log.text()
 
 
 def test_gdb_option_wants_host_and_port():
-    done = subprocess.run([*CLI, "run", "hello", "--gdb", "nonsense"], capture_output=True,
-                          text=True, timeout=60)
+    done = trapvisor("run", "hello", "--gdb", "nonsense")
     assert done.returncode == 2 and "not HOST:PORT: 'nonsense'" in done.stderr
 
 
 def test_a_port_in_use_is_refused_with_a_message():
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        done = subprocess.run([*CLI, "run", "hello", "--gdb", f"127.0.0.1:{port}"],
-                              capture_output=True, text=True, timeout=60)
+        done = trapvisor("run", "hello", "--gdb", f"127.0.0.1:{port}")
     assert done.returncode == 2
     assert f"--gdb 127.0.0.1:{port}: cannot listen: Address already in use" in done.stderr

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import EXPECTED, trapvisor
 from hypervisors.images import resolve
 from hypervisors.micro.hypervisor import MicroHypervisor
 from vmm.vcpu import RunState
 
-EXPECTED = Path(__file__).resolve().parent / "expected"
 SPIN_IO = """bits 16
 org 0x7c00
     cli
@@ -35,6 +33,11 @@ org 0x7c00
     vmcall
     out 0xF4, al           ; the status is the exit status
 """
+# A device model that faults on purpose: the exit status and the report each hypervisor gives.
+DRIVER_FAULT_REPORTS = {
+    "micro": (3, "device-error: a device model failed in the parent partition"),
+    "monolithic": (4, "vmm-error: DeviceFault"),
+}
 
 
 @pytest.fixture
@@ -66,8 +69,7 @@ def test_two_children_run_side_by_side_with_their_own_output(micro):
 
 
 def test_the_cli_prefixes_each_vms_lines():
-    run = subprocess.run(["trapvisor", "run", "hello", "pmode", "--hypervisor", "micro"],
-                         capture_output=True, text=True, timeout=60)
+    run = trapvisor("run", "hello", "pmode", "--hypervisor", "micro")
     assert run.returncode == 0, run.stderr
     assert "[1:hello] Hello from a trapvisor guest!\n" in run.stdout
     assert "[2:pmode] all checks passed\n" in run.stdout
@@ -104,22 +106,16 @@ def test_a_driver_fault_stops_only_its_vm_and_the_parent_carries_on(micro):
     assert partition(micro, "after").run(resolve("hello", 32 << 20)).ok
 
 
-@pytest.mark.parametrize("hypervisor, status, says", [
-    ("micro", 3, "device-error: a device model failed in the parent partition"),
-    ("monolithic", 4, "vmm-error: DeviceFault"),
-])
-def test_the_cli_reports_a_driver_fault_without_a_traceback(hypervisor, status, says):
-    run = subprocess.run(["trapvisor", "run", "hello", "--hypervisor", hypervisor,
-                          "--inject-device-fault", "uart16550"],
-                         capture_output=True, text=True, timeout=60)
+def test_the_cli_reports_a_driver_fault_without_a_traceback(hypervisor):
+    status, says = DRIVER_FAULT_REPORTS[hypervisor]
+    run = trapvisor("run", "hello", "--hypervisor", hypervisor, "--inject-device-fault",
+                    "uart16550")
     assert run.returncode == status and says in run.stderr
     assert "Traceback" not in run.stderr
 
 
 def test_an_unknown_fault_device_is_bad_input():
-    run = subprocess.run(["trapvisor", "run", "hello", "--hypervisor", "micro",
-                          "--inject-device-fault", "nope"], capture_output=True, text=True,
-                         timeout=60)
+    run = trapvisor("run", "hello", "--hypervisor", "micro", "--inject-device-fault", "nope")
     assert run.returncode == 2 and "no device named 'nope'" in run.stderr
 
 
@@ -134,13 +130,12 @@ def test_hostile_hypercall_gpas_are_refused_and_counted(micro, tmp_path, gpa, st
 def test_under_monolithic_the_same_hypercall_is_an_unknown_code(tmp_path):
     path = tmp_path / "hostile.asm"
     path.write_text(HYPERCALL.format(gpa="0x9000"))
-    run = subprocess.run(["trapvisor", "run", str(path)], capture_output=True, timeout=60)
+    run = trapvisor("run", str(path))
     assert run.returncode == 2
 
 
 def test_tcb_puts_every_device_model_in_the_parent_and_none_in_the_micro_hypervisor():
-    run = subprocess.run([sys.executable, "-m", "hypervisors.cli", "tcb"], capture_output=True,
-                         text=True, timeout=120)
+    run = trapvisor("tcb")
     assert run.returncode == 0, run.stderr
     rows = [line.split() for line in run.stdout.splitlines()[1:]]
     packages = {(row[0], " ".join(row[1:-3])) for row in rows}

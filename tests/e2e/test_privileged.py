@@ -1,11 +1,9 @@
 """Every privileged instruction the trap engine emulates gives the bare machine's result."""
 from __future__ import annotations
 
-from pathlib import Path
+from conftest import PROGRAMS, run_guest
 
-from conftest import run_guest
-
-GUEST = Path(__file__).resolve().parents[1] / "guests" / "privileged.asm"
+GUEST = PROGRAMS / "privileged.asm"
 
 
 def test_trap_emulation_matches_the_bare_machine():

@@ -1,25 +1,24 @@
 """The README's `trapvisor` examples run as written (the debugger's and gdb's are covered by
-test_debugger.py and test_gdbstub.py)."""
+test_debugger.py and test_gdbstub.py; `trapvisor bench` examples are marked `bench`)."""
 from __future__ import annotations
 
 import re
 import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import ROOT, trapvisor
+
 EXAMPLE = re.compile(r"^\$ trapvisor (?P<args>[^#&]*?)\s*(?:#\s*exits (?P<status>\d+))?\s*$")
 
 
-def examples() -> list[tuple[str, int]]:
+def examples() -> list:
     found = []
     for line in (ROOT / "README.md").read_text().splitlines():
         match = EXAMPLE.match(line)
         if match and not match["args"].startswith("debug") and "--gdb" not in match["args"]:
-            found.append((match["args"], int(match["status"] or 0)))
+            marks = [pytest.mark.bench] if match["args"].startswith("bench") else []
+            found.append(pytest.param(match["args"], int(match["status"] or 0), marks=marks))
     return found
 
 
@@ -29,7 +28,6 @@ def test_the_readme_has_examples():
 
 @pytest.mark.parametrize("args,status", examples())
 def test_readme_example(args, status):
-    done = subprocess.run([sys.executable, "-m", "hypervisors.cli", *shlex.split(args)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = trapvisor(*shlex.split(args), timeout=300)
     assert done.returncode == status, done.stdout + done.stderr
     assert "Traceback" not in done.stderr

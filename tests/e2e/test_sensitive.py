@@ -8,16 +8,10 @@ state. The test names those lines, so the failure is documented, not accidental.
 """
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from conftest import run_guest
+from conftest import EXPECTED, run_guest, trapvisor
 from vmm.vcpu import RunState
-
-EXPECTED = Path(__file__).resolve().parent / "expected" / "sensitive.txt"
 
 RING_LEAK = "0x0009 RPL=1"
 # Every line where `--engine trap` shows something other than bare hardware: tag -> (what trap
@@ -79,7 +73,7 @@ def trap():
 def test_native_runs_to_the_end_and_matches_the_golden_output(native):
     assert native.result.state is RunState.EXITED, native.result.report()
     assert native.result.status == 0, native.text
-    assert native.text == EXPECTED.read_text()
+    assert native.text == (EXPECTED / "sensitive.txt").read_text()
 
 
 def test_every_line_has_a_unique_tag(native):
@@ -111,8 +105,7 @@ def test_translating_engines_match_native_byte_for_byte(native, engine):
 
 
 def test_trap_run_explains_what_it_could_not_virtualize():
-    proc = subprocess.run([sys.executable, "-m", "hypervisors.cli", "run", "sensitive",
-                           "--engine", "trap"], capture_output=True, text=True)
+    proc = trapvisor("run", "sensitive", "--engine", "trap")
     assert proc.returncode == 0
     report = proc.stderr
     assert "trap could not virtualize" in report
@@ -120,6 +113,5 @@ def test_trap_run_explains_what_it_could_not_virtualize():
                  "mov ax, cs  sees the real ring (RPL 1)", "push ss", "lar eax, edx",
                  "verw dx"):
         assert text in report, text
-    clean = subprocess.run([sys.executable, "-m", "hypervisors.cli", "run", "sensitive",
-                            "--engine", "bt"], capture_output=True, text=True)
+    clean = trapvisor("run", "sensitive", "--engine", "bt")
     assert clean.returncode == 0 and clean.stderr == ""

@@ -5,22 +5,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import run_guest
-from hypervisors.images import resolve
-from hypervisors.micro.hypervisor import MicroHypervisor
 from vmm.vcpu import RunState
 
 GREETING_END = (b"signalled the channel once with HvCallSignalEvent, "
                 b"and the console VSP printed them.\n")
-
-
-def run_micro(name: str, **options):
-    chunks: list[bytes] = []
-    hypervisor = MicroHypervisor(engine="trap", sink=chunks.append, timeout=60, **options)
-    try:
-        result = hypervisor.run(resolve(name, hypervisor.ram_size))
-    finally:
-        hypervisor.close()
-    return b"".join(chunks), result
 
 
 def block_pattern() -> bytes:
@@ -29,22 +17,21 @@ def block_pattern() -> bytes:
 
 
 def test_console_greeting_goes_through_the_vsp_in_one_signal():
-    output, result = run_micro("vmbus-console")
-    assert result.state is RunState.EXITED and result.status == 0, output
-    assert b"console channel open, relid 0x11\nHello from an enlightened" in output
-    assert GREETING_END in output
-    assert b"sent 322 bytes in 6 packets with 1 signal(s)" in output
+    run = run_guest("vmbus-console", "trap", hypervisor="micro")
+    assert run.result.state is RunState.EXITED and run.result.status == 0, run.output
+    assert b"console channel open, relid 0x11\nHello from an enlightened" in run.output
+    assert GREETING_END in run.output
+    assert b"sent 322 bytes in 6 packets with 1 signal(s)" in run.output
 
 
 def test_block_writes_reads_and_verifies_sectors_of_the_parents_disk(tmp_path):
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(128 * 512))
-    output, result = run_micro("vmbus-block", disk=str(disk))
-    text = output.decode()
-    assert result.state is RunState.EXITED and result.status == 0, text
-    assert "GET_CAPACITY: sectors = 128 ... ok" in text
-    assert "bytes read back equal to the pattern: 2048 ... ok" in text
-    assert "past the end) refused: status 2 ... ok" in text
+    run = run_guest("vmbus-block", "trap", hypervisor="micro", disk=str(disk))
+    assert run.result.state is RunState.EXITED and run.result.status == 0, run.text
+    assert "GET_CAPACITY: sectors = 128 ... ok" in run.text
+    assert "bytes read back equal to the pattern: 2048 ... ok" in run.text
+    assert "past the end) refused: status 2 ... ok" in run.text
     assert disk.read_bytes()[8 * 512:12 * 512] == block_pattern()
 
 

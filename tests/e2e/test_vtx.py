@@ -2,17 +2,14 @@
 reason and qualification, events are injected on entry, EPT violations reach MMIO devices."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from conftest import TEST_GUESTS, run_guest
+from conftest import PROGRAMS, run_guest, trapvisor
 from vmm.observers import ExitCallback
 from vmm.vcpu import RunState
 from vmm.vmcs import ExitReason as R
 
-PRIVILEGED = TEST_GUESTS / "privileged.asm"
+PRIVILEGED = PROGRAMS / "privileged.asm"
 ALL_EXITS = "cr3,cr3-store,cr0=0xffffffff,cr4=0xffffffff,invlpg,msr,dt,dr,wbinvd"
 
 
@@ -65,7 +62,7 @@ def test_exception_bitmap_turns_a_divide_error_into_an_exit_and_reinjects_it():
 
 
 def test_vmcall_exits_with_its_reason():
-    run, exits = traced(TEST_GUESTS / "vmcall.asm")
+    run, exits = traced(PROGRAMS / "vmcall.asm")
     assert run.result.ok and run.text == "2\n"
     assert [e.reason for e in exits if e.reason is R.VMCALL] == [R.VMCALL]
 
@@ -92,7 +89,7 @@ def run_mmio(device):
     if device is not None:
         hypervisor.vm.mmio.insert(device, 0xFEB00000, 0x1000)
     try:
-        result = hypervisor.run(resolve(str(TEST_GUESTS / "mmio.asm"), hypervisor.vm.memory.size))
+        result = hypervisor.run(resolve(str(PROGRAMS / "mmio.asm"), hypervisor.vm.memory.size))
     finally:
         hypervisor.close()
     return result, [e for e in exits if e.reason is R.EPT_VIOLATION], b"".join(chunks)
@@ -122,6 +119,5 @@ def test_ept_violation_with_no_device_ends_the_run_with_a_report():
     (["--engine", "vtx", "--exit-on", "cr0=zz"], "is not a number"),
 ])
 def test_bad_exit_on_is_refused(argv, message):
-    proc = subprocess.run([sys.executable, "-m", "hypervisors.cli", "run", "hello", *argv],
-                          capture_output=True, text=True)
+    proc = trapvisor("run", "hello", *argv)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
