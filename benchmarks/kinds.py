@@ -7,8 +7,8 @@ parent-partition device (micro hypervisor only), MOV to CR0, RDMSR, WRMSR, HLT w
 page fault, exception reflection (#DE), INT 0x80 system call from ring 3. Per combination: median
 µs per guest iteration with p10/p90 over the repetitions, exits per iteration (vCPU exit count),
 µs per exit, x native (same loop, native engine) and x floor (Unicorn's cheapest round trip).
-Then the trap paths (traps.py): OUT and CLI in real and protected mode on the exit fast path and
-with an ExitStats observer attached, beside their floors in the same mode.
+Then the trap paths (traps.py): OUT and CLI in real and protected mode, unobserved and with an
+ExitStats observer attached, beside their floors in the same mode.
 """
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
-"""Part of benchmark 1 (exits): the fast and the observed trap path of two events in both guest
-modes, against their bare-Unicorn floors.
+"""Part of benchmark 1 (exits): the unobserved and the observed trap path of two events in both
+guest modes, against their bare-Unicorn floors.
 
 Events: OUT 0x80 to the platform's null device, and CLI at guest ring 0 (under trap and bt an
 IOPL-0 #GP that the VMM decodes, emulates on the shadow IF and resumes). Modes: real mode
 (benchmarks/guests/exits16.asm; trap and bt run it in virtual-8086 mode) and 32-bit protected
 mode (exits32.asm; trap and bt run guest ring 0 on ring 1). Per engine of the monolithic
-hypervisor, two paths: the exit fast path (no observer), and the observed slow path (an
-ExitStats observer attached, as with --stats, --trace or a debugger: every exit builds a VmExit
-record with its SDM qualification and goes through dispatch and the observers); VMM-side is
+hypervisor, unobserved (no observer: the one exit path with the record's observer-only fields
+left unread) and observed (an ExitStats observer attached, as with --stats, --trace or a
+debugger: each exit also reads its SDM qualification's instruction bytes, is stamped and goes
+through the observers); VMM-side is
 ExitStats' mean time from building that record to re-entering the guest. The floors, measured in
 the same run on emu.cpu.Cpu with no VMM in the same mode: for OUT the OUT hook at CPL 0, once
 with and once without an instruction count (a counting vCPU runs uc_emu_start(count=N)); for
@@ -16,7 +17,7 @@ CLI #GP at CPL 3 (virtual-8086 mode or flat protected mode) -> hook -> take_exce
 µs per event = (t(N passes with the instruction) - t(N passes of the empty loop)) / N, N patched
 into the guest's parameter block; one pair per repetition, the pair's order alternating and the
 repetitions rotating through every row. A run counts only if the null device saw exactly N
-writes (none for CLI). Goals on the fast path of every engine but native: OUT <= 1 µs per exit,
+writes (none for CLI). Goals for unobserved exits of every engine but native: OUT <= 1 µs per exit,
 CLI <= 3 µs per trap.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from vmm.observers import ExitStats
 NAME = "exits"
 HYPERVISOR = "monolithic"
 COUNTED_BARE = f"{BARE}-counted"
-# event -> (variant of exits16/exits32.asm, goal in µs on the fast path, what one event is)
+# event -> (variant of exits16/exits32.asm, goal in µs when unobserved, what one event is)
 EVENTS = {"out": (1, 1.0, "OUT 0x80 -> the null device"),
           "cli": (2, 3.0, "CLI at guest ring 0")}
 X_NATIVE = {"out"}   # a native CLI does not trap: its few ns are no baseline for a trap

@@ -103,9 +103,10 @@ class VmExit:
     """One VM exit: why, where, the SDM qualification, typed data and timestamps (ns).
 
     Engines fill what the handler needs; what only an observer reads (the I/O qualification's
-    string/REP/immediate bits, the instruction bytes, the timestamps) is filled in by the exit
-    path only when someone observes, as KVM reads EXIT_QUALIFICATION lazily. Fields left at
-    their class default cost nothing on the hot path."""
+    string/REP/immediate bits, the instruction's bytes and text in ``insn_bytes``/``detail``, the
+    timestamps) is filled in by the exit path only when someone observes, as KVM reads
+    EXIT_QUALIFICATION lazily. Fields left at their class default cost nothing on the hot
+    path."""
 
     qualification: int | None = 0      # None: not read yet (I/O, unobserved)
     exit_ns = 0
@@ -129,7 +130,9 @@ class VmExit:
 
     @property
     def insn_len(self) -> int:
-        return len(self.insn_bytes)
+        if self.insn_bytes or self.insn is None:
+            return len(self.insn_bytes)
+        return self.insn.size
 
     @property
     def duration_ns(self) -> int:
@@ -141,8 +144,8 @@ class VmExit:
             text = f"{self.reason.name} rip={self.rip:#010x} {direction} port {self.port:#x}"
         else:
             text = f"{self.reason.name} rip={self.rip:#010x} qual={self.qualification:#x}"
-        if self.detail:
-            text += f" {self.detail}"
+        if self.detail or self.insn is not None:
+            text += f" {self.detail or self.insn}"
         return text
 
     def to_json(self) -> dict:

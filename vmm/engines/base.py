@@ -41,12 +41,16 @@ class EngineBase:
 
     def complete_exit_info(self, exit: VmExit) -> None:
         """Fill in what only observers read: the I/O qualification (its string/REP/immediate
-        bits come from the instruction bytes) and the exiting instruction's bytes."""
+        bits come from the instruction bytes), the exiting instruction's bytes and text."""
         if exit.qualification is None:
             exit.qualification = self.io_exit_qualification(exit.port, exit.size, exit.is_in)
-        if not exit.insn_bytes:
-            insn = exit.insn if exit.insn is not None else self.current_insn()
-            if insn is not None and (exit.insn is not None or self.cpu.eip == exit.rip):
+        insn = exit.insn
+        if insn is not None:
+            exit.insn_bytes = exit.insn_bytes or insn.raw
+            exit.detail = exit.detail or str(insn)
+        elif not exit.insn_bytes:
+            insn = self.current_insn()
+            if insn is not None and self.cpu.eip == exit.rip:
                 exit.insn_bytes = insn.raw
 
     def io_exit(self, port: int, size: int, is_in: bool, value: int | None) -> VmExit:

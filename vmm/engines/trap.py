@@ -131,7 +131,7 @@ class TrapEngine(EngineBase):
         if plan.reason is R.INVLPG:
             qualification = effective_address(self.deprivileged, insn, insn.operands[0])
         exit = self._exit(plan.reason, qualification, insn.size)
-        exit.insn, exit.plan, exit.insn_bytes, exit.detail = insn, plan, insn.raw, str(insn)
+        exit.insn, exit.plan = insn, plan
         if plan.reason is R.EXCEPTION_NMI:
             exit.intr_info = interruption_info(GP, EventKind.HARDWARE_EXCEPTION.value, True)
             exit.error_code = error_code

@@ -187,7 +187,7 @@ class VtxEngine(EngineBase):
             self.complete_instruction()  # armed, but these operands do not exit
             return
         exit = self._exit(reason, qualification)
-        exit.insn, exit.insn_bytes, exit.detail = insn, insn.raw, str(insn)
+        exit.insn = insn
         self.vmcs.exit_instruction_length = insn.size
         self.take_exit(exit)
 
