@@ -19,9 +19,9 @@ from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
 from hypervisors.registry import HYPERVISORS
 from vmm.devices.faults import inject_fault
 from vmm.engines import ENGINES
+from vmm.engines.vmx_controls import EXIT_ON_NAMES
 from vmm.observers import ExitStats, JsonTrace
 from vmm.run_state import RunState
-from vmm.engines.vmx_controls import EXIT_ON_NAMES
 
 EXIT_BAD_INPUT, EXIT_GUEST_FAILED, EXIT_VMM_ERROR = 2, 3, 4
 
