@@ -18,6 +18,8 @@ from emu.hooks import CpuHandler, Hooks
 from emu.memory import GuestMemory
 from emu.qemu_state import NO_UNTIL, QemuState
 
+PAGE_MASK = 0xFFF
+
 # Segment register indices as QEMU numbers them (R_ES .. R_GS).
 ES, CS, SS, DS, FS, GS = range(6)
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
@@ -76,8 +78,13 @@ class Cpu:
         self._error_code, self._is_int = state.error_code, state.is_int
         self._old_exception = state.old_exception
         self._counter, self._halted = state.counter, state.halted
-        self._budget = 0
+        self._count_limit = state.count_limit
+        self._budget = self._limit = 0
         self._counting = True
+        self._in_mmio = False
+        self._stop_deferred = False
+        self.mmio_retry = False
+        self._mmio_pages: set[int] = set()
         self.hook_error: BaseException | None = None
         self._hooks = Hooks(self._uc, self._hook_failed)
         self.reset_real_mode()
@@ -131,6 +138,36 @@ class Cpu:
     def unhook(self, handle: int) -> None:
         self._hooks.unhook(handle)
 
+    def map_mmio(self, base: int, size: int) -> None:
+        """Send guest accesses to the pages covering [base, base + size) to the handler's
+        on_mmio_read/on_mmio_write (pages already sent there are left as they are).
+
+        Unicorn stops *at* an access when asked to stop from inside an MMIO callback, and runs
+        it again on resume: a device would see a store twice. So a stop requested during an MMIO
+        access waits for the next instruction boundary (a counted run's limit is lowered to the
+        instructions already counted), and an uncounted run, which has no such boundary, leaves
+        before the access and sets ``mmio_retry``: the vCPU runs it again counted."""
+        first, end = base & ~PAGE_MASK, (base + size + PAGE_MASK) & ~PAGE_MASK
+        for page in range(first, end, PAGE_MASK + 1):
+            if page not in self._mmio_pages:
+                self._hooks.map_mmio(page, PAGE_MASK + 1, self._enter_mmio, self._leave_mmio)
+                self._mmio_pages.add(page)
+
+    def _enter_mmio(self) -> bool:
+        if not self._counting:
+            self.mmio_retry = True
+            uclib.uc_emu_stop(self._uch)
+            return False
+        self._in_mmio = True
+        return True
+
+    def _leave_mmio(self) -> None:
+        self._in_mmio = False
+        if self._stop_deferred:
+            self._stop_deferred = False
+            self._limit = min(self._limit, self._counter.value)
+            self._count_limit.value = self._limit
+
     def watch_blocks(self, callback) -> None:
         """Call ``callback()`` at the start of every translation block until unwatch_blocks()."""
         self._hooks.watch_blocks(callback)
@@ -147,7 +184,8 @@ class Cpu:
         slower) until something stops it. Blocks translated while uncounted lack the counting
         hook, so the first counted run after one flushes the block cache."""
         self.hook_error = None
-        self._budget = count
+        self._budget = self._limit = count
+        self.mmio_retry = False
         if count and not self._counting:
             self._uc.ctl_flush_tb()
         self._counting = bool(count)
@@ -167,9 +205,13 @@ class Cpu:
         """Instructions retired so far by the current or last counted run() (faulting ones
         included); 0 for an uncounted run. Unicorn counts an instruction before executing it,
         and counts the one it stops in front of when the budget runs out."""
-        return min(self._counter.value, self._budget)
+        return min(self._counter.value, self._limit)
 
     def stop(self) -> None:
+        """Stop at the next instruction boundary (see map_mmio for a stop during MMIO)."""
+        if self._in_mmio:
+            self._stop_deferred = True
+            return
         uclib.uc_emu_stop(self._uch)
 
     # ----- registers ----------------------------------------------------------------------------

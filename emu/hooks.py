@@ -34,6 +34,11 @@ _EDGE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_voi
 _UNMAPPED_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                                 ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
 
+_MMIO_READ_CB = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
+                                 ctypes.c_void_p)
+_MMIO_WRITE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
+                                  ctypes.c_uint64, ctypes.c_void_p)
+
 UNMAPPED_ACCESS = {UC_MEM_READ_UNMAPPED: Access.READ, UC_MEM_WRITE_UNMAPPED: Access.WRITE,
                    UC_MEM_FETCH_UNMAPPED: Access.FETCH}
 
@@ -52,6 +57,8 @@ class CpuHandler(Protocol):
     def on_cpuid(self) -> bool: ...
     def on_invalid_opcode(self) -> bool: ...
     def on_unmapped(self, access: Access, address: int, size: int, value: int) -> bool: ...
+    def on_mmio_read(self, address: int, size: int) -> int: ...
+    def on_mmio_write(self, address: int, size: int, value: int) -> None: ...
 
 
 class Hooks:
@@ -126,6 +133,40 @@ class Hooks:
         except BaseException as exc:  # noqa: BLE001
             self._failed(exc)
             return False
+
+    # ----- MMIO ---------------------------------------------------------------------------------
+    def map_mmio(self, base: int, size: int, enter: Callable[[], bool],
+                 leave: Callable[[], None]) -> None:
+        """Back guest-physical [base, base + size) (page aligned) with callbacks to the handler's
+        on_mmio_read/on_mmio_write (with the guest-physical address). ``enter()`` runs first and
+        may refuse the access (return False: the CPU is leaving, the access will run again);
+        ``leave()`` runs after it."""
+        def read(_uc, offset, size_, _ud):
+            if not enter():
+                return 0
+            try:
+                return self.handler.on_mmio_read(base + offset, size_)
+            except BaseException as exc:  # noqa: BLE001
+                self._failed(exc)
+                return 0
+            finally:
+                leave()
+
+        def write(_uc, offset, size_, value, _ud):
+            if not enter():
+                return
+            try:
+                self.handler.on_mmio_write(base + offset, size_, value)
+            except BaseException as exc:  # noqa: BLE001
+                self._failed(exc)
+            finally:
+                leave()
+        callbacks = (_MMIO_READ_CB(read), _MMIO_WRITE_CB(write))
+        err = uclib.uc_mmio_map(self._uch, ctypes.c_uint64(base), ctypes.c_size_t(size),
+                                callbacks[0], None, callbacks[1], None)
+        if err:
+            raise UcError(err)
+        self._callbacks.extend(callbacks)
 
     # ----- exits --------------------------------------------------------------------------------
     def set_exits(self, linear_addresses, owner: str) -> None:

@@ -56,6 +56,8 @@ class QemuState:
         self.is_int = ctypes.c_int32.from_address(env + dr - 60)
         self.old_exception = ctypes.c_int32.from_address(env + dr + 48)
         self.counter, self.halted = _locate_counter_and_halted(uc, env)
+        # uc->emu_count, the limit the counting hook compares with, follows uc->emu_counter
+        self.count_limit = ctypes.c_uint64.from_address(ctypes.addressof(self.counter) + 8)
         self._verify_layout(uc)
 
     def _verify_layout(self, uc: Uc) -> None:

@@ -44,10 +44,13 @@ class Bus:
     port -> (device, base) dict for the exit hot path; ``mmio`` bisects over the sorted windows.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, on_insert: Callable[[int, int], None] | None = None) -> None:
+        """``on_insert(base, length)`` is told of every window claimed (the VM maps MMIO windows
+        into the CPU's physical address space with it)."""
         if kind not in BUS_KINDS:
             raise ValueError(f"bus kind must be one of {BUS_KINDS}, not {kind!r}")
         self.kind = kind
+        self._on_insert = on_insert
         self._is_pio = kind == "pio"
         self._bases: list[int] = []
         self._windows: list[tuple[int, int, BusDevice]] = []
@@ -64,6 +67,8 @@ class Bus:
         self._windows.insert(index, (base, length, device))
         if self._is_pio:
             self._ports.update((port, (device, base)) for port in range(base, base + length))
+        if self._on_insert is not None:
+            self._on_insert(base, length)
 
     def remove(self, device: BusDevice) -> None:
         """Drop every window ``device`` holds; raise KeyError if it holds none."""

@@ -63,8 +63,8 @@ class ExitOps(Protocol):
         """A hypercall handler finished: step over VMCALL."""
 
     def emulate_mmio(self, exit: VmExit) -> Outcome:
-        """An EPT violation on an MMIO window: emulate the access against the MMIO bus (only
-        engines that report EPT violations offer it)."""
+        """An EPT violation: carry out the access against the MMIO bus (or end the run if
+        nothing is there)."""
 
     def complete_exit_info(self, exit: VmExit) -> None:
         """Fill in what only observers read (I/O qualification, instruction bytes)."""

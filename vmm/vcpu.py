@@ -181,7 +181,7 @@ class Vcpu:
         if self.wall_clock:
             return WALL_SLICE
         precise = self.control.precise
-        if self.vm.quiescent() and not precise:
+        if self.vm.quiescent() and not precise and not self.cpu.mmio_retry:
             return 0  # nothing can interrupt or observe time: uncounted, full speed
         deadline = self.vm.next_deadline_ns()
         limit = DEBUG_SLICE if precise else MAX_SLICE

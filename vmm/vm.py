@@ -37,7 +37,7 @@ class Vm:
         self.cpu = Cpu(self.memory)
         self.lin = LinearMemory(self.memory, self.cpu.cr)
         self.pio = Bus("pio")
-        self.mmio = Bus("mmio")
+        self.mmio = Bus("mmio", on_insert=self.cpu.map_mmio)
         self.clock = WallClock() if wall_clock else InstructionClock(self.cpu)
         self.irq_chip: InterruptController | None = None
         self.timers: list[Timer] = []

@@ -86,6 +86,15 @@ def io_qualification(port: int, size: int, is_in: bool, string: bool = False, re
             | (port << 16))
 
 
+EPT_READ, EPT_WRITE, EPT_FETCH, EPT_LINEAR_VALID, EPT_TRANSLATED = 1, 2, 4, 1 << 7, 1 << 8
+
+
+def ept_qualification(write: bool = False, fetch: bool = False) -> int:
+    """Exit qualification for EPT violations (SDM Table 28-7): the access (bits 0-2) and bit 8,
+    the access was to a translated guest-linear address (paging off: the address itself)."""
+    return (EPT_WRITE if write else EPT_FETCH if fetch else EPT_READ) | EPT_TRANSLATED
+
+
 CR_MOV_TO, CR_MOV_FROM, CR_CLTS, CR_LMSW = range(4)
 
 

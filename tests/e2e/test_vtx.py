@@ -6,7 +6,6 @@ import pytest
 
 from conftest import PROGRAMS, run_guest, trapvisor
 from vmm.observers import ExitCallback
-from vmm.vcpu import RunState
 from vmm.vmcs import ExitReason as R
 
 PRIVILEGED = PROGRAMS / "privileged.asm"
@@ -66,51 +65,6 @@ def test_vmcall_exits_with_its_reason():
     assert run.result.ok and run.text == "2\n"
     assert [e.reason for e in exits if e.reason is R.VMCALL] == [R.VMCALL]
 
-
-class Recorder:
-    """An MMIO device that remembers stores and answers loads with its offset."""
-
-    def __init__(self):
-        self.stores = []
-
-    def read(self, offset: int, size: int) -> int:
-        return 0x11223344 + offset
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.stores.append((offset, size, value))
-
-
-def run_mmio(device):
-    from hypervisors.images import resolve
-    from hypervisors.monolithic import MonolithicHypervisor
-    exits, chunks = [], []
-    hypervisor = MonolithicHypervisor(engine="vtx", sink=chunks.append, timeout=30,
-                                      observers=[ExitCallback(lambda e, o: exits.append(e))])
-    if device is not None:
-        hypervisor.vm.mmio.insert(device, 0xFEB00000, 0x1000)
-    try:
-        result = hypervisor.run(resolve(str(PROGRAMS / "mmio.asm"), hypervisor.vm.memory.size))
-    finally:
-        hypervisor.close()
-    return result, [e for e in exits if e.reason is R.EPT_VIOLATION], b"".join(chunks)
-
-
-def test_mmio_is_reached_through_ept_violations():
-    device = Recorder()
-    result, violations, output = run_mmio(device)
-    assert result.ok, result.report()
-    assert device.stores == [(0, 1, 0x41), (2, 2, 0x4342), (4, 4, 0x44434241)]
-    assert output == b"0x450x1122334c\n"
-    assert [e.guest_physical for e in violations] == [0xFEB00000, 0xFEB00002, 0xFEB00004, 0xFEB00001,
-                                             0xFEB00008]
-    assert [e.qualification for e in violations] == [0x102, 0x102, 0x102, 0x101, 0x101]
-
-
-def test_ept_violation_with_no_device_ends_the_run_with_a_report():
-    result, violations, _ = run_mmio(None)
-    assert result.state is RunState.GUEST_FAULT
-    assert "EPT violation at guest-physical 0xfeb00000" in result.message
-    assert violations[0].qualification == 0x102
 
 
 @pytest.mark.parametrize("argv, message", [

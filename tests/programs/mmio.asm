@@ -1,8 +1,9 @@
 ; mmio: stores to and loads from a device window above RAM (guest-physical 0xfeb00000)
 ;
 ; In 32-bit protected mode: MOV byte, word and dword stores, a MOVZX load and a dword load; it
-; prints what it read back and exits with status 0. Under vtx each access is an EPT violation
-; that the VMM emulates against the MMIO bus; with no device there the run ends with a report.
+; prints what it read back and exits with status 0. Natively each access reaches the device; under
+; trap, bt and vtx each is an EPT violation exit that the VMM carries out against the MMIO bus.
+; With no device there the run ends with a report.
 
 bits 16
 org 0x7c00

@@ -9,15 +9,17 @@ from emu.disasm import Disassembler, Insn
 from emu.events import EventKind
 from emu.memory import Access
 from emu.paging import CR0_PG, BusError, Fault
+from vmm.exits import Outcome
 from vmm.run_state import RunState
-from vmm.vmcs import ExitReason, VmExit, io_qualification
+from vmm.vmcs import EPT_WRITE, ExitReason, VmExit, ept_qualification, io_qualification
 
 MAX_INSN = 15
 HYPERVISOR_LEAVES = range(0x40000000, 0x40000100)
 VMCALL_BYTES = b"\x0f\x01\xc1"
 IMM_IO_OPCODES = frozenset((0xE4, 0xE5, 0xE6, 0xE7))
 STRING_IO_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F))
-IO_INSTRUCTION = ExitReason.IO_INSTRUCTION  # enum lookups are slow on the exit path
+# enum lookups are slow on the exit path
+IO_INSTRUCTION, EPT_VIOLATION = ExitReason.IO_INSTRUCTION, ExitReason.EPT_VIOLATION
 PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
 
 
@@ -52,6 +54,40 @@ class EngineBase:
             insn = self.current_insn()
             if insn is not None and self.cpu.eip == exit.rip:
                 exit.insn_bytes = insn.raw
+
+    # ----- MMIO: exits under a VMM (native overrides with the bare bus) -------------------------
+    def on_mmio_read(self, address: int, size: int) -> int:
+        exit = self.mmio_exit(address, size, None)
+        self.take_exit(exit)
+        return exit.value
+
+    def on_mmio_write(self, address: int, size: int, value: int) -> None:
+        self.take_exit(self.mmio_exit(address, size, value))
+
+    def mmio_exit(self, address: int, size: int, value: int | None) -> VmExit:
+        """An access to an MMIO window as the EPT_VIOLATION a VT-x VMM sees (a classic VMM
+        takes it as a hidden #PF on a not-present shadow PTE; the exit names what VT-x would).
+        Its RIP is the start of the translation block: Unicorn does not sync EIP before an MMIO
+        callback. A read answers all-ones unless a handler does."""
+        exit = VmExit(EPT_VIOLATION, self.cpu.eip_reg.value & 0xFFFFFFFF,
+                      ept_qualification(write=value is not None))
+        exit.guest_physical, exit.size = address, size
+        exit.value = (1 << 8 * size) - 1 if value is None else value
+        return exit
+
+    def emulate_mmio(self, exit: VmExit) -> Outcome:
+        """The access reaches the device behind the MMIO window; with none there, the guest
+        touched memory that does not exist, which ends the run with a report."""
+        bus, address = self.vm.mmio, exit.guest_physical
+        if exit.size is None or bus.lookup(address) is None:
+            self.vcpu.finish(RunState.GUEST_FAULT, f"EPT violation at guest-physical {address:#x}: "
+                                                   "no RAM and no device there")
+            return Outcome.STOP
+        if exit.qualification & EPT_WRITE:
+            bus.write(address, exit.size, exit.value)
+        else:
+            exit.value = bus.read(address, exit.size)
+        return Outcome.RESUME
 
     def io_exit(self, port: int, size: int, is_in: bool, value: int | None) -> VmExit:
         """An IO_INSTRUCTION record. An IN reads all-ones unless a handler answers (as an

@@ -31,6 +31,12 @@ class NativeEngine(EngineBase):
     def on_out(self, port: int, size: int, value: int) -> None:
         self.vm.pio.write(port, size, value)
 
+    def on_mmio_read(self, address: int, size: int) -> int:
+        return self.vm.mmio.read(address, size)
+
+    def on_mmio_write(self, address: int, size: int, value: int) -> None:
+        self.vm.mmio.write(address, size, value)
+
     def on_cpuid(self) -> bool:
         return False
 

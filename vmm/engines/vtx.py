@@ -4,10 +4,10 @@ vmm/engines/vmx_controls.py decide what exits (Intel SDM Vol. 3, ch. 25-28).
 
 How each exit is caught: port I/O, CPUID through the CPU's hooks; VMCALL through #UD; HLT because
 the CPU returns from a run when it halts; exceptions through the interrupt hook and the exception
-bitmap; guest-physical addresses outside RAM through the unmapped-memory hook (EPT_VIOLATION,
-MMIO emulated). Instructions a CPL-0 guest runs without any hook (MOV CR, RDMSR/WRMSR, INVLPG,
-LGDT...) are found by the translation-time scanner (vmm/engines/scanner.py) and armed as stops only while
-a control makes them exit. An exit whose handler lets the instruction happen completes it on the
+bitmap; MMIO windows through the CPU's MMIO callbacks and guest-physical addresses with nothing
+behind them through the unmapped-memory hook (both EPT_VIOLATION). Instructions a CPL-0 guest
+runs without any hook (MOV CR, RDMSR/WRMSR, INVLPG, LGDT...) are found by the translation-time
+scanner (vmm/engines/scanner.py) and armed as stops only while a control makes them exit. An exit whose handler lets the instruction happen completes it on the
 real CPU (one instruction, with that stop lifted): the guest-state area is the CPU itself.
 """
 from __future__ import annotations
@@ -15,15 +15,12 @@ from __future__ import annotations
 from emu.cpu import EAX, ECX, EDX, FLAG_IF
 from emu.events import ERROR_CODE_VECTORS, UD, EventDelivery, EventKind, GuestView
 from emu.memory import Access
-from emu.paging import Fault
 from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.emulate import effective_address
-from vmm.engines.mmio_emulator import MmioError, emulate_mmio
 from vmm.engines.plans import GPR_NUMBER
 from vmm.engines.scanner import CodeScanner, SiteKind
 from vmm.engines.vmx_controls import VmxControls
 from vmm.exits import Outcome
-from vmm.run_state import RunState
 from vmm.vmcs import (
     CR_CLTS,
     CR_LMSW,
@@ -33,6 +30,7 @@ from vmm.vmcs import (
     Vmcs,
     VmExit,
     cr_qualification,
+    ept_qualification,
     interruption_info,
 )
 
@@ -41,7 +39,6 @@ DT_MNEMONICS = {"lgdt": R.GDTR_IDTR_ACCESS, "lidt": R.GDTR_IDTR_ACCESS,
                 "sgdt": R.GDTR_IDTR_ACCESS, "sidt": R.GDTR_IDTR_ACCESS,
                 "lldt": R.LDTR_TR_ACCESS, "ltr": R.LDTR_TR_ACCESS,
                 "sldt": R.LDTR_TR_ACCESS, "str": R.LDTR_TR_ACCESS}
-EPT_READ, EPT_WRITE, EPT_FETCH, EPT_LINEAR_VALID, EPT_TRANSLATED = 1, 2, 4, 1 << 7, 1 << 8
 
 
 class VtxEngine(EngineBase):
@@ -162,8 +159,8 @@ class VtxEngine(EngineBase):
             return
         access, address = self.ept_violation
         self.ept_violation = None
-        kind = {Access.WRITE: EPT_WRITE, Access.FETCH: EPT_FETCH}.get(access, EPT_READ)
-        exit = self._exit(R.EPT_VIOLATION, kind | EPT_TRANSLATED)
+        exit = self._exit(R.EPT_VIOLATION, ept_qualification(access is Access.WRITE,
+                                                              access is Access.FETCH))
         exit.guest_physical = address
         exit.detail = f"guest-physical {address:#x}"
         self.vmcs.guest_physical_address = address
@@ -299,19 +296,6 @@ class VtxEngine(EngineBase):
     def answer_cpuid(self, exit: VmExit, leaf_base: int, signature: bytes) -> Outcome:
         """CPUID passes through, except the hypervisor leaves, which name this VMM."""
         self._cpuid_done = self.hypervisor_cpuid(leaf_base, signature)
-        return Outcome.RESUME
-
-    def emulate_mmio(self, exit: VmExit) -> Outcome:
-        """An MMIO window: emulate the access against the device; otherwise the guest touched
-        memory that does not exist, which ends the run with a report."""
-        try:
-            emulate_mmio(self, exit.insn, exit.guest_physical)
-        except MmioError as exc:
-            self.vcpu.finish(RunState.GUEST_FAULT, f"EPT violation at guest-physical "
-                                                   f"{exit.guest_physical:#x}: {exc}")
-            return Outcome.STOP
-        except Fault as fault:
-            self.inject(fault.vector, EventKind.HARDWARE_EXCEPTION, fault.error_code)
         return Outcome.RESUME
 
     # ----- run loop -----------------------------------------------------------------------------
