@@ -81,12 +81,10 @@ class Cpu:
         self._count_limit = state.count_limit
         self._budget = self._limit = 0
         self._counting = True
-        self._in_mmio = False
-        self._stop_deferred = False
         self.mmio_retry = False
         self._mmio_pages: set[int] = set()
         self.hook_error: BaseException | None = None
-        self._hooks = Hooks(self._uc, self._hook_failed)
+        self._hooks = Hooks(self._uc, self._hook_failed, self._stop_after_access)
         self.reset_real_mode()
 
     def reset_real_mode(self) -> None:
@@ -140,40 +138,27 @@ class Cpu:
 
     def map_mmio(self, base: int, size: int) -> None:
         """Send guest accesses to the pages covering [base, base + size) to the handler's
-        on_mmio_read/on_mmio_write (pages already sent there are left as they are).
-
-        Unicorn stops *at* an access when asked to stop from inside an MMIO callback, and runs
-        it again on resume: a device would see a store twice. So a stop requested during an MMIO
-        access waits for the next instruction boundary (a counted run's limit is lowered to the
-        instructions already counted), and an uncounted run, which has no such boundary, leaves
-        before the access and sets ``mmio_retry``: the vCPU runs it again counted."""
+        on_mmio_read/on_mmio_write (pages already sent there are left as they are). MMIO runs
+        only in counted runs (see stop): an uncounted run leaves before the access and sets
+        ``mmio_retry``, and the vCPU runs it again counted."""
         first, end = base & ~PAGE_MASK, (base + size + PAGE_MASK) & ~PAGE_MASK
         for page in range(first, end, PAGE_MASK + 1):
             if page not in self._mmio_pages:
-                self._hooks.map_mmio(page, PAGE_MASK + 1, self._enter_mmio, self._leave_mmio)
+                self._hooks.map_mmio(page, PAGE_MASK + 1, self._admit_mmio)
                 self._mmio_pages.add(page)
 
-    def _enter_mmio(self) -> bool:
+    def _admit_mmio(self) -> bool:
         if not self._counting:
             self.mmio_retry = True
             uclib.uc_emu_stop(self._uch)
             return False
-        self._in_mmio = True
         return True
 
-    def _leave_mmio(self) -> None:
-        self._in_mmio = False
-        if self._stop_deferred:
-            self._stop_deferred = False
-            self._limit = min(self._limit, self._counter.value)
-            self._count_limit.value = self._limit
-
-    def watch_blocks(self, callback) -> None:
-        """Call ``callback()`` at the start of every translation block until unwatch_blocks()."""
-        self._hooks.watch_blocks(callback)
-
-    def unwatch_blocks(self) -> None:
-        self._hooks.unwatch_blocks()
+    def _stop_after_access(self) -> None:
+        """A stop requested during a device access: lower the run's instruction limit to the
+        instructions counted so far, so the counting hook stops before the next one."""
+        self._limit = min(self._limit, self._counter.value)
+        self._count_limit.value = self._limit
 
     # ----- running ------------------------------------------------------------------------------
     def run(self, count: int) -> int:
@@ -208,9 +193,18 @@ class Cpu:
         return min(self._counter.value, self._limit)
 
     def stop(self) -> None:
-        """Stop at the next instruction boundary (see map_mmio for a stop during MMIO)."""
-        if self._in_mmio:
-            self._stop_deferred = True
+        """Stop at the next instruction boundary.
+
+        Asked from inside a device access (an IN/OUT hook, an MMIO callback), Unicorn would stop
+        *at* the instruction and run it again on resume: an MMIO store or one iteration of REP
+        INS/OUTS would reach the device twice. In a counted run such a stop waits for the access
+        to end and then lowers the run's limit (the counting hook stops before the next
+        instruction or REP iteration); an uncounted run has no such boundary and stops at once
+        (MMIO never runs uncounted; a port access ends a run only when it reprograms a device,
+        which needs no repeat)."""
+        hooks = self._hooks
+        if hooks.in_access and self._counting:
+            hooks.stop_deferred = True
             return
         uclib.uc_emu_stop(self._uch)
 

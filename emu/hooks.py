@@ -1,5 +1,6 @@
 """The CPU's event wiring: raw ctypes Unicorn hooks dispatched to the CpuHandler an engine attaches,
-the translation/block/memory watches, and Unicorn's exits (addresses the CPU stops in front of).
+the translation and memory watches, MMIO windows, and Unicorn's exits (addresses the CPU stops
+in front of).
 
 Hooks are raw ctypes callbacks installed once, with the handler's bound methods cached: they are
 the exit hot path, and Unicorn's own hook wrappers cost several times more per call.
@@ -10,7 +11,7 @@ import ctypes
 from typing import Callable, Protocol
 
 from unicorn import Uc, UcError
-from unicorn import (UC_HOOK_BLOCK, UC_HOOK_EDGE_GENERATED, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
+from unicorn import (UC_HOOK_EDGE_GENERATED, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
                      UC_MEM_WRITE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
                      UC_HOOK_MEM_WRITE_UNMAPPED, UC_HOOK_MEM_FETCH_UNMAPPED, UC_MEM_READ_UNMAPPED,
                      UC_MEM_WRITE_UNMAPPED, UC_MEM_FETCH_UNMAPPED)
@@ -25,8 +26,6 @@ _IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, cty
 _OUT_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
                            ctypes.c_void_p)
 _BOOL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
-_BLOCK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
-                             ctypes.c_void_p)
 _MEM_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
                            ctypes.c_int64, ctypes.c_void_p)
 _EDGE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
@@ -65,13 +64,18 @@ class Hooks:
     """Every hook of one Unicorn instance. A Python exception cannot cross into C: a callback that
     raises hands the exception to ``failed`` (which stops the CPU) and returns a neutral value."""
 
-    def __init__(self, uc: Uc, failed: Callable[[BaseException], None]):
+    def __init__(self, uc: Uc, failed: Callable[[BaseException], None],
+                 stop_after_access: Callable[[], None]):
+        """``stop_after_access()`` is called after a device access (IN/OUT, MMIO) during which
+        a stop was requested (``in_access`` / ``stop_deferred``: see Cpu.stop)."""
         self._uc = uc
         self._uch = uc._uch
         self._failed = failed
+        self._stop_after_access = stop_after_access
+        self.in_access = False
+        self.stop_deferred = False
         self.handler: CpuHandler | None = None
         self._callbacks: list = []
-        self._block_hook: int | None = None
         self._exits: dict[str, frozenset[int]] = {}
         self._hook(UC_HOOK_INTR, _INTR_CB(self._intr_cb))
         self._hook(UC_HOOK_INSN, _IN_CB(self._in_cb), insn=X.UC_X86_INS_IN)
@@ -101,17 +105,29 @@ class Hooks:
             self._failed(exc)
 
     def _in_cb(self, _uc, port, size, _ud):
+        self.in_access = True
         try:
             return self._on_in(port, size)
         except BaseException as exc:  # noqa: BLE001
             self._failed(exc)
             return 0
+        finally:
+            self._leave_access()
 
     def _out_cb(self, _uc, port, size, value, _ud):
+        self.in_access = True
         try:
             self._on_out(port, size, value)
         except BaseException as exc:  # noqa: BLE001
             self._failed(exc)
+        finally:
+            self._leave_access()
+
+    def _leave_access(self) -> None:
+        self.in_access = False
+        if self.stop_deferred:
+            self.stop_deferred = False
+            self._stop_after_access()
 
     def _cpuid_cb(self, _uc, _ud):
         try:
@@ -135,32 +151,32 @@ class Hooks:
             return False
 
     # ----- MMIO ---------------------------------------------------------------------------------
-    def map_mmio(self, base: int, size: int, enter: Callable[[], bool],
-                 leave: Callable[[], None]) -> None:
+    def map_mmio(self, base: int, size: int, admit: Callable[[], bool]) -> None:
         """Back guest-physical [base, base + size) (page aligned) with callbacks to the handler's
-        on_mmio_read/on_mmio_write (with the guest-physical address). ``enter()`` runs first and
-        may refuse the access (return False: the CPU is leaving, the access will run again);
-        ``leave()`` runs after it."""
+        on_mmio_read/on_mmio_write (with the guest-physical address). ``admit()`` runs first and
+        may refuse the access (False: the CPU is leaving, and the access will run again)."""
         def read(_uc, offset, size_, _ud):
-            if not enter():
+            if not admit():
                 return 0
+            self.in_access = True
             try:
                 return self.handler.on_mmio_read(base + offset, size_)
             except BaseException as exc:  # noqa: BLE001
                 self._failed(exc)
                 return 0
             finally:
-                leave()
+                self._leave_access()
 
         def write(_uc, offset, size_, value, _ud):
-            if not enter():
+            if not admit():
                 return
+            self.in_access = True
             try:
                 self.handler.on_mmio_write(base + offset, size_, value)
             except BaseException as exc:  # noqa: BLE001
                 self._failed(exc)
             finally:
-                leave()
+                self._leave_access()
         callbacks = (_MMIO_READ_CB(read), _MMIO_WRITE_CB(write))
         err = uclib.uc_mmio_map(self._uch, ctypes.c_uint64(base), ctypes.c_size_t(size),
                                 callbacks[0], None, callbacks[1], None)
@@ -222,28 +238,6 @@ class Hooks:
 
     def unhook(self, handle: int) -> None:
         uclib.uc_hook_del(self._uch, handle)
-
-    def watch_blocks(self, callback) -> None:
-        """Call ``callback()`` at the start of every translation block until unwatch_blocks().
-
-        A per-block Python hook is slow; the vCPU arms it only while an interrupt waits for the
-        guest to set IF (QEMU ends a block after STI, POPF and IRET, so the window is seen at the
-        next instruction). Cached blocks are flushed so that they pick the hook up."""
-        if self._block_hook is None:
-            self._block_callback = callback
-            self._block_hook = self._hook(UC_HOOK_BLOCK, _BLOCK_CB(self._block_cb))
-            self._uc.ctl_flush_tb()
-
-    def unwatch_blocks(self) -> None:
-        if self._block_hook is not None:
-            uclib.uc_hook_del(self._uch, self._block_hook)
-            self._block_hook = None
-
-    def _block_cb(self, _uc, _address, _size, _ud):
-        try:
-            self._block_callback()
-        except BaseException as exc:  # noqa: BLE001
-            self._failed(exc)
 
     def _hook(self, htype: int, cfunc, begin: int = 1, end: int = 0, insn: int | None = None) -> int:
         handle = ctypes.c_size_t()

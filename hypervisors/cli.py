@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import guests
-from hypervisors.images import AsmError, ImageError, resolve
+from hypervisors.images import AsmError, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
 from hypervisors.registry import HYPERVISORS
 from vmm.devices.faults import inject_fault
@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trapvisor", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="boot a guest and print its serial output")
-    run.add_argument("guest", nargs="+", help="a shipped guest's name, an .asm file, or a flat "
-                     "binary; several run side by side under --hypervisor micro")
+    run.add_argument("guest", nargs="*", help="a shipped guest's name, an .asm file, a flat "
+                     "binary or a Multiboot ELF kernel; several run side by side under "
+                     "--hypervisor micro; none: boot the first --drive like a PC BIOS")
     run.add_argument("--hypervisor", choices=sorted(HYPERVISORS), default="monolithic")
     run.add_argument("--engine", choices=sorted(ENGINES), default="trap")
     run.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
@@ -87,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit with (status << 1) | 1 like QEMU's isa-debug-exit")
     run.add_argument("--gdb", metavar="HOST:PORT", type=endpoint,
                      help="stop at the first instruction and wait for gdb (target remote) there")
+    run.add_argument("--drive", metavar="FILE", action="append", default=[],
+                     help="a raw disk image on the IDE primary channel (repeatable: master, then "
+                     "slave); with no guest, the machine boots from the first")
+    run.add_argument("--append", metavar="ARGS", default="",
+                     help="a Multiboot kernel's command line (QEMU's -append)")
+    run.add_argument("--initrd", metavar="'FILE [ARGS]'", action="append", default=[],
+                     help="a Multiboot module (repeatable, QEMU's -initrd)")
     run.add_argument("--disk", metavar="FILE", help="micro: the disk image the parent partition's "
                      "block VSP serves (default: a temporary 1 MiB image)")
     run.add_argument("--inject-device-fault", metavar="DEVICE",
@@ -153,11 +161,12 @@ def write_stdout(data: bytes) -> None:
         sys.stdout.buffer.flush()
 
 
-def load_image(args, spec: str):
+def load_image(args, spec: str | None):
     """The guest image, or None after saying on stderr why it cannot be loaded."""
     try:
-        return resolve(spec, args.ram)
-    except (ImageError, AsmError) as exc:
+        return resolve(spec, args.ram, getattr(args, "append", ""), getattr(args, "initrd", ()),
+                       getattr(args, "drive", ()))
+    except (ValueError, AsmError) as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
         return None
 
@@ -166,7 +175,11 @@ def run_guest(args) -> int:
     if args.hypervisor == "monolithic" and (len(args.guest) > 1 or args.disk):
         print("trapvisor: several guests and --disk need --hypervisor micro", file=sys.stderr)
         return EXIT_BAD_INPUT
-    images = [load_image(args, spec) for spec in args.guest]
+    if args.drive and len(args.guest) > 1:
+        print("trapvisor: --drive attaches disks to one VM; name at most one guest",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    images = [load_image(args, spec) for spec in args.guest or [None]]
     if None in images:
         return EXIT_BAD_INPUT
     image = images[0]
@@ -210,8 +223,8 @@ def run_micro(args, images, observers) -> tuple[list, str | None]:
                                  disk=args.disk, inject_fault=args.inject_device_fault)
     try:
         guests_ = [(hypervisor.create_partition(
-            spec, prefixed_sink(f"[{n}:{spec}] ", write_stdout) if len(images) > 1 else None),
-            image) for n, (spec, image) in enumerate(zip(args.guest, images), 1)]
+            image.name, prefixed_sink(f"[{n}:{image.name}] ", write_stdout)
+            if len(images) > 1 else None), image) for n, image in enumerate(images, 1)]
         return hypervisor.run_all(guests_), hypervisor.parent_report()
     finally:
         hypervisor.close()
@@ -221,9 +234,9 @@ def micro_status(args, outcome) -> int:
     """The first failing VM's exit status (in command-line order), else 0."""
     results, parent_report = outcome
     statuses = []
-    for n, (spec, result) in enumerate(zip(args.guest, results), 1):
+    for n, result in enumerate(results, 1):
         if not result.ok and len(results) > 1:
-            print(f"trapvisor: VM {n} ({spec}):", file=sys.stderr)
+            print(f"trapvisor: VM {n} ({args.guest[n - 1]}):", file=sys.stderr)
         statuses.append(exit_status(result, args.qemu_exit_codes))
     if parent_report:
         print(parent_report, file=sys.stderr)
@@ -232,7 +245,7 @@ def micro_status(args, outcome) -> int:
 
 def hypervisor_options(args) -> dict:
     """The hypervisor's keyword arguments that `run` and `debug` share."""
-    options = dict(engine=args.engine, ram_size=args.ram,
+    options = dict(engine=args.engine, ram_size=args.ram, drives=getattr(args, "drive", ()),
                    input_data=args.input.encode().decode("unicode_escape").encode("latin-1"))
     if args.exit_on:
         options["exit_on"] = args.exit_on

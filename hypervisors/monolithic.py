@@ -1,17 +1,20 @@
 """The monolithic hypervisor (VMware ESX style): device models are the hypervisor's own objects,
 called directly from the I/O exit handler in the same process.
 
-It puts the PC board's devices (vmm/pc/board.py) on the VM's own port bus, picks the engine and
-runs the vCPU.
+It puts the PC board's port devices (vmm/pc/board.py) on the VM's own port bus and the chipset's
+APICs (vmm/pc/chipset.py) and pc-testdev's scratch page on its MMIO bus, picks the engine and
+runs the vCPU. (Under micro that page is left out: its MMIO could not reach the parent.)
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from hypervisors.images import GuestImage, hand_over
+from vmm.devices.pc_testdev import IOMEM_BASE, IOMEM_LEN, TestdevIomem
 from vmm.engines import make_engine
 from vmm.exits import EXIT_HANDLERS
 from vmm.pc.board import PcBoard
+from vmm.pc.chipset import Chipset
 from vmm.pc.host_input import ScriptedInput, StreamInput
 from vmm.run_state import RunResult
 from vmm.vcpu import Vcpu
@@ -25,12 +28,21 @@ class MonolithicHypervisor:
 
     def __init__(self, engine: str = "trap", ram_size: int = DEFAULT_RAM,
                  sink: Callable[[bytes], None] = lambda data: None, input_data: bytes = b"",
-                 input_stream=None, observers=(), timeout: float | None = None, max_exits: int | None = None,
-                 wall_clock: bool = False, exit_on: str = ""):
+                 input_stream=None, observers=(), timeout: float | None = None,
+                 max_exits: int | None = None, wall_clock: bool = False, exit_on: str = "",
+                 drives=()):
         engine_model = make_engine(engine, exit_on)
         self.vm = vm = Vm(ram_size, wall_clock)
-        self.board = PcBoard(vm.pio, vm.clock, vm.kick, vm.reconfigured, sink, self._guest_exit)
-        vm.irq_chip = self.board.pic
+        try:
+            self.board = PcBoard(vm.pio, vm.clock, vm.kick, vm.reconfigured, sink,
+                                 self._guest_exit, on_reset=self._guest_reset, drives=drives,
+                                 ram_size=ram_size)
+        except (OSError, ValueError):
+            vm.close()
+            raise
+        self.chipset = Chipset(vm, extint=self.board.pic)
+        vm.mmio.insert(TestdevIomem(), IOMEM_BASE, IOMEM_LEN)   # pc-testdev's scratch page
+        self.board.isa_listeners.append(self.chipset.set_isa_irq)
         vm.timers.append(self.board.pit)
         if input_data or input_stream is not None:
             uart = self.board.uart
@@ -44,6 +56,9 @@ class MonolithicHypervisor:
     def _guest_exit(self, value: int) -> None:
         self.vcpu.guest_exit(value)
 
+    def _guest_reset(self) -> None:
+        self.vcpu.guest_reset()
+
     def boot(self, image: GuestImage) -> None:
         hand_over(self.vm, image)
         self.vcpu.engine.reset()
@@ -53,4 +68,5 @@ class MonolithicHypervisor:
         return self.vcpu.run()
 
     def close(self) -> None:
+        self.board.close()
         self.vm.close()

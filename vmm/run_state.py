@@ -13,6 +13,7 @@ class RunState(enum.Enum):
     EXITED = "exited"                  # the guest wrote its status to the debug-exit port
     TRIPLE_FAULT = "triple-fault"
     HALTED = "halted"                  # HLT that nothing can ever wake
+    RESET = "reset"                    # the guest pulsed the reset line (i8042 0xFE, port 0x92)
     GUEST_FAULT = "fault"              # unmapped memory, garbage the machine cannot execute
     TIMEOUT = "timeout"
     MAX_EXITS = "max-exits"

@@ -55,6 +55,7 @@ class Vcpu:
         self.message = ""
         self.halted = False
         self.interrupt_shadow = False
+        self._window_step: bool | None = None   # stepping an IF-setting instruction (True: STI)
         self.final_exit_count = 0
         self.instructions = 0
         self.run_seconds = 0.0
@@ -83,6 +84,11 @@ class Vcpu:
     def guest_exit(self, value: int) -> None:
         """The debug-exit device's callback: the guest ends the run with a status."""
         self.finish(RunState.EXITED, f"guest wrote {value:#x} to the debug-exit port", value)
+
+    def guest_reset(self) -> None:
+        """The board's reset line: the guest asked the machine to reboot; the run ends there."""
+        self.finish(RunState.RESET, "the guest reset the machine (keyboard controller command "
+                                    "0xFE or port 0x92 bit 0)")
 
     def finish_triple_fault(self, detail: str) -> None:
         self.finish(RunState.TRIPLE_FAULT, detail or "triple fault: the processor shut down")
@@ -156,7 +162,10 @@ class Vcpu:
         elif err:
             self.engine.machine_error(err)
         elif self.state is RunState.RUNNING and not self.control.at_breakpoint():
-            self.engine.after_run()
+            if self.engine.window_site_at(self.cpu.linear_pc()):
+                self._step_window_site()
+            else:
+                self.engine.after_run()
 
     def retire(self, count: int) -> None:
         """Instructions the VMM carried out itself (a translation callout, an instruction
@@ -171,13 +180,13 @@ class Vcpu:
         if self.interrupt_shadow:
             self.interrupt_shadow = False
             return 1
+        if self._window_step is not None:
+            self.interrupt_shadow, self._window_step = self._window_step, None
+            return 1
         stepping = self.control.slice_limit()
         if stepping is not None:
             return stepping
-        if self.vm.irq_chip.has_interrupt():
-            self.cpu.watch_blocks(self._window_check)
-        else:
-            self.cpu.unwatch_blocks()
+        self.engine.hold_interrupt(self.vm.irq_chip.has_interrupt())
         if self.wall_clock:
             return WALL_SLICE
         precise = self.control.precise
@@ -187,19 +196,17 @@ class Vcpu:
         limit = DEBUG_SLICE if precise else MAX_SLICE
         return limit if deadline is None else min(limit, self.vm.clock.budget_until(deadline))
 
-    def _window_check(self) -> None:
-        """Block hook while an interrupt is held: stop as soon as the guest can take it."""
-        if self.engine.interrupt_window():
-            self.cpu.unwatch_blocks()
-            pc = self.cpu.linear_pc()
-            self.interrupt_shadow = self.engine.fetch((pc - 1) & 0xFFFFFFFF)[:1] == bytes([STI])
-            self.cpu.stop()
+    def _step_window_site(self) -> None:
+        """The CPU stopped in front of an instruction that may set IF while an interrupt is
+        held: run it alone (its stop lifted), then deliver if the window opened. After STI the
+        interrupt waits one more instruction (the STI shadow)."""
+        self.engine.hold_interrupt(False)
+        self._window_step = self.engine.fetch(self.cpu.linear_pc())[:1] == bytes([STI])
 
     def _service_interrupts(self) -> None:
         chip = self.vm.irq_chip
         if self.interrupt_shadow or not chip.has_interrupt() or not self.engine.interrupt_window():
             return
-        self.cpu.unwatch_blocks()
         vector = chip.acknowledge()
         self.halted = False
         try:

@@ -116,7 +116,8 @@ class MicroHypervisor:
                  sink: Callable[[bytes], None] = lambda data: None, input_data: bytes = b"",
                  input_stream=None, observers=(), timeout: float | None = None,
                  max_exits: int | None = None, wall_clock: bool = False,
-                 exit_on: str = "", disk: str | None = None, inject_fault: str | None = None):
+                 exit_on: str = "", disk: str | None = None, inject_fault: str | None = None,
+                 drives=()):
         make_engine(engine, exit_on)  # refuses a bad engine or --exit-on before anything starts
         if input_stream is not None:
             raise ValueError("--stdin is not supported by the micro hypervisor yet "
@@ -125,7 +126,8 @@ class MicroHypervisor:
         self.exit_on = exit_on
         self.ram_size = ram_size
         self.sink = sink
-        self.config = PartitionConfig(ram_size, input_data, disk or "", inject_fault or "")
+        self.config = PartitionConfig(ram_size, input_data, disk or "", inject_fault or "",
+                                      tuple(str(drive) for drive in drives))
         self.vcpu_options = dict(observers=observers, timeout=timeout, max_exits=max_exits,
                                  wall_clock=wall_clock)
         self.partitions: list[ChildPartition] = []

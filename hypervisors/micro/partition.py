@@ -25,6 +25,7 @@ from hypervisors.micro.proxy import (
 from hypervisors.micro.synic import SYNIC_MSRS, SynIC
 from hypervisors.micro.wire import RAISED, RECONFIGURED, Message, Op, Record
 from vmm.exits import EXIT_HANDLERS, Outcome, handle_emulated
+from vmm.pc.chipset import Chipset
 from vmm.run_state import RunResult, RunState
 from vmm.vcpu import Vcpu
 from vmm.vm import Vm
@@ -34,20 +35,21 @@ PARENT_SINT = 2      # the SINT the parent's VMBus server posts to (Linux VMBUS_
 
 
 class CompositeChip:
-    """What the vCPU acknowledges: pending SynIC vectors, then the parent's 8259 pair."""
+    """What the vCPU acknowledges: pending SynIC vectors, then its local APIC (behind which are
+    the IOAPIC and, through LINT0, the parent's 8259 pair)."""
 
-    def __init__(self, synic: SynIC, pic: PicMirror):
+    def __init__(self, synic: SynIC, apic):
         self.synic = synic
-        self.pic = pic
+        self.apic = apic
 
     def all_masked(self) -> bool:
-        return self.pic.all_masked() and not self.synic.has_interrupt()
+        return self.apic.all_masked() and not self.synic.has_interrupt()
 
     def has_interrupt(self) -> bool:
-        return self.synic.has_interrupt() or self.pic.has_interrupt()
+        return self.synic.has_interrupt() or self.apic.has_interrupt()
 
     def acknowledge(self) -> int:
-        return self.synic.acknowledge() if self.synic.has_interrupt() else self.pic.acknowledge()
+        return self.synic.acknowledge() if self.synic.has_interrupt() else self.apic.acknowledge()
 
 
 class ChildPartition:
@@ -64,7 +66,8 @@ class ChildPartition:
                                      self._on_state)
         install_proxies(vm.pio, layout, self.channel)
         self.synic = SynIC(vm.memory, vm.kick)
-        vm.irq_chip = CompositeChip(self.synic, PicMirror(self.channel))
+        self.chipset = Chipset(vm, extint=PicMirror(self.channel))
+        vm.irq_chip = CompositeChip(self.synic, self.chipset.lapic)
         vm.timers.append(TimerMirror(self.channel, vm.clock))
         vm.input_sources.append(InputMirror(self.channel))
         self.hypercalls = Hypercalls(partition_id, vm.memory, self._post_message,

@@ -100,20 +100,23 @@ class PartitionConfig(NamedTuple):
     input_data: bytes
     disk_image: str
     fault_device: str
+    drives: tuple[str, ...] = ()    # raw images for the board's IDE channel
 
     def encode(self) -> bytes:
         disk, fault = self.disk_image.encode(), self.fault_device.encode()
-        return (struct.pack("<QIHH", self.ram_size, len(self.input_data), len(disk), len(fault))
-                + self.input_data + disk + fault)
+        drives = "\0".join(self.drives).encode()
+        return (struct.pack("<QIHHH", self.ram_size, len(self.input_data), len(disk), len(fault),
+                            len(drives)) + self.input_data + disk + fault + drives)
 
     @classmethod
     def decode(cls, data: bytes) -> "PartitionConfig":
-        ram_size, n_input, n_disk, n_fault = struct.unpack_from("<QIHH", data)
-        offset = struct.calcsize("<QIHH")
+        ram_size, *lengths = struct.unpack_from("<QIHHH", data)
+        offset = struct.calcsize("<QIHHH")
         fields = []
-        for length in (n_input, n_disk, n_fault):
+        for length in lengths:
             fields.append(data[offset:offset + length])
             offset += length
         if offset != len(data):
             raise ValueError("malformed partition configuration")
-        return cls(ram_size, fields[0], fields[1].decode(), fields[2].decode())
+        drives = tuple(fields[3].decode().split("\0")) if fields[3] else ()
+        return cls(ram_size, fields[0], fields[1].decode(), fields[2].decode(), drives)

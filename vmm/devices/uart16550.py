@@ -2,7 +2,9 @@
 
 Transmission is instantaneous: a THR write reaches the output sink at once and THRE/TEMT never
 drop. Reception goes through a 16-byte FIFO (one holding register with FIFOs off) with overrun.
-Interrupts follow the IIR priority order; the IRQ pin is gated by MCR.OUT2 as on a PC.
+Interrupts follow the IIR priority order; the IRQ pin is gated by MCR.OUT2 as on a PC, unless the
+board wires it as QEMU does (``out2_gates_irq=False``: QEMU's serial.c raises the IRQ whenever an
+enabled interrupt is pending, and xv6, which writes MCR = 0, relies on it).
 """
 from __future__ import annotations
 
@@ -54,9 +56,10 @@ class Uart16550:
     """
 
     def __init__(self, irq: IrqLine, sink: Callable[[bytes], None],
-                 name: str = "uart16550") -> None:
+                 name: str = "uart16550", out2_gates_irq: bool = True) -> None:
         self.name = name
         self._irq = irq
+        self._out2_gates_irq = out2_gates_irq
         self._sink = sink
         self.ier = self.lcr = self.mcr = self.scr = self.fcr = 0
         self.divisor = 0
@@ -213,8 +216,10 @@ class Uart16550:
         """LSR and MSR writes: factory test only, no effect here."""
 
     def _update_irq(self) -> None:
-        """IRQ level = an enabled interrupt pending and MCR.OUT2; the line moves only on change."""
-        level = bool(self.mcr & MCR_OUT2) and self.interrupt_id() != IIR_NO_INT
+        """IRQ level = an enabled interrupt pending (and MCR.OUT2, where it gates the pin); the
+        line moves only on change."""
+        gate = self.mcr & MCR_OUT2 or not self._out2_gates_irq
+        level = bool(gate) and self.interrupt_id() != IIR_NO_INT
         if level != self._irq_level:
             self._irq_level = level
             if level:

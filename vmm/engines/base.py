@@ -27,6 +27,8 @@ class EngineBase:
     """Shared engine plumbing; subclasses implement the CpuHandler hooks."""
     name = "?"
 
+    window_scanner = None   # the CodeScanner whose window sites hold_interrupt arms
+
     def __init__(self):
         self.disasm = Disassembler()
         self.unmapped: tuple[Access, int, int] | None = None
@@ -131,6 +133,17 @@ class EngineBase:
     def guest_view(self):
         """The guest's architectural state as the guest sees it (emu.events.GuestView)."""
         return self.events.view
+
+    def hold_interrupt(self, held: bool) -> None:
+        """An interrupt waits for the guest's IF (or no longer does). Engines whose guest sets the
+        real IF itself stop in front of the instructions that can set it (their scanner's window
+        sites); under trap every such instruction traps and the emulator opens the window."""
+        if self.window_scanner is not None:
+            self.window_scanner.hold_window(held)
+
+    def window_site_at(self, linear: int) -> bool:
+        """The CPU stopped in front of an IF-setting instruction because an interrupt is held."""
+        return self.window_scanner is not None and self.window_scanner.window_site_at(linear)
 
     def fidelity_report(self) -> str:
         """What the engine knows it failed to virtualize in this run; empty if nothing."""

@@ -65,6 +65,13 @@ class BtView(TrapView):
 class BtGuest(DeprivilegedGuest):
     view_class = BtView
 
+    def take_over(self) -> None:
+        """A protected-mode hand-over: the virtual IF lives in the real IF from the start."""
+        super().take_over()
+        if self.protected:
+            self.cpu.set_system_flags(FLAG_IF if self.state.interrupt_flag else 0, FLAG_IF)
+            self.view.sync_iopl()
+
     def enter_protected_mode(self) -> None:
         """Leaving v8086 (where IF is shadowed): the virtual IF moves into the real IF."""
         super().enter_protected_mode()
@@ -78,8 +85,9 @@ class BtEngine(TrapEngine):
     guest_class = BtGuest
 
     def make_scanner(self) -> CodeScanner:
-        return CodeScanner(self.cpu, self.fetch, self.disasm, self.classify, self.translating,
-                           owner="bt")
+        self.window_scanner = CodeScanner(self.cpu, self.fetch, self.disasm, self.classify,
+                                          self.translating, owner="bt")
+        return self.window_scanner
 
     def translating(self) -> bool:
         """Guest kernel code (real ring 1) and guest real mode (v8086) are translated."""

@@ -123,6 +123,27 @@ class DeprivilegedGuest:
     def guest_cpl(self) -> int:
         return self.view.cpl()
 
+    def take_over(self) -> None:
+        """Boot: deprivilege the state the firmware left. Real mode runs in virtual-8086 mode;
+        32-bit protected mode (a Multiboot hand-over) keeps its flat segments, its GDT and IDT
+        in the shadow state and the real registers, with ring 0 compressed onto ring 1."""
+        cpu = self.cpu
+        if not cpu.protected:
+            self.enter_real_mode()
+            return
+        state = self.state
+        state.cr0 = int(cpu.cr[0]) & 0xFFFFFFFF
+        state.gdtr.base, state.gdtr.limit = cpu.gdtr.base, cpu.gdtr.limit
+        state.idtr.base, state.idtr.limit = cpu.idtr.base, cpu.idtr.limit
+        state.interrupt_flag = bool(cpu.system_flags & FLAG_IF)
+        state.iopl = (cpu.system_flags & IOPL_MASK) >> IOPL_SHIFT
+        cpu.set_system_flags(FLAG_IF, IOPL_MASK | FLAG_VM)
+        ring = REAL_RING[0]
+        for seg in (CS, SS):
+            cache = cpu.segs[seg]
+            flags = cache.flags & ~(3 << DESC_DPL_SHIFT) | ring << DESC_DPL_SHIFT
+            cpu.load_segment(seg, cache.selector & ~3 | ring, cache.base, cache.limit, flags)
+
     def enter_real_mode(self) -> None:
         """Boot: the guest's real mode runs in virtual-8086 mode at real CPL 3, IOPL 0."""
         cpu = self.cpu

@@ -2,13 +2,16 @@
 
 Devices are wired straight to the CPU's I/O hooks and exceptions and interrupts are delivered by
 the architectural delivery code acting as hardware. This is the behaviour every other engine must
-reproduce (Popek and Goldberg's equivalence property).
+reproduce (Popek and Goldberg's equivalence property). The hardware's INTR sampling is modelled by
+the translation-time scanner: while an interrupt is held by IF = 0, the CPU stops in front of the
+instructions that can set IF (STI, POPF, IRET) and nowhere else.
 """
 from __future__ import annotations
 
 from emu.cpu import FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView
 from vmm.engines.base import EngineBase
+from vmm.engines.scanner import IF_SETTERS, CodeScanner, SiteKind
 
 
 class NativeEngine(EngineBase):
@@ -18,6 +21,13 @@ class NativeEngine(EngineBase):
     def attach(self, vcpu) -> None:
         super().attach(vcpu)
         self.events = EventDelivery(self.cpu, self.lin, GuestView(self.cpu))
+        self.scanner = self.window_scanner = CodeScanner(
+            self.cpu, self.fetch, self.disasm, self.classify, lambda: True, owner="native")
+        self.scanner.start()
+
+    @staticmethod
+    def classify(insn) -> SiteKind | None:
+        return SiteKind.WINDOW if insn.mnemonic in IF_SETTERS else None
 
     # ----- CpuHandler ---------------------------------------------------------------------------
     def on_interrupt(self, intno: int) -> None:
@@ -52,6 +62,8 @@ class NativeEngine(EngineBase):
         self.events.deliver(vector, EventKind.EXTERNAL)
 
     def after_run(self) -> None:
-        """HLT at ring 0 simply executes: the run ends with the CPU halted."""
+        """HLT at ring 0 simply executes: the run ends with the CPU halted. (A scan that found
+        a window site to arm stopped the run too.)"""
+        self.scanner.arm()
         if self.cpu.halted:
             self.vcpu.halted = True

@@ -26,6 +26,12 @@ class SiteKind(enum.Enum):
     INLINE = "inline"     # runs in place on virtual state, no exit at all
     IO = "io"             # the CPU's I/O hook calls the device model synchronously
     UNTRAPPED = "untrapped"  # trap-and-emulate only: runs on real state, the VMM never sees it
+    WINDOW = "window"     # may set the real IF: a stop only while an interrupt is held
+
+
+# Instructions that can set EFLAGS.IF (and so open the interrupt window) when they run on the
+# real CPU; while an interrupt waits for IF, the CPU stops in front of them (see hold_window).
+IF_SETTERS = frozenset(("sti", "popf", "popfd", "popfw", "iret", "iretd", "iretw"))
 
 
 @dataclass
@@ -63,6 +69,7 @@ class CodeScanner:
         self.rewritten = 0     # blocks translated again with different bytes (code written)
         self._scanned: dict[int, bytes] = {}
         self._armed: frozenset[int] = frozenset()
+        self._window_held = False
 
     def start(self) -> None:
         self.cpu.watch_translations(self.on_translate)
@@ -109,21 +116,37 @@ class CodeScanner:
         return found
 
     # ----- arming -------------------------------------------------------------------------------
-    def _callouts(self) -> frozenset[int]:
-        return frozenset(a for a, s in self.sites.items() if s.kind is SiteKind.CALLOUT)
+    def _stops(self) -> frozenset[int]:
+        """Callout sites, and while an interrupt is held the sites that can set IF on the real
+        CPU (callouts among them are emulated, and the emulator opens the window itself)."""
+        return frozenset(a for a, s in self.sites.items() if s.kind is SiteKind.CALLOUT or (
+            self._window_held and s.insn.mnemonic in IF_SETTERS))
 
     def _needs_arming(self) -> bool:
-        return not self._callouts() <= self._armed
+        return not self._stops() <= self._armed
 
     def arm(self) -> bool:
-        """Make the CPU stop at every callout site (and no longer at dropped ones). True if the
-        set changed, i.e. a scan stopped the run and it must simply be resumed."""
-        callouts = self._callouts()
-        if callouts == self._armed:
+        """Make the CPU stop at every site that must stop (and no longer at dropped ones). True
+        if the set changed, i.e. a scan stopped the run and it must simply be resumed."""
+        stops = self._stops()
+        if stops == self._armed:
             return False
-        self._armed = callouts
-        self.cpu.set_exits(callouts, owner=self.owner)
+        self._armed = stops
+        self.cpu.set_exits(stops, owner=self.owner)
         return True
+
+    def hold_window(self, held: bool) -> None:
+        """An interrupt waits for IF (or no longer does): stop in front of the instructions that
+        could set IF, so the vCPU sees the window open with no per-block hook."""
+        if held != self._window_held:
+            self._window_held = held
+            self.arm()
+
+    def window_site_at(self, linear: int) -> bool:
+        """The CPU stopped in front of an armed IF-setting instruction that runs on the real CPU."""
+        site = self.sites.get(linear)
+        return (self._window_held and site is not None and site.kind is not SiteKind.CALLOUT
+                and site.insn.mnemonic in IF_SETTERS and linear in self._armed)
 
     @property
     def armed(self) -> frozenset[int]:

@@ -46,7 +46,7 @@ class TrapEngine(EngineBase):
         return fidelity_report(self.scanner)
 
     def reset(self) -> None:
-        self.deprivileged.enter_real_mode()
+        self.deprivileged.take_over()
 
     # ----- Unicorn events -> exits --------------------------------------------------------------
     def _exit(self, reason: ExitReason, qualification: int = 0, length: int = 0) -> VmExit:

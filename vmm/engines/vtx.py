@@ -18,7 +18,7 @@ from emu.memory import Access
 from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.emulate import effective_address
 from vmm.engines.plans import GPR_NUMBER
-from vmm.engines.scanner import CodeScanner, SiteKind
+from vmm.engines.scanner import IF_SETTERS, CodeScanner, SiteKind
 from vmm.engines.vmx_controls import VmxControls
 from vmm.exits import Outcome
 from vmm.vmcs import (
@@ -53,8 +53,8 @@ class VtxEngine(EngineBase):
         super().attach(vcpu)
         self.vmcs = Vmcs()
         self.events = EventDelivery(self.cpu, self.lin, GuestView(self.cpu))
-        self.scanner = CodeScanner(self.cpu, self.fetch, self.disasm, self.classify,
-                                   lambda: True, owner="vtx")
+        self.scanner = self.window_scanner = CodeScanner(
+            self.cpu, self.fetch, self.disasm, self.classify, lambda: True, owner="vtx")
         self.scanner.start()
         self._cpuid_done = False
         self._window_held = False
@@ -63,7 +63,9 @@ class VtxEngine(EngineBase):
 
     # ----- which instructions must stop (the controls in force) ---------------------------------
     def classify(self, insn) -> SiteKind | None:
-        return SiteKind.CALLOUT if self._may_exit(insn) else None
+        if self._may_exit(insn):
+            return SiteKind.CALLOUT
+        return SiteKind.WINDOW if insn.mnemonic in IF_SETTERS else None
 
     def _may_exit(self, insn) -> bool:
         c, mnemonic = self.controls, insn.mnemonic

@@ -69,7 +69,8 @@ class PartitionWorker:
         self.lock = threading.Lock()
         self.failed = False
         self.board = PcBoard(Bus("pio"), self.clock, self._raised, self._reconfigured,
-                             self.console, self._guest_exit)
+                             self.console, self._guest_exit, drives=config.drives,
+                             ram_size=config.ram_size)
         self.input = ScriptedInput(self.board.uart, config.input_data)
         self.board.uart.before_read = self.input.poll
         if config.fault_device:

@@ -1,0 +1,41 @@
+"""The interrupt controllers the hypervisor itself emulates on every PC it builds, under both
+architectures: the vCPU's local APIC (0xFEE00000) and the IOAPIC (0xFEC00000) that feeds it. The
+APIC is per vCPU, as KVM's in-kernel LAPIC and Hyper-V's hypervisor-virtualized APIC are; the
+port devices of vmm/pc/board.py may live in the parent partition.
+
+The local APIC is the vCPU's interrupt controller: it takes the IOAPIC's messages, and the 8259
+pair (``extint``) through LINT0 in ExtINT mode (virtual wire, as a BIOS leaves it), so guests that
+never touch an APIC see the PIC as before. ISA IRQs reach the IOAPIC as on a PC (MP table): IRQ 0
+on pin 2, the others on their own pin.
+"""
+from __future__ import annotations
+
+from vmm.devices.ioapic import IOAPIC_DEFAULT_BASE, IOAPIC_WINDOW, IoApic
+from vmm.devices.lapic import APIC_DEFAULT_BASE, APIC_WINDOW, LocalApic
+
+PIT_IRQ_PIN = 2
+
+
+def isa_pin(irq: int) -> int:
+    """The IOAPIC pin an ISA IRQ drives on a PC (the MP table's interrupt override)."""
+    return PIT_IRQ_PIN if irq == 0 else irq
+
+
+class Chipset:
+    """The local APIC (the VM's ``irq_chip`` and one of its timers) and the IOAPIC, on
+    ``vm.mmio``."""
+
+    def __init__(self, vm, extint):
+        self.lapic = LocalApic(vm.clock, extint=extint, on_intr=vm.kick)
+        self.ioapic = IoApic(self.lapic.receive)
+        self.lapic.sources.append(self.ioapic)
+        self.lapic.on_eoi = self.ioapic.eoi
+        self.lapic.on_reconfigure = self.ioapic.on_reconfigure = vm.reconfigured
+        vm.mmio.insert(self.lapic, APIC_DEFAULT_BASE, APIC_WINDOW)
+        vm.mmio.insert(self.ioapic, IOAPIC_DEFAULT_BASE, IOAPIC_WINDOW)
+        vm.irq_chip = self.lapic
+        vm.timers.append(self.lapic)
+
+    def set_isa_irq(self, irq: int, level: bool) -> None:
+        """An ISA IRQ line changed (the board's ``isa_listeners``)."""
+        self.ioapic.set_irq(isa_pin(irq), level)
