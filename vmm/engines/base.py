@@ -9,7 +9,7 @@ from emu.disasm import Disassembler, Insn
 from emu.events import EventKind
 from emu.memory import Access
 from emu.paging import CR0_PG, BusError, Fault
-from vmm.run_state import RunState
+from vmm.run_state import RunState, outside_ram
 from vmm.vmcs import ExitReason, VmExit, io_qualification
 
 MAX_INSN = 15
@@ -156,8 +156,7 @@ class EngineBase:
         if self.unmapped is not None:
             access, address, size = self.unmapped
             kind = {Access.WRITE: "write", Access.FETCH: "instruction fetch"}.get(access, "read")
-            message = (f"guest {kind} of {size} bytes at guest-physical {address:#x}, "
-                       f"outside RAM ({self.vm.memory.size >> 20} MiB) and every MMIO window")
+            message = outside_ram(kind, address, size, self.vm.memory.size)
         else:
             message = f"the machine stopped on {describe_run_error(err)}"
         self.vcpu.finish(RunState.GUEST_FAULT, message)

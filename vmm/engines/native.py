@@ -9,6 +9,9 @@ from __future__ import annotations
 from emu.cpu import FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView
 from vmm.engines.base import EngineBase
+from vmm.run_state import RunState
+
+RUNNING = RunState.RUNNING
 
 
 class NativeEngine(EngineBase):
@@ -26,10 +29,13 @@ class NativeEngine(EngineBase):
         self.events.deliver(intno, kind, error_code)
 
     def on_in(self, port: int, size: int) -> int:
+        if self.vcpu.state is not RUNNING:
+            return (1 << 8 * size) - 1  # the run has ended: Unicorn finishing its block
         return self.vm.pio.read(port, size)
 
     def on_out(self, port: int, size: int, value: int) -> None:
-        self.vm.pio.write(port, size, value)
+        if self.vcpu.state is RUNNING:  # else the run has ended: no device sees it
+            self.vm.pio.write(port, size, value)
 
     def on_cpuid(self) -> bool:
         return False
