@@ -216,3 +216,14 @@ def test_wall_clock_drives_the_timer(engine):
     done = trapvisor("run", "usermode", "--engine", engine, "--wall-clock", "--timeout", "60")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "both tasks preempted by the timer 5 times ... ok" in done.stdout
+
+
+def test_a_real_mode_guest_that_runs_off_its_segment_is_reported_honestly():
+    """QEMU (the bare machine here) does not check the 64 KiB code-segment limit on sequential
+    fetch, so EIP grows past 0xffff until the fetch leaves RAM; the report says so instead of
+    showing an impossible real-mode CS:IP as if it were one."""
+    done = trapvisor("run", str(PROGRAMS / "runoff.asm"), "--engine", "native", "--ram", "1M")
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "instruction fetch of 1 bytes at guest-physical 0x100000, outside RAM" in done.stderr
+    assert "EIP past the CS limit 0xffff" in done.stderr
+    assert "0 instructions counted" not in done.stderr

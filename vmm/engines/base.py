@@ -142,6 +142,11 @@ class EngineBase:
         cpu = self.cpu
         insn = self.current_insn()
         where = f"{self.guest_selector(CS):04x}:{cpu.eip:08x}"
+        limit = cpu.segs[CS].limit
+        if cpu.eip > limit:
+            where += (f" (EIP past the CS limit {limit:#x}: the guest ran off the end of its code "
+                      "segment; a real CPU raises #GP there, this machine, like QEMU, does not "
+                      "check the limit on sequential fetch)")
         if insn is None:
             code = self.fetch(cpu.linear_pc())
             return cpu.eip, f"{where}  {code[:8].hex(' ') or 'unreadable'} (does not decode)"
