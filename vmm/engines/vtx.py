@@ -25,15 +25,15 @@ from vmm.engines.vmx_controls import VmxControls
 from vmm.exits import Outcome
 from vmm.run_state import RunState
 from vmm.vmcs import (
-    ActivityState,
-    GuestState,
-    SegmentRegister,
-    TableRegister,
     CR_CLTS,
     CR_LMSW,
     CR_MOV_FROM,
     CR_MOV_TO,
+    ActivityState,
     ExitReason,
+    GuestState,
+    SegmentRegister,
+    TableRegister,
     Vmcs,
     VmExit,
     cr_qualification,
