@@ -84,6 +84,7 @@ class Cpu:
         self.mmio_retry = False
         self._mmio_pages: set[int] = set()
         self.hook_error: BaseException | None = None
+        self.on_hook_error = None  # called with the exception, inside the failing hook
         self._hooks = Hooks(self._uc, self._hook_failed, self._stop_after_access)
         self.reset_real_mode()
 
@@ -106,10 +107,15 @@ class Cpu:
         self._hooks.attach(handler)
 
     def _hook_failed(self, exc: BaseException) -> None:
-        """A hook raised: stop the CPU; run()'s caller finds the first exception in hook_error."""
-        if self.hook_error is None:
+        """A hook raised: stop the CPU; run()'s caller finds the first exception in hook_error.
+        ``on_hook_error`` hears of it at once, while the CPU still stands at the instruction that
+        made it (Unicorn finishes the current block after a stop: its later hooks must not act)."""
+        first = self.hook_error is None
+        if first:
             self.hook_error = exc
         self.stop()
+        if first and self.on_hook_error is not None:
+            self.on_hook_error(exc)
 
     def set_exits(self, linear_addresses, owner: str = "debugger") -> None:
         """Stop before executing any of these linear addresses (see Hooks.set_exits)."""

@@ -27,11 +27,14 @@ class Fault(Exception):
 
 
 class BusError(Exception):
-    """A linear access reached a guest-physical address with no RAM behind it."""
+    """A linear access reached a guest-physical address with no RAM behind it (``length``
+    bytes, a write or a read: a page-table walk, a descriptor, an event's stack frame...)."""
 
-    def __init__(self, physical: int):
+    def __init__(self, physical: int, length: int = 1, write: bool = False):
         super().__init__(f"guest-physical address {physical:#x} has no RAM")
         self.physical = physical
+        self.length = length
+        self.write = write
 
 
 class LinearMemory:
@@ -72,7 +75,7 @@ class LinearMemory:
 
     def _entry(self, addr: int) -> int:
         if not self.memory.contains(addr, 4):
-            raise BusError(addr)
+            raise BusError(addr, 4)
         return self.memory.read_u32(addr)
 
     def _check(self, pde: int, pte: int, write: bool, user: bool, err: int, linear: int) -> None:
@@ -93,7 +96,7 @@ class LinearMemory:
             chunk = min(length, 0x1000 - (linear & 0xFFF))
             phys = self.translate(linear, write, user, touch=touch)
             if not self.memory.contains(phys, chunk):
-                raise BusError(phys)
+                raise BusError(phys, chunk, write)
             yield phys, chunk
             linear, length = (linear + chunk) & 0xFFFFFFFF, length - chunk
 

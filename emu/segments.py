@@ -88,8 +88,11 @@ class DescriptorTables:
         return base + index
 
     def read(self, selector: int, gdtr, ldtr, vector: int = GP, ext: int = 0) -> Descriptor:
+        """The descriptor, read as the CPU reads it: low dword, then high dword."""
         addr = self.entry_address(selector, gdtr, ldtr, vector, ext)
-        return Descriptor.decode(struct.unpack("<Q", self.lin.read(addr, 8))[0])
+        low = struct.unpack("<I", self.lin.read(addr, 4))[0]
+        high = struct.unpack("<I", self.lin.read(addr + 4, 4))[0]
+        return Descriptor.decode(high << 32 | low)
 
     def set_bits(self, selector: int, gdtr, ldtr, type_bits: int) -> None:
         """Set type bits (accessed, TSS busy) in the descriptor in memory, as a segment load does."""

@@ -10,6 +10,7 @@ that did not end with 0, in command-line order.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -39,11 +40,15 @@ def parse_size(text: str) -> int:
 
 
 def positive(kind):
+    """A number > 0; a float must also be finite (nan and inf are no limit and no time: leave
+    the flag out for no limit)."""
     def convert(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number: {text!r}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
         return value
@@ -74,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
     run.add_argument("--stats", action="store_true", help="print per-exit-reason statistics")
     run.add_argument("--trace", metavar="FILE", help="write one JSON line per exit to FILE")
-    run.add_argument("--timeout", metavar="S", type=positive(float), help="wall-clock limit")
+    run.add_argument("--timeout", metavar="S", type=positive(float),
+                     help="wall-clock limit in seconds, a finite number > 0 (default: none)")
     run.add_argument("--max-exits", metavar="N", type=positive(int), help="stop after N exits")
     run.add_argument("--ram", metavar="SIZE", type=parse_size, default=32 << 20,
                      help="guest RAM (default 32M)")
@@ -184,7 +190,11 @@ def run_guest(args) -> int:
         return EXIT_BAD_INPUT
     image = images[0]
     stats = ExitStats() if args.stats else None
-    trace = open(args.trace, "w") if args.trace else None
+    try:
+        trace = open(args.trace, "w") if args.trace else None
+    except OSError as exc:
+        print(f"trapvisor: cannot write the trace to {args.trace}: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     observers = [o for o in (stats, trace and JsonTrace(trace)) if o]
     try:
         build = hypervisor_factory(args, observers)

@@ -126,7 +126,10 @@ def _image(spec: str, ram_size: int, append: str, initrds, hard_disks: int):
 def _assembled(source: Path) -> GuestImage:
     if not source.is_file():
         raise ImageError(f"{source}: no such file")
-    image = assemble_file(source)
+    try:
+        image = assemble_file(source)
+    except OSError as exc:
+        raise ImageError(f"{source}: cannot read it: {exc.strerror}") from None
     if not 0x500 <= image.origin <= 0xFFF0:
         raise ImageError(f"{source}: origin {image.origin:#x} cannot be entered from real mode at "
                          "CS = 0; start the source with an `org` such as `org 0x7c00`")

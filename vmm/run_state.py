@@ -21,6 +21,13 @@ class RunState(enum.Enum):
     DEVICE_ERROR = "device-error"      # a device model outside the hypervisor failed or vanished
 
 
+def outside_ram(kind: str, address: int, size: int, ram_size: int) -> str:
+    """How a run that touched a guest-physical address with nothing behind it ends (the same
+    words whether the CPU's own access or the VMM's, acting as the CPU, reached it)."""
+    return (f"guest {kind} of {size} bytes at guest-physical {address:#x}, outside RAM "
+            f"({ram_size >> 20} MiB) and every MMIO window")
+
+
 @dataclass
 class RunResult:
     state: RunState
@@ -33,6 +40,7 @@ class RunResult:
     instructions: int = 0
     wall_seconds: float = 0.0
     fidelity: str = ""          # what the engine could not virtualize (trap's blind spots)
+    uncounted: bool = False     # some of the run ran uncounted (nothing could observe time)
 
     @property
     def ok(self) -> bool:
@@ -41,11 +49,20 @@ class RunResult:
     def report(self) -> str:
         lines = [f"trapvisor: {self.state.value}: {self.message}",
                  f"  guest RIP {self.rip:#010x}: {self.instruction or '?'}",
-                 f"  {self.instructions} instructions counted, {self.exits} exits, "
-                 f"{self.wall_seconds:.3f} s"]
+                 f"  {self.counted()}, {self.exits} exits, {self.wall_seconds:.3f} s"]
         if self.last_exits:
             lines.append(f"  last {len(self.last_exits)} exits:")
             lines += [f"    {line}" for line in self.last_exits]
         if self.fidelity:
             lines.append(self.fidelity)
         return "\n".join(lines)
+
+    def counted(self) -> str:
+        """How many instructions ran, as far as anyone counted them."""
+        if not self.uncounted:
+            return f"{self.instructions} instructions counted"
+        if not self.instructions:
+            return ("instructions not counted (the run was uncounted: no timer or interrupt "
+                    "could observe time)")
+        return (f"{self.instructions} instructions counted, more ran uncounted (while no timer "
+                f"or interrupt could observe time)")

@@ -13,9 +13,10 @@ import time
 from typing import Protocol
 
 from emu.events import TripleFault, UnsupportedEvent
+from emu.paging import BusError
 from vmm.exits import ExitOps, ExitPath
 from vmm.run_control import DEBUG_SLICE, RunControl
-from vmm.run_state import RunResult, RunState
+from vmm.run_state import RunResult, RunState, outside_ram
 
 MAX_SLICE = 2_000_000   # instructions per counted run() when no timer is due
 WALL_SLICE = 100_000    # instructions per run() under --wall-clock (the PIT is checked between)
@@ -58,7 +59,10 @@ class Vcpu:
         self._window_step: bool | None = None   # stepping an IF-setting instruction (True: STI)
         self.final_exit_count = 0
         self.instructions = 0
+        self.uncounted = False      # some slice ran uncounted: `instructions` is not all of it
+        self.failed_at: tuple[int, str] | None = None  # where a failure ended the run
         self.run_seconds = 0.0
+        vm.cpu.on_hook_error = self.fail
         engine.attach(self)
 
     @property
@@ -146,6 +150,7 @@ class Vcpu:
 
     def _run_slice(self) -> None:
         budget = self._budget()
+        self.uncounted = self.uncounted or not budget
         if self.wall_clock:
             err = self.cpu.run(budget)
         else:
@@ -158,14 +163,18 @@ class Vcpu:
         self.control.count_steps(self.cpu.executed())
         self.vm.update_timers()
         if self.cpu.hook_error is not None:
-            self._hook_failed(self.cpu.hook_error)
-        elif err:
-            self.engine.machine_error(err)
-        elif self.state is RunState.RUNNING and not self.control.at_breakpoint():
-            if self.engine.window_site_at(self.cpu.linear_pc()):
-                self._step_window_site()
-            else:
-                self.engine.after_run()
+            self.fail(self.cpu.hook_error)
+            return
+        try:
+            if err:
+                self.engine.machine_error(err)
+            elif self.state is RunState.RUNNING and not self.control.at_breakpoint():
+                if self.engine.window_site_at(self.cpu.linear_pc()):
+                    self._step_window_site()
+                else:
+                    self.engine.after_run()  # bt's callouts, vtx's stops: VMM work outside hooks
+        except Exception as exc:  # noqa: BLE001 - the same boundary as a hook's
+            self.fail(exc)
 
     def retire(self, count: int) -> None:
         """Instructions the VMM carried out itself (a translation callout, an instruction
@@ -211,10 +220,8 @@ class Vcpu:
         self.halted = False
         try:
             self.engine.inject_external(vector)
-        except TripleFault as fault:
-            self.finish_triple_fault(str(fault))
-        except UnsupportedEvent as exc:
-            self.finish(RunState.GUEST_FAULT, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the same boundary as a hook's
+            self.fail(exc)
 
     def _idle(self) -> None:
         """HLT: jump virtual time to the next timer event, or end the run if nothing can wake us."""
@@ -232,18 +239,37 @@ class Vcpu:
         self.vm.poll_input()
         self.vm.update_timers()
 
-    def _hook_failed(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """The one error boundary of everything the VMM does for this vCPU (its hooks, callouts
+        and stops after a run, event injection): the run ends now, in a defined state, and the
+        report names the instruction the CPU stood at. The guest's own doing (a triple fault,
+        an access with no memory behind it, an event mechanism not modelled) is a guest end;
+        anything else is the VMM's failure (VMM_ERROR), never a traceback."""
+        if self.state is not RunState.RUNNING:
+            self.cpu.stop()
+            return
+        try:
+            self.failed_at = self.engine.describe_pc()
+        except Exception:  # noqa: BLE001 - the report then shows where the CPU stopped
+            self.failed_at = None
         if isinstance(exc, TripleFault):
             self.finish_triple_fault(str(exc))
         elif isinstance(exc, UnsupportedEvent):
             self.finish(RunState.GUEST_FAULT, str(exc))
+        elif isinstance(exc, BusError):
+            kind = "write" if exc.write else "read"
+            self.finish(RunState.GUEST_FAULT,
+                        outside_ram(kind, exc.physical, exc.length, self.vm.memory.size))
         else:
             self.finish(RunState.VMM_ERROR, f"{type(exc).__name__}: {exc}")
 
     def result(self) -> RunResult:
         """How the run ended (or stands, if it is paused)."""
-        rip, text = self.engine.describe_pc()
+        if self.failed_at is not None and self.state is not RunState.RUNNING:
+            rip, text = self.failed_at
+        else:
+            rip, text = self.engine.describe_pc()
         exits = self.exits.count if self.state is RunState.RUNNING else self.final_exit_count
         return RunResult(self.state, self.status, self.message, rip, text,
                          [e.describe() for e in self.exits.recent], exits, self.instructions,
-                         self.run_seconds, self.engine.fidelity_report())
+                         self.run_seconds, self.engine.fidelity_report(), self.uncounted)

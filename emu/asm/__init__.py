@@ -15,7 +15,7 @@ from typing import Sequence
 
 from emu.asm.layout import MAX_PASSES, STICKY_AFTER, Image, ListingLine, _Layout
 from emu.asm.parser import _Parser
-from emu.asm.source import AsmError, _Preprocessor
+from emu.asm.source import AsmError, _Preprocessor, read_source
 
 __all__ = ["AsmError", "Image", "ListingLine", "MAX_PASSES", "STICKY_AFTER", "assemble",
            "assemble_file"]
@@ -47,5 +47,5 @@ def assemble_file(path: str | Path, *, include_dirs: Sequence[str | Path] = ()) 
     """Assemble a file; includes are searched in its own directory, then in include_dirs."""
     path = Path(path)
     pre = _Preprocessor(include_dirs)
-    pre.feed(path.read_text(), str(path), (str(path.resolve()),))
+    pre.feed(read_source(path), str(path), (str(path.resolve()),))
     return _assemble_lines(pre)

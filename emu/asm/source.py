@@ -19,7 +19,21 @@ class AsmError(Exception):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        return f"{self.filename}:{self.lineno}: error: {self.message}\n    {self.line}"
+        where = f"{self.filename}:{self.lineno}: error: {self.message}"
+        return f"{where}\n    {self.line}" if self.line else where
+
+
+def read_source(path: Path) -> str:
+    """A source file's text: UTF-8 (string constants are assembled as UTF-8), else an AsmError
+    at the first line that is not (OSError passes: the caller knows how to name the file)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise AsmError(str(path), lineno, "", f"not UTF-8 text: byte {data[exc.start]:#04x} "
+                       f"at column {column}") from None
 
 
 class _Error(Exception):
@@ -115,7 +129,7 @@ class _Preprocessor:
         if key in stack:
             raise _Error(f"include cycle: {' -> '.join(stack + (key,))}")
         try:
-            text = path.read_text()
+            text = read_source(path)
         except OSError as err:
             raise _Error(f"cannot read include file '{name}': {err.strerror}") from None
         self.feed(text, str(path), stack + (key,))

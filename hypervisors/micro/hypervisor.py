@@ -166,7 +166,10 @@ class MicroHypervisor:
         results: list[RunResult | None] = [None] * len(guests)
 
         def run(index: int, partition: ChildPartition, image: GuestImage) -> None:
-            results[index] = partition.run(image)
+            try:
+                results[index] = partition.run(image)
+            except BaseException as exc:  # noqa: BLE001 - the thread ends its own VM only
+                results[index] = partition.failed(exc)
         threads = [threading.Thread(target=run, args=(i, p, image), name=p.name)
                    for i, (p, image) in enumerate(guests)]
         for thread in threads:

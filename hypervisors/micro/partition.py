@@ -158,8 +158,21 @@ class ChildPartition:
         self.vcpu.engine.reset()
 
     def run(self, image: GuestImage) -> RunResult:
-        self.boot(image)
-        return self.vcpu.run()
+        """Boot and run to the end. This is the vCPU thread's boundary: whatever fails in it
+        ends this VM alone (VMM_ERROR, with a report naming the VM); other VMs go on."""
+        try:
+            self.boot(image)
+            return self.vcpu.run()
+        except Exception as exc:  # noqa: BLE001 - one VM's failure, never the thread's death
+            return self.failed(exc)
+
+    def failed(self, exc: BaseException) -> RunResult:
+        message = f"VM {self.partition_id} ({self.name}): {type(exc).__name__}: {exc}"
+        self.vcpu.finish(RunState.VMM_ERROR, message)
+        try:
+            return self.vcpu.result()
+        except Exception:  # noqa: BLE001 - the CPU cannot even be described: say what we know
+            return RunResult(RunState.VMM_ERROR, None, message)
 
     def close(self) -> None:
         self.channel.close()

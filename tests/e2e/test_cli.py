@@ -61,6 +61,46 @@ def test_bad_ram_size_is_refused():
     assert "not a memory size" in done.stderr
 
 
+def one_line_refusal(done: subprocess.CompletedProcess, usage: bool = False) -> str:
+    """Bad input: status 2 and one line saying why, no traceback (a bad flag value follows
+    argparse's usage summary, as every flag's does)."""
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    if usage:
+        assert lines[0].startswith("usage: ")
+        lines = [line for line in lines if line.startswith("trapvisor run: error:")]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_a_source_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path):
+    source = tmp_path / "latin1.asm"
+    source.write_bytes(b"bits 16\norg 0x7c00\n; caf\xe9\n    hlt\n")
+    line = one_line_refusal(trapvisor("run", str(source)))
+    assert f"{source}:3:" in line and "UTF-8" in line
+
+
+def test_an_include_that_is_not_utf8_is_refused_in_one_line(tmp_path: Path):
+    (tmp_path / "bad.inc").write_bytes(b"\xff\xfe\n")
+    source = tmp_path / "main.asm"
+    source.write_text('bits 16\norg 0x7c00\n%include "bad.inc"\n')
+    line = one_line_refusal(trapvisor("run", str(source)))
+    assert "bad.inc:1:" in line and "UTF-8" in line
+
+
+def test_a_trace_file_that_cannot_be_created_is_refused_in_one_line(tmp_path: Path):
+    line = one_line_refusal(trapvisor("run", "hello", "--trace",
+                                      str(tmp_path / "missing" / "exits.jsonl")))
+    assert "cannot write the trace" in line and "missing" in line
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "1e400", "soon"])
+def test_a_timeout_must_be_a_positive_finite_number_of_seconds(value):
+    line = one_line_refusal(trapvisor("run", "hello", f"--timeout={value}"), usage=True)
+    assert "--timeout" in line and repr(value) in line
+
+
 def test_malformed_assembly_points_at_file_and_line(tmp_path: Path):
     source = tmp_path / "broken.asm"
     source.write_text("bits 16\norg 0x7c00\n    mov ax, 1\n    frobnicate ax, bx\n")
@@ -176,3 +216,14 @@ def test_wall_clock_drives_the_timer(engine):
     done = trapvisor("run", "usermode", "--engine", engine, "--wall-clock", "--timeout", "60")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "both tasks preempted by the timer 5 times ... ok" in done.stdout
+
+
+def test_a_real_mode_guest_that_runs_off_its_segment_is_reported_honestly():
+    """QEMU (the bare machine here) does not check the 64 KiB code-segment limit on sequential
+    fetch, so EIP grows past 0xffff until the fetch leaves RAM; the report says so instead of
+    showing an impossible real-mode CS:IP as if it were one."""
+    done = trapvisor("run", str(PROGRAMS / "runoff.asm"), "--engine", "native", "--ram", "1M")
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "instruction fetch of 1 bytes at guest-physical 0x100000, outside RAM" in done.stderr
+    assert "EIP past the CS limit 0xffff" in done.stderr
+    assert "0 instructions counted" not in done.stderr

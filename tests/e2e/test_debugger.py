@@ -304,3 +304,22 @@ def test_unknown_guest_is_bad_input():
     done = debug("no-such-guest")
     assert done.returncode == 2
     assert "unknown guest" in done.stderr
+
+
+def test_info_vmcs_under_vtx_shows_the_cpu_and_the_execution_controls():
+    """Under vtx the guest-state area is the CPU itself: info vmcs shows what info registers
+    shows at the same stop, and the VmxControls in force."""
+    done = debug("paging", "break exit CR_ACCESS", "continue",
+                 "info registers", "info vmcs",
+                 options=("--engine", "vtx", "--exit-on", "cr3,dt"))
+    assert done.returncode == 0, done.stderr
+    out = blocks(done.stdout)
+    registers, vmcs = "\n".join(out["info registers"]), "\n".join(out["info vmcs"])
+    cr0 = re.search(r"cr0\s+(0x[0-9a-f]+)", registers).group(1)
+    assert int(re.search(r"  cr0\s+(0x[0-9a-f]+)", vmcs).group(1), 16) == int(cr0, 16)
+    assert int(cr0, 16) & 1                                   # protected mode by now
+    gdtr = re.search(r"  gdtr\s+(.*)", vmcs).group(1)
+    assert "limit=0xffff" not in gdtr and "base=0x0," not in gdtr
+    assert "VM-execution controls:" in vmcs and "none" not in vmcs.split("controls:")[1][:8]
+    assert "cr3_load_exiting" in vmcs and "True" in re.search(r"cr3_load_exiting\s+(\S+)",
+                                                              vmcs).group(1)

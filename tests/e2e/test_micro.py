@@ -69,6 +69,21 @@ def test_two_children_run_side_by_side_with_their_own_output(micro):
         assert b"".join(micro.chunks[name]).decode() == (EXPECTED / f"{name}.txt").read_text()
 
 
+def test_a_dying_vcpu_thread_ends_only_its_vm_with_a_report(micro):
+    doomed, healthy = partition(micro, "doomed"), partition(micro, "pmode")
+
+    def die() -> None:
+        raise RuntimeError("the vCPU thread's loop failed")
+    doomed.vcpu._run_slice = die
+    results = micro.run_all([(doomed, resolve("hello", 32 << 20)),
+                             (healthy, resolve("pmode", 32 << 20))])
+    assert results[0].state is RunState.VMM_ERROR
+    assert "RuntimeError: the vCPU thread's loop failed" in results[0].message
+    assert "doomed" in results[0].report()
+    assert results[1].state is RunState.EXITED and results[1].status == 0
+    assert b"".join(micro.chunks["pmode"]).decode() == (EXPECTED / "pmode.txt").read_text()
+
+
 def test_the_cli_prefixes_each_vms_lines():
     run = trapvisor("run", "hello", "pmode", "--hypervisor", "micro")
     assert run.returncode == 0, run.stderr

@@ -276,12 +276,13 @@ def vmcs_report(debuggee, exit) -> str:
     if vmcs is None:
         return (f"the {debuggee.engine.name} engine has no VMCS: the guest runs on the bare "
                 "machine and nothing is shadowed (see info registers)")
+    guest = debuggee.engine.guest_state()
     lines = ["guest-state area:"]
-    lines += [f"  {f.name:<16} {field_text(getattr(vmcs.guest, f.name))}"
-              for f in dataclasses.fields(vmcs.guest)]
+    lines += [f"  {f.name:<16} {field_text(getattr(guest, f.name))}"
+              for f in dataclasses.fields(guest)]
     lines.append("VM-exit information (the last exit):")
     lines += exit_fields(exit)
-    return "\n".join(lines + controls(vmcs, debuggee.engine.name))
+    return "\n".join(lines + controls(debuggee.engine))
 
 
 def exit_fields(exit) -> list[str]:
@@ -293,11 +294,11 @@ def exit_fields(exit) -> list[str]:
             f"  guest RIP        {exit.rip:#010x}"]
 
 
-def controls(vmcs, engine: str) -> list[str]:
-    """The VM-execution controls, for an engine whose VMCS has them."""
-    fields = getattr(vmcs, "controls", None)
+def controls(engine) -> list[str]:
+    """The VM-execution controls, for an engine that has them (vtx's VmxControls)."""
+    fields = getattr(engine, "controls", None)
     if fields is None:
-        return [f"VM-execution controls: none (the {engine} engine intercepts by "
+        return [f"VM-execution controls: none (the {engine.name} engine intercepts by "
                 "deprivileging: every privileged instruction and all I/O exit)"]
     return ["VM-execution controls:"] + [f"  {f.name:<24} {field_text(getattr(fields, f.name))}"
                                          for f in dataclasses.fields(fields)]

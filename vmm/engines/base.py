@@ -10,7 +10,7 @@ from emu.events import EventKind
 from emu.memory import Access
 from emu.paging import CR0_PG, BusError, Fault
 from vmm.exits import Outcome
-from vmm.run_state import RunState
+from vmm.run_state import RunState, outside_ram
 from vmm.vmcs import EPT_WRITE, ExitReason, VmExit, ept_qualification, io_qualification
 
 MAX_INSN = 15
@@ -191,6 +191,11 @@ class EngineBase:
         cpu = self.cpu
         insn = self.current_insn()
         where = f"{self.guest_selector(CS):04x}:{cpu.eip:08x}"
+        limit = cpu.segs[CS].limit
+        if cpu.eip > limit:
+            where += (f" (EIP past the CS limit {limit:#x}: the guest ran off the end of its code "
+                      "segment; a real CPU raises #GP there, this machine, like QEMU, does not "
+                      "check the limit on sequential fetch)")
         if insn is None:
             code = self.fetch(cpu.linear_pc())
             return cpu.eip, f"{where}  {code[:8].hex(' ') or 'unreadable'} (does not decode)"
@@ -205,8 +210,7 @@ class EngineBase:
         if self.unmapped is not None:
             access, address, size = self.unmapped
             kind = {Access.WRITE: "write", Access.FETCH: "instruction fetch"}.get(access, "read")
-            message = (f"guest {kind} of {size} bytes at guest-physical {address:#x}, "
-                       f"outside RAM ({self.vm.memory.size >> 20} MiB) and every MMIO window")
+            message = outside_ram(kind, address, size, self.vm.memory.size)
         else:
             message = f"the machine stopped on {describe_run_error(err)}"
         self.vcpu.finish(RunState.GUEST_FAULT, message)

@@ -29,6 +29,7 @@ from emu.events import EventDelivery, EventKind, GuestView
 from emu.paging import CR0_PE, Fault
 from emu.segments import TYPE_ACCESSED, Descriptor, DescriptorTables
 
+CR0_ET = 1 << 4                    # extension type: hard-wired to 1 (the reference CPU's reads)
 REAL_RING = (1, 2, 2, 3)           # guest ring -> the ring it really runs in
 GUEST_RING = (0, 0, 2, 3)          # real ring -> the ring the guest believes it is in
 DATA_RW = DESC_P | DESC_S | (0x3 << DESC_TYPE_SHIFT)
@@ -168,7 +169,8 @@ class DeprivilegedGuest:
         if was_protected and not value & CR0_PE:
             raise UnsupportedGuestState("the guest cleared CR0.PE: returning to real mode is not "
                                         "modelled by the trap engine")
-        self.state.cr0 = value & 0xFFFFFFFF
+        value = (value | CR0_ET) & 0xFFFFFFFF
+        self.state.cr0 = value
         self.cpu.write_cr(0, value | CR0_PE)
         if not was_protected and self.protected:
             self.enter_protected_mode()
@@ -202,9 +204,11 @@ class DeprivilegedGuest:
         """LLDT / LTR: load from the GDT, mark a TSS busy, mirror into the real register."""
         target = self.state.ldtr if which == "ldtr" else self.state.tr
         cache = self.cpu.ldtr if which == "ldtr" else self.cpu.tr
-        if selector & 0xFFFC == 0 and which == "ldtr":
-            target.selector, target.base, target.limit = 0, 0, 0
-            cache.selector, cache.base, cache.limit, cache.flags = 0, 0, 0, 0
+        if selector & 0xFFFC == 0:  # LDTR and (on the reference CPU) TR become unusable
+            target.selector, target.base, target.limit = selector, 0, 0
+            if which == "tr":
+                target.type = 0
+            cache.selector, cache.base, cache.limit, cache.flags = selector, 0, 0, 0
             return
         if selector & 4:
             raise Fault(13, selector & 0xFFFC)
@@ -256,23 +260,6 @@ class DeprivilegedGuest:
             raise Fault(13, selector & 0xFFFC)
         if not desc.present:
             raise Fault(12, selector & 0xFFFC)
-
-    def load_code_segment(self, selector: int, cpl: int) -> Descriptor:
-        """The checks of a far JMP/CALL/RET/IRET to a code segment at privilege ``cpl``."""
-        if selector & 0xFFFC == 0:
-            raise Fault(13, 0)
-        desc = self.descriptor(selector)
-        if desc.system:
-            raise UnsupportedGuestState(f"far transfer through system descriptor {selector:#x} "
-                                        "(call gate or task) is not modelled")
-        bad = not desc.is_code or (desc.conforming and desc.dpl > cpl) or (
-            not desc.conforming and desc.dpl != cpl)
-        if bad:
-            raise Fault(13, selector & 0xFFFC)
-        if not desc.present:
-            raise Fault(11, selector & 0xFFFC)
-        self.view.load_code(selector, desc, cpl)
-        return desc
 
     # ----- events -------------------------------------------------------------------------------
     def reflect(self, vector: int, kind: EventKind, error_code: int | None = None) -> None:

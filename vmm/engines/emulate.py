@@ -18,17 +18,22 @@ from emu.cpu import (
     EDX,
     ES,
     ESP,
+    FLAG_AC,
     FLAG_IF,
     FLAG_NT,
+    FLAG_RF,
+    FLAG_TF,
     FLAG_VM,
     FS,
     GS,
+    IOPL_MASK,
     SS,
 )
 from emu.disasm import Insn, Operand
-from emu.events import EventKind
+from emu.events import UD, EventKind
 from emu.paging import Fault
 from vmm.engines.deprivilege import DeprivilegedGuest, UnsupportedGuestState
+from vmm.engines.far_transfer import StackCursor, code_target, far_return
 
 SEGMENTS = {"es": ES, "cs": CS, "ss": SS, "ds": DS, "fs": FS, "gs": GS}
 _GPR32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
@@ -41,6 +46,12 @@ for _i, _name in enumerate(("al", "cl", "dl", "bl")):
     REGISTERS[_name[0] + "h"] = (_i, 0xFF, 8)
 STACK_BASES = {"esp", "ebp", "sp", "bp"}
 CR0_TS = 1 << 3
+CR4_DE = 1 << 3
+CONTROL_REGISTERS = frozenset((0, 2, 3, 4))   # MOV to/from any other CRn is #UD
+# EFLAGS bits POPF and IRET may write (the arithmetic flags, DF, TF, NT, AC, ID; IF and IOPL by
+# privilege, RF by IRET alone); the reserved bits keep their fixed values (QEMU cpu_load_eflags).
+FLAG_ID = 1 << 21
+WRITABLE_FLAGS = 0xCD5 | FLAG_TF | FLAG_NT | FLAG_AC | FLAG_ID
 
 
 # ----- operand access ---------------------------------------------------------------------------
@@ -134,14 +145,13 @@ def emulate_pushf(g, insn) -> bool:
 
 def emulate_popf(g, insn) -> bool:
     size = insn.opsize // 8
-    value = pop(g, size)
-    if size == 2:
-        value |= g.view.flags() & 0xFFFF0000
-    was_set = g.state.interrupt_flag
-    g.view.set_flags(value)
-    if g.state.interrupt_flag and not was_set:
-        g.vcpu.open_interrupt_window()
+    set_guest_flags(g, pop(g, size), size=size)
     return False
+
+
+def emulate_invalid(g, insn) -> bool:
+    """An encoding the CPU does not accept (MOV to/from CR1, CR5-CR7): #UD."""
+    raise Fault(UD)
 
 
 # ----- control registers, MSRs, debug registers -------------------------------------------------
@@ -154,12 +164,22 @@ def emulate_mov_cr(g, insn) -> bool:
     return False
 
 
+def debug_register(g, name: str) -> int:
+    """DR4/DR5 are DR6/DR7 unless CR4.DE is set, which makes them #UD."""
+    n = int(name[2:])
+    if n in (4, 5):
+        if g.state.cr4 & CR4_DE:
+            raise Fault(UD)
+        n += 2
+    return n
+
+
 def emulate_mov_dr(g, insn) -> bool:
     dst, src = insn.operands
     if dst.reg.startswith("dr"):
-        g.debug_regs[int(dst.reg[2:])] = get_reg(g, src.reg)
+        g.debug_regs[debug_register(g, dst.reg)] = get_reg(g, src.reg)
     else:
-        set_reg(g, dst.reg, g.debug_regs[int(src.reg[2:])])
+        set_reg(g, dst.reg, g.debug_regs[debug_register(g, src.reg)])
     return False
 
 
@@ -251,94 +271,90 @@ def far_target(g, insn) -> tuple[int, int]:
     return int.from_bytes(raw[size:], "little"), int.from_bytes(raw[:size], "little")
 
 
-def transfer(g, selector: int, offset: int) -> None:
-    """Load CS:EIP at the current privilege (real mode: paragraph load)."""
-    if g.protected:
-        g.load_code_segment(selector, g.guest_cpl())
-    else:
-        g.view.load_real(CS, selector)
-    g.cpu.eip = offset
-
-
 def emulate_ljmp(g, insn) -> bool:
     selector, offset = far_target(g, insn)
-    transfer(g, selector, offset)
+    if not g.protected:
+        g.view.load_real(CS, selector)
+        g.cpu.eip = offset
+        return True
+    target = code_target(g, selector, offset, call=False)
+    g.view.load_code(target.selector, target.desc, g.guest_cpl())
+    g.cpu.eip = target.offset
     return True
 
 
 def emulate_lcall(g, insn) -> bool:
     selector, offset = far_target(g, insn)
     size = insn.opsize // 8
-    push(g, g.view.selector(CS), size)
-    push(g, next_eip(g, insn), size)
-    transfer(g, selector, offset)
+    if not g.protected:
+        push(g, g.view.selector(CS), size)
+        push(g, next_eip(g, insn), size)
+        g.view.load_real(CS, selector)
+        g.cpu.eip = offset
+        return True
+    target = code_target(g, selector, offset, call=True)
+    if target.push_bits:
+        size = target.push_bits // 8
+    esp = g.cpu.gpr[ESP]
+    try:
+        push(g, g.view.selector(CS), size)
+        push(g, next_eip(g, insn), size)
+    except Fault:
+        g.cpu.gpr[ESP] = esp
+        raise
+    g.view.load_code(target.selector, target.desc, g.guest_cpl())
+    g.cpu.eip = target.offset
     return True
 
 
 def emulate_retf(g, insn) -> bool:
     size = insn.opsize // 8
-    offset, selector = pop(g, size), pop(g, size) & 0xFFFF
     release = insn.operands[0].imm if insn.operands else 0
-    if g.protected and (selector & 3) > g.guest_cpl():
-        g.cpu.gpr[ESP] += release
-        return_outward(g, selector, offset, size)
-        g.cpu.gpr[ESP] += release
+    frame = StackCursor(g)
+    offset, selector = frame.pop(size), frame.pop(size) & 0xFFFF
+    if not g.protected:
+        frame.skip(release)
+        frame.commit()
+        g.view.load_real(CS, selector)
+        g.cpu.eip = offset
         return True
-    transfer(g, selector, offset)
-    g.cpu.gpr[ESP] = (g.cpu.gpr[ESP] & ~stack_mask(g)) | ((g.cpu.gpr[ESP] + release) & stack_mask(g))
+    far_return(g, frame, selector, offset, size, release)
     return True
-
-
-def return_outward(g, selector: int, offset: int, size: int) -> None:
-    """RET/IRET to a less privileged ring: pop ESP and SS, reload, null inaccessible segments."""
-    new_esp, new_ss = pop(g, size), pop(g, size) & 0xFFFF
-    ring = selector & 3
-    ss_desc = g.descriptor(new_ss)
-    g._check_stack_segment(new_ss, ss_desc, ring)
-    g.load_code_segment(selector, ring)
-    g.view.load_stack(new_ss, ss_desc)
-    g.cpu.gpr[ESP] = new_esp
-    g.cpu.eip = offset
-    for seg in (ES, DS, FS, GS):
-        cache = g.cpu.segs[seg]
-        dpl = (cache.flags >> 13) & 3
-        conforming_code = (cache.flags >> 8) & 0xC == 0xC
-        if cache.flags and not conforming_code and dpl < ring:
-            g.cpu.load_segment(seg, 0, 0, 0, 0)
 
 
 def emulate_iret(g, insn) -> bool:
     size = insn.opsize // 8
     before = g.view.flags(), g.guest_cpl()  # IRET's flag rules use the CPL it ran at
-    offset, selector, flags = pop(g, size), pop(g, size) & 0xFFFF, pop(g, size)
-    if size == 2:
-        flags |= g.view.flags() & 0xFFFF0000
+    frame = StackCursor(g)
+    offset, selector, flags = frame.pop(size), frame.pop(size) & 0xFFFF, frame.pop(size)
     if not g.protected:
+        frame.commit()
         g.view.load_real(CS, selector)
         g.cpu.eip = offset
-    elif flags & (FLAG_VM | FLAG_NT) and size == 4:
-        raise UnsupportedGuestState("IRET to virtual-8086 mode or a nested task is not modelled")
-    elif (selector & 3) > g.guest_cpl():
-        return_outward(g, selector, offset, size)
+    elif before[0] & FLAG_NT or flags & FLAG_VM and size == 4:
+        raise UnsupportedGuestState("IRET to virtual-8086 mode or from a nested task (a task "
+                                    "switch) is not modelled")
     else:
-        g.load_code_segment(selector, g.guest_cpl())
-        g.cpu.eip = offset
-    set_guest_flags(g, flags, *before)
+        far_return(g, frame, selector, offset, size)
+    set_guest_flags(g, flags, *before, size=size, iret=True)
     return True
 
 
-def set_guest_flags(g, flags: int, current: int | None = None, cpl: int | None = None) -> None:
-    """IRET/POPF rules: IOPL only changes at CPL 0, IF only when CPL <= IOPL (the flags and CPL
-    the instruction started with)."""
+def set_guest_flags(g, flags: int, current: int | None = None, cpl: int | None = None,
+                    size: int = 4, iret: bool = False) -> None:
+    """POPF/IRET: the writable bits only (IOPL at CPL 0, IF when CPL <= IOPL, RF by IRET), from
+    the flags and CPL the instruction started with; a 16-bit operand writes bits 15:0."""
     current = g.view.flags() if current is None else current
     cpl = g.guest_cpl() if cpl is None else cpl
-    keep = 0
-    if cpl > 0:
-        keep |= 0x3000
-    if cpl > ((current >> 12) & 3):
-        keep |= FLAG_IF
+    mask = WRITABLE_FLAGS | (FLAG_RF if iret else 0)
+    if cpl == 0:
+        mask |= IOPL_MASK
+    if cpl <= (current >> 12) & 3:
+        mask |= FLAG_IF
+    if size == 2:
+        mask &= 0xFFFF
     was_set = g.state.interrupt_flag
-    g.view.set_flags((flags & ~keep) | (current & keep))
+    g.view.set_flags((current & ~mask) | (flags & mask) | 2)
     if g.state.interrupt_flag and not was_set:
         g.vcpu.open_interrupt_window()
 
@@ -375,12 +391,14 @@ def emulator_for(insn: Insn):
     """The emulator for a faulting instruction, or None if the VMM does not emulate it."""
     if insn.mnemonic == "mov":
         regs = [op.reg or "" for op in insn.operands]
-        if any(r.startswith("cr") for r in regs):
-            return emulate_mov_cr
+        controls = [r for r in regs if r.startswith("cr")]
+        if controls:
+            return emulate_mov_cr if int(controls[0][2:]) in CONTROL_REGISTERS else emulate_invalid
         if any(r.startswith("dr") for r in regs):
             return emulate_mov_dr
         if insn.operands and insn.operands[0].reg in SEGMENTS:
-            return emulate_mov_sreg
+            # MOV CS is #UD, which the CPU raises itself: nothing to emulate
+            return emulate_mov_sreg if insn.operands[0].reg != "cs" else None
         return None
     if insn.mnemonic == "pop" and not (insn.operands and insn.operands[0].reg in SEGMENTS):
         return None

@@ -12,6 +12,9 @@ from emu.cpu import FLAG_IF
 from emu.events import UD, EventDelivery, EventKind, GuestView
 from vmm.engines.base import EngineBase
 from vmm.engines.scanner import IF_SETTERS, CodeScanner, SiteKind
+from vmm.run_state import RunState
+
+RUNNING = RunState.RUNNING
 
 
 class NativeEngine(EngineBase):
@@ -36,16 +39,20 @@ class NativeEngine(EngineBase):
         self.events.deliver(intno, kind, error_code)
 
     def on_in(self, port: int, size: int) -> int:
+        if self.vcpu.state is not RUNNING:
+            return (1 << 8 * size) - 1  # the run has ended: Unicorn finishing its block
         return self.vm.pio.read(port, size)
 
     def on_out(self, port: int, size: int, value: int) -> None:
-        self.vm.pio.write(port, size, value)
+        if self.vcpu.state is RUNNING:  # else the run has ended: no device sees it
+            self.vm.pio.write(port, size, value)
 
     def on_mmio_read(self, address: int, size: int) -> int:
         return self.vm.mmio.read(address, size)
 
     def on_mmio_write(self, address: int, size: int, value: int) -> None:
-        self.vm.mmio.write(address, size, value)
+        if self.vcpu.state is RUNNING:  # else the run has ended: no device sees it
+            self.vm.mmio.write(address, size, value)
 
     def on_cpuid(self) -> bool:
         return False

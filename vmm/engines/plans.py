@@ -55,6 +55,8 @@ def classify_mov(insn) -> tuple[ExitReason, int]:
     dst, src = insn.operands
     for control, gpr, access in ((dst, src, CR_MOV_TO), (src, dst, CR_MOV_FROM)):
         if control.reg and control.reg.startswith("cr"):
+            if int(control.reg[2:]) not in (0, 2, 3, 4):
+                return R.EXCEPTION_NMI, 0   # #UD before any exit: reflected, not emulated
             return R.CR_ACCESS, cr_qualification(int(control.reg[2:]), access,
                                                  GPR_NUMBER.get(gpr.reg, 0))
         if control.reg and control.reg.startswith("dr"):

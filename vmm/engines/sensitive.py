@@ -15,6 +15,7 @@ from vmm.engines.deprivilege import DeprivilegedGuest
 from vmm.engines.emulate import (
     SEGMENTS,
     effective_address,
+    get_reg,
     push,
     read_operand,
     set_reg,
@@ -59,8 +60,14 @@ def emulate_store_selector(g, insn) -> bool:
 
 
 def emulate_smsw(g, insn) -> bool:
+    """SMSW stores CR0[15:0]; a 32-bit register keeps its bits 31:16 (the reference CPU's
+    result: the SDM leaves them undefined)."""
     op = insn.operands[0]
-    write_operand(g, insn, op, g.state.cr0, store_size(insn, op))
+    msw = g.state.cr0 & 0xFFFF
+    if op.kind == "reg":
+        set_reg(g, op.reg, (get_reg(g, op.reg) & ~0xFFFF) | msw)
+    else:
+        write_operand(g, insn, op, msw, 2)
     return False
 
 

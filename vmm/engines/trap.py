@@ -178,6 +178,10 @@ class TrapEngine(EngineBase):
     def guest_view(self):
         return self.deprivileged.view
 
+    def guest_state(self):
+        """The guest-state area: the shadow registers the deprivileged guest believes it has."""
+        return self.vmcs.guest
+
     def guest_selector(self, seg: int) -> int:
         return self.deprivileged.view.selector(seg)
 

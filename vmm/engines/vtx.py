@@ -26,7 +26,11 @@ from vmm.vmcs import (
     CR_LMSW,
     CR_MOV_FROM,
     CR_MOV_TO,
+    ActivityState,
     ExitReason,
+    GuestState,
+    SegmentRegister,
+    TableRegister,
     Vmcs,
     VmExit,
     cr_qualification,
@@ -85,6 +89,23 @@ class VtxEngine(EngineBase):
             return c.descriptor_table_exiting
         return (mnemonic == "invlpg" and c.invlpg_exiting) or (
             mnemonic == "wbinvd" and c.wbinvd_exiting)
+
+    def guest_state(self) -> GuestState:
+        """The guest-state area: under VT-x the guest runs with its own CR0/CR3/CR4/GDT/IDT in
+        the CPU, so the area is the CPU itself (read, not a copy kept beside it)."""
+        cpu = self.cpu
+        flags = cpu.system_flags
+
+        def segment(cache) -> SegmentRegister:
+            return SegmentRegister(cache.selector, cache.base, cache.limit, (cache.flags >> 8) & 0xF)
+        return GuestState(
+            cr0=int(cpu.cr[0]) & 0xFFFFFFFF, cr2=int(cpu.cr[2]) & 0xFFFFFFFF,
+            cr3=int(cpu.cr[3]) & 0xFFFFFFFF, cr4=int(cpu.cr[4]) & 0xFFFFFFFF,
+            gdtr=TableRegister(cpu.gdtr.base, cpu.gdtr.limit),
+            idtr=TableRegister(cpu.idtr.base, cpu.idtr.limit),
+            ldtr=segment(cpu.ldtr), tr=segment(cpu.tr),
+            interrupt_flag=bool(flags & FLAG_IF), iopl=(flags >> 12) & 3,
+            activity=ActivityState.HLT if self.vcpu.halted else ActivityState.ACTIVE)
 
     def controls_changed(self) -> None:
         """After changing ``controls`` from the API: rescan so the right instructions stop."""
