@@ -6,12 +6,13 @@ its ``org`` and entered there the same way.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import guests
 from emu.asm import AsmError, assemble_file
 from emu.cpu import CS, DS, EDX, ES, ESP, FS, GS, SS
+from vmm.pc import elf
 
 BOOT_ADDRESS = 0x7C00
 BOOT_DRIVE = 0x80
@@ -27,6 +28,7 @@ class GuestImage:
     code: bytes
     origin: int
     listing: list
+    symbols: dict[str, int] = field(default_factory=dict)  # name -> linear address
 
     @property
     def entry(self) -> int:
@@ -55,7 +57,15 @@ def _assembled(source: Path) -> GuestImage:
     if not 0x500 <= image.origin <= 0xFFF0:
         raise ImageError(f"{source}: origin {image.origin:#x} cannot be entered from real mode at "
                          "CS = 0; start the source with an `org` such as `org 0x7c00`")
-    return GuestImage(source.stem, image.code, image.origin, image.listing)
+    return GuestImage(source.stem, image.code, image.origin, image.listing, image.labels)
+
+
+def elf_symbols(path: Path) -> dict[str, int]:
+    """An ELF kernel's symbol table for ``GuestImage.symbols`` (empty when it is stripped)."""
+    try:
+        return elf.symbols(path)
+    except elf.ElfError as exc:
+        raise ImageError(str(exc)) from None
 
 
 def _check_fits(image: GuestImage, ram_size: int) -> None:
@@ -66,7 +76,7 @@ def _check_fits(image: GuestImage, ram_size: int) -> None:
                          f"in {ram_size >> 20} MiB of guest RAM")
 
 
-__all__ = ["AsmError", "GuestImage", "ImageError", "resolve", "BOOT_DRIVE"]
+__all__ = ["AsmError", "GuestImage", "ImageError", "resolve", "elf_symbols", "BOOT_DRIVE"]
 
 
 def hand_over(vm, image: GuestImage) -> None:
