@@ -51,7 +51,7 @@ def test_stops_at_the_entry_before_the_first_instruction():
     assert done.returncode == 0, done.stderr
     start = blocks(done.stdout)["<start>"]
     assert start[0] == "Stopped at the entry, before the guest's first instruction"
-    assert start[1] == "=> 0000:00007c00  fa  cli"
+    assert start[1] == "=> 0000:00007c00 <start>  fa  cli"
     assert register_row(done.stdout, "eip")[1:3] == ["0x00007c00", "0x00007c00"]
     assert "guest|" not in done.stdout  # nothing ran yet
 
@@ -76,9 +76,9 @@ def test_stepi_advances_by_instructions():
     assert done.returncode == 0, done.stderr
     steps = blocks(done.stdout)
     # cli (trapped, emulated) ; xor ax, ax ; mov ds, ax -> the IER write sequence
-    assert steps["stepi 3"][-1] == "=> 0000:00007c05  ba f9 03  mov dx, 0x3f9"
-    assert steps["stepi"][-1] == "=> 0000:00007c08  30 c0  xor al, al"
-    assert steps["si 2"][-1] == "=> 0000:00007c0b  ba fb 03  mov dx, 0x3fb"
+    assert steps["stepi 3"][-1] == "=> 0000:00007c05 <start+5>  ba f9 03  mov dx, 0x3f9"
+    assert steps["stepi"][-1] == "=> 0000:00007c08 <start+8>  30 c0  xor al, al"
+    assert steps["si 2"][-1] == "=> 0000:00007c0b <start+11>  ba fb 03  mov dx, 0x3fb"
     assert "Stepped (1 exit since boot)" in steps["stepi 3"]  # the CLI was an exit
 
 
@@ -86,11 +86,11 @@ def test_break_at_an_address_stops_there_and_counts_hits():
     done = debug("hello", "break 0x7c0a", "continue", "info breakpoints", "disas $pc 2")
     assert done.returncode == 0, done.stderr
     out = blocks(done.stdout)
-    assert out["break 0x7c0a"] == ["Breakpoint 1 at 0x7c0a"]
-    assert out["continue"] == ["Breakpoint 1, at 0x7c0a (1 exit since boot)",
-                               "=> 0000:00007c0a  ee  out dx, al"]
-    assert "1    break  1     at 0x7c0a" in out["info breakpoints"]
-    assert out["disas $pc 2"][0].startswith("=> 0x00007c0a  ee")
+    assert out["break 0x7c0a"] == ["Breakpoint 1 at 0x7c0a <start+10>"]
+    assert out["continue"] == ["Breakpoint 1, at 0x7c0a <start+10> (1 exit since boot)",
+                               "=> 0000:00007c0a <start+10>  ee  out dx, al"]
+    assert "1    break  1     at 0x7c0a <start+10>" in out["info breakpoints"]
+    assert out["disas $pc 2"][0].startswith("=> 0x00007c0a <start+10>  ee")
 
 
 def test_watch_reports_old_and_new_values_of_the_tick_counter():
@@ -98,9 +98,9 @@ def test_watch_reports_old_and_new_values_of_the_tick_counter():
     done = debug("usermode", f"watch {ticks:#x}", "continue", "continue", f"x/1xw {ticks:#x}")
     assert done.returncode == 0, done.stderr
     out = blocks(done.stdout)
-    assert out[f"watch {ticks:#x}"] == [f"Watchpoint 1: 4 bytes at {ticks:#x}"]
+    assert out[f"watch {ticks:#x}"] == [f"Watchpoint 1: 4 bytes at {ticks:#x} <ticks>"]
     first = out["continue"]  # the later `continue` wins: the second tick
-    assert re.fullmatch(rf"Watchpoint 1: 4 bytes at {ticks:#x} \(\d+ exits since boot\)",
+    assert re.fullmatch(rf"Watchpoint 1: 4 bytes at {ticks:#x} <ticks> \(\d+ exits since boot\)",
                         first[0])
     assert "  old 01 00 00 00 = 0x1 (1)" in first
     assert "  new 02 00 00 00 = 0x2 (2)" in first
@@ -184,7 +184,7 @@ def test_bad_input_gets_one_line_errors_and_the_session_goes_on():
     assert "unknown exit reason 'NOPE'" in done.stderr
     assert "already at the entry" in done.stderr
     out = blocks(done.stdout)
-    assert out["disas 0x7c00 1"] == ["=> 0x00007c00  fa                       cli"]
+    assert out["disas 0x7c00 1"] == ["=> 0x00007c00 <start>  fa                       cli"]
     assert out["help x"][0].startswith("x/NFU [-p] ADDR")
 
 
@@ -223,14 +223,15 @@ def test_exit_filters_by_cr_rip_and_vector():
     out = blocks(done.stdout)
     assert out["continue"] == ["Exit #5: CR_ACCESS (28), breakpoint 1",
                                "  qualification: CR0, MOV to CR from eax",
-                               "  guest RIP 0x00007c16: 0f 22 c0  mov cr0, eax",
+                               "  guest RIP 0x00007c16 <start+22>: 0f 22 c0  mov cr0, eax",
                                "  handler: emulated `mov cr0, eax`: cr0 0x10 -> 0x11",
-                               "=> 0000:00007c19  66 ea 21 7c 00 00 08 00  ljmp 8:0x7c21"]
+                               "=> 0000:00007c19 <start+25>  66 ea 21 7c 00 00 08 00  "
+                               "ljmp 8:0x7c21"]
     assert out["x/3xb -p 0x7c16"] == ["0x00007c16:  0x0f 0x22 0xc0"]
     syscall = blocks(debug("usermode", "break exit exception vector 0x80", "continue").stdout)
     stop = syscall["continue"]
     assert stop[1] == "  qualification: vector 0x80, software interrupt"
-    assert stop[2].endswith("0x00007deb: cd 80  int 0x80")
+    assert stop[2].endswith("0x00007deb <task_a+15>: cd 80  int 0x80")
     assert stop[3].startswith("  handler: reflected vector 0x80 through the guest's IDT: "
                               "cpl 0x3 -> 0x0, cs 0x1b -> 0x8")
 
@@ -282,7 +283,8 @@ def test_ctrl_c_interrupts_a_running_guest_and_the_session_goes_on():
     finally:
         process.kill()
     assert process.returncode == 0, err
-    assert out.startswith("Interrupted (1 exit since boot)\n=> 0000:00007c01  eb fe  jmp 0x7c01")
+    assert out.startswith("Interrupted (1 exit since boot)\n"
+                          "=> 0000:00007c01 <start+1>  eb fe  jmp 0x7c01 <start+1>")
     assert "(trapvisor) info exits 1\n1 exit since boot; the last 1:" in out
 
 
