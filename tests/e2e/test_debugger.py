@@ -306,3 +306,45 @@ def test_unknown_guest_is_bad_input():
     done = debug("no-such-guest")
     assert done.returncode == 2
     assert "unknown guest" in done.stderr
+
+
+def test_symbols_are_addresses_and_label_every_address_shown():
+    next_ = symbol("hello", "start.next")
+    done = debug("hello", "break start.next+3", "continue", "disas start.next 3",
+                 "x/4xb message", "info symbol $pc", "info symbol start", "info symbol 0x500",
+                 "break *start.wait", "info breakpoints")
+    assert done.returncode == 0, done.stderr
+    out = blocks(done.stdout)
+    assert out["break start.next+3"] == [f"Breakpoint 1 at {next_ + 3:#x} <start.next+3>"]
+    assert out["continue"][0].startswith(f"Breakpoint 1, at {next_ + 3:#x} <start.next+3> (")
+    assert out["continue"][1] == (f"=> 0000:{next_ + 3:08x} <start.next+3>  74 12  "
+                                  "je 0x7c49 <start.done>")
+    assert out["disas start.next 3"] == [
+        f"   {next_:#010x} <start.next>    ac                       lodsb al, byte ptr [si]",
+        f"   {next_ + 1:#010x} <start.next+1>  84 c0                    test al, al",
+        f"=> {next_ + 3:#010x} <start.next+3>  74 12                    je 0x7c49 <start.done>"]
+    assert out["x/4xb message"] == [f"{symbol('hello', 'message'):#010x}:  0x48 0x65 0x6c 0x6c"]
+    assert out["info symbol $pc"] == ["start.next + 3"]
+    assert out["info symbol start"] == ["start"]
+    assert out["info symbol 0x500"] == ["No symbol matches 0x500."]
+    assert f"2    break  0     at {symbol('hello', 'start.wait'):#x} <start.wait>" in out[
+        "info breakpoints"]
+
+
+def test_an_unknown_symbol_is_a_one_line_error_with_close_matches(tmp_path: Path):
+    done = debug("hello", "break strat", "disas start.nxt 2", "x/4xb COM1", "info symbol")
+    assert done.returncode == 1
+    errors = done.stderr.splitlines()
+    assert errors == [
+        "error: bad address: 'strat' is not a number, $register or symbol of this guest; "
+        "did you mean start?",
+        "error: bad address: 'start.nxt' is not a number, $register or symbol of this guest; "
+        "did you mean start.next, start.wait or start.done?",
+        "error: bad address: 'COM1' is not a number, $register or symbol of this guest",
+        "error: usage: info symbol ADDR"]
+    flat = tmp_path / "flat.bin"
+    flat.write_bytes(bytes.fromhex("faf4"))
+    done = debug(str(flat), "break start", "disas 0x7c00 1")
+    assert done.stderr == ("error: bad address: 'start' is not a number or $register (this "
+                           "guest has no symbols)\n")
+    assert blocks(done.stdout)["disas 0x7c00 1"] == ["=> 0x00007c00  fa                       cli"]
