@@ -293,13 +293,17 @@ def test_readme_debugging_examples_work():
     section = text[text.index("## Debugging"):]
     section = section[:section.index("\n## ")]
     commands = [line[2:] for line in section.splitlines() if line.startswith("$ trapvisor debug")]
-    assert len(commands) == 2
+    assert len(commands) == 3
     runs = [trapvisor(*shlex.split(c)[1:]) for c in commands]
     assert all(done.returncode == 0 for done in runs), [done.stderr for done in runs]
     shown = section[section.index("```text\n") + 8:]
     shown = shown[:shown.index("```")]
     assert shown in runs[0].stdout
     assert "300 exits since boot; the last 4:" in runs[1].stdout
+    symbols = blocks(runs[2].stdout)
+    assert symbols["continue"][-1] == ("=> 0000:00007c35 <start.next+3>  74 12  "
+                                       "je 0x7c49 <start.done>")
+    assert symbols["info symbol $pc"] == ["start.next + 3"]
 
 
 def test_unknown_guest_is_bad_input():
