@@ -315,7 +315,7 @@ def test_unknown_guest_is_bad_input():
 def test_symbols_are_addresses_and_label_every_address_shown():
     next_ = symbol("hello", "start.next")
     done = debug("hello", "break start.next+3", "continue", "disas start.next 3",
-                 "x/4xb message", "info symbol $pc", "info symbol start", "info symbol 0x500",
+                 "x/4xb message", "x message", "info symbol $pc", "info symbol start", "info symbol 0x500",
                  "break *start.wait", "info breakpoints")
     assert done.returncode == 0, done.stderr
     out = blocks(done.stdout)
@@ -328,6 +328,7 @@ def test_symbols_are_addresses_and_label_every_address_shown():
         f"   {next_ + 1:#010x} <start.next+1>  84 c0                    test al, al",
         f"=> {next_ + 3:#010x} <start.next+3>  74 12                    je 0x7c49 <start.done>"]
     assert out["x/4xb message"] == [f"{symbol('hello', 'message'):#010x}:  0x48 0x65 0x6c 0x6c"]
+    assert out["x message"] == [f"{symbol('hello', 'message'):#010x}:  0x6c6c6548"]
     assert out["info symbol $pc"] == ["start.next + 3"]
     assert out["info symbol start"] == ["start"]
     assert out["info symbol 0x500"] == ["No symbol matches 0x500."]

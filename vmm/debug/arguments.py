@@ -85,8 +85,9 @@ def register_value(name: str, regs: dict[str, int]) -> int:
 
 
 def parse_dump(arg: str) -> tuple[int, int, bool, str]:
-    """`x/NFU [-p] ADDR` -> (count, unit bytes, physical?, address text)."""
-    spec, _, rest = arg.partition(" ")
+    """`x/NFU [-p] ADDR` -> (count, unit bytes, physical?, address text); plain `x ADDR` is
+    x/1xw ADDR, gdb's first default."""
+    spec, _, rest = arg.partition(" ") if arg.startswith("/") else ("/1xw", "", arg)
     count, unit = parse_format(spec)
     words = rest.split()
     physical = "-p" in words

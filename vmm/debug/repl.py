@@ -373,8 +373,8 @@ class Debugger(cmd.Cmd):
     def do_x(self, arg: str) -> None:
         """x/NFU [-p] ADDR: examine N units of guest memory in hex.
 
-        U is b (bytes), h (16-bit), w (32-bit) or g (64-bit). ADDR is linear, through the
-        guest's page tables, unless -p makes it guest-physical.
+        U is b (bytes), h (16-bit), w (32-bit) or g (64-bit); x ADDR is x/1xw ADDR. ADDR is
+        linear, through the guest's page tables, unless -p makes it guest-physical.
         Examples: x/16xb 0x7c00, x/4xw -p 0x1000, x/8xb $pc, x/4xb message"""
         count, unit, physical, where = parse_dump(arg)
         address = self.address(where)
