@@ -169,7 +169,7 @@ def exit_stop(debuggee, stop, notes: ExitNotes) -> list[str]:
         lines.append(f"  qualification: {detail}")
     number = stop.exit_number
     lines.append(f"  guest RIP {exit.rip:#010x}{notes.place(number)}: {notes.instruction(number)}")
-    action = notes.action(stop.exit_number)
+    action = notes.action(number)
     if action:
         lines.append(f"  handler: {action}")
     return lines

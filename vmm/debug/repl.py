@@ -185,9 +185,9 @@ class Debugger(cmd.Cmd):
 
         break ADDR stops before the guest executes the instruction at linear ADDR: a number, a
         symbol of the guest or $reg, with an optional +N or -N (also written *ADDR).
-        break exit REASON stops right after an exit of REASON (its SDM
-        name, case-insensitive, or number) was handled; FILTER narrows it with any of
-        port N, cr N, msr N (ECX), vector N (exception or interrupt), rip A-B (guest RIP range).
+        break exit REASON stops right after an exit of REASON (its SDM name, case-insensitive,
+        or number) was handled; FILTER narrows it with any of port N, cr N, msr N (ECX),
+        vector N (exception or interrupt), rip A-B (guest RIP range).
         Examples: break 0x7c10, break start.next, break start+0x10,
         break exit IO_INSTRUCTION port 0x3f8, break exit 28 cr 0"""
         words = arg.split()
