@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import guests
-from hypervisors.images import AsmError, resolve
+from hypervisors.elf_image import elf_executable
+from hypervisors.images import AsmError, GuestImage, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
 from hypervisors.registry import HYPERVISORS
 from vmm.devices.faults import inject_fault
@@ -23,6 +24,7 @@ from vmm.engines import ENGINES
 from vmm.engines.vmx_controls import EXIT_ON_NAMES
 from vmm.observers import ExitStats, JsonTrace
 from vmm.run_state import RunState
+from vmm.vm import DEFAULT_RAM
 
 EXIT_BAD_INPUT, EXIT_GUEST_FAILED, EXIT_VMM_ERROR = 2, 3, 4
 
@@ -107,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="make the named device model raise on its first access (a driver bug "
                      "on purpose): e.g. uart16550, pit8254, pic-master, debug-console")
     add_debug_parser(commands)
+    add_asm_parser(commands)
     commands.add_parser("guests", help="list the shipped guests")
     add_bench_parser(commands)
     commands.add_parser("tcb", help="lines and bytes of project code in each process, per "
@@ -146,6 +149,33 @@ def add_debug_parser(commands) -> None:
                        help="run the debugger commands in FILE, one per line")
     debug.add_argument("--batch", action="store_true",
                        help="exit after the commands (status 1 if one failed) instead of prompting")
+
+
+def add_asm_parser(commands) -> None:
+    asm = commands.add_parser("asm", help="assemble a guest into an ELF executable with its "
+                              "labels as symbols, for gdb's `file` (gdb then knows `break LABEL`)")
+    asm.add_argument("guest", help="an .asm file, a shipped guest's name, or a flat binary")
+    asm.add_argument("-o", dest="output", metavar="FILE.elf", required=True,
+                     help="the ELF file to write")
+
+
+def assemble_guest(args) -> int:
+    """`trapvisor asm GUEST -o FILE.elf`: the guest as ``run`` loads it, written as ELF32."""
+    try:
+        image = resolve(args.guest, DEFAULT_RAM)
+    except (ValueError, AsmError) as exc:
+        print(f"trapvisor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if not isinstance(image, GuestImage):
+        print(f"trapvisor: {args.guest} is already an ELF kernel; `asm` writes assembled or flat "
+              "guests as ELF", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        Path(args.output).write_bytes(elf_executable(image))
+    except OSError as exc:
+        print(f"trapvisor: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
 
 
 def read_script(path: str) -> list[str]:
@@ -312,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         return tcb.main()
     if args.command == "debug":
         return debug_guest(args)
+    if args.command == "asm":
+        return assemble_guest(args)
     return run_guest(args)
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import guests
 from emu.asm import AsmError, assemble_file
+from vmm.pc import elf
 from vmm.pc.bios import PIC_INIT_SEQUENCE, boot_disk, read_boot_sector
-from vmm.pc.elf import is_elf
 from vmm.pc.handover import BootError, HandOver, real_mode_handover
 from vmm.pc.multiboot import Module, boot_multiboot
 
@@ -39,11 +39,17 @@ class GuestImage:
     code: bytes
     origin: int
     listing: list
+    symbols: dict[str, int] = field(default_factory=dict)  # name -> linear address
     firmware = False
 
     @property
     def entry(self) -> int:
         return self.origin
+
+    @property
+    def symbols_end(self) -> int:
+        """Where the image's labels stop naming addresses (the debugger's ``<label+off>``)."""
+        return self.origin + len(self.code)
 
     def load(self, memory) -> HandOver:
         memory.write(self.origin, self.code)
@@ -59,7 +65,9 @@ class MultibootKernel:
     modules: list[Module] = field(default_factory=list)
     hard_disks: int = 0
     listing: list = field(default_factory=list)
+    symbols: dict[str, int] = field(default_factory=dict)  # the ELF's symbol table
     firmware = True
+    symbols_end = 1 << 32   # an ELF's symbols name addresses anywhere in the kernel
 
     def load(self, memory) -> HandOver:
         return boot_multiboot(memory, self.data, name=self.name, cmdline=self.cmdline,
@@ -72,7 +80,9 @@ class DiskBoot:
     name: str
     path: str
     listing: list = field(default_factory=list)
+    symbols: dict[str, int] = field(default_factory=dict)
     firmware = True
+    symbols_end = 0
 
     def load(self, memory) -> HandOver:
         return boot_disk(memory, self.path, name=self.name)
@@ -117,9 +127,10 @@ def _image(spec: str, ram_size: int, append: str, initrds, hard_disks: int):
         raise ImageError(f"unknown guest {spec!r}: not a file, and not one of the shipped guests: "
                          + ", ".join(guests.names()))
     data = path.read_bytes()
-    if is_elf(data[:ELF_MAGIC_BYTES]):
+    if elf.is_elf(data[:ELF_MAGIC_BYTES]):
         modules = [Module.from_spec(item) for item in initrds]
-        return MultibootKernel(path.name, data, append, modules, hard_disks)
+        return MultibootKernel(path.name, data, append, modules, hard_disks,
+                               symbols=elf_symbols(data))
     return GuestImage(path.name, data, BOOT_ADDRESS, [])
 
 
@@ -133,7 +144,15 @@ def _assembled(source: Path) -> GuestImage:
     if not 0x500 <= image.origin <= 0xFFF0:
         raise ImageError(f"{source}: origin {image.origin:#x} cannot be entered from real mode at "
                          "CS = 0; start the source with an `org` such as `org 0x7c00`")
-    return GuestImage(source.stem, image.code, image.origin, image.listing)
+    return GuestImage(source.stem, image.code, image.origin, image.listing, image.labels)
+
+
+def elf_symbols(source: bytes | Path) -> dict[str, int]:
+    """An ELF kernel's symbol table (empty when it is stripped)."""
+    try:
+        return elf.symbols(source)
+    except elf.ElfError as exc:
+        raise ImageError(str(exc)) from None
 
 
 def _check_fits(image: GuestImage, ram_size: int) -> None:
@@ -154,4 +173,4 @@ def hand_over(vm, image) -> None:
 
 
 __all__ = ["AsmError", "BootError", "DiskBoot", "GuestImage", "ImageError", "MultibootKernel",
-           "resolve", "hand_over", "BOOT_DRIVE"]
+           "resolve", "hand_over", "elf_symbols", "BOOT_DRIVE"]

@@ -26,7 +26,7 @@ def _assemble_lines(pre: _Preprocessor) -> Image:
     for src, code in pre.lines:
         parser.feed(src, code)
     if not parser.stmts:
-        return Image(b"", parser.origin(), {}, [])
+        return Image(b"", parser.origin(), {}, {}, [])
     return _Layout(parser.stmts, parser.origin()).run()
 
 

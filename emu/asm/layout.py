@@ -31,11 +31,18 @@ class ListingLine:
 
 @dataclass
 class Image:
-    """An assembled flat binary, loaded at `origin`."""
+    """An assembled flat binary, loaded at `origin`.
+
+    `symbols` holds every symbol with its value, `equ` constants included; `labels` only those
+    whose value is an address (labels, and `equ` of an expression with one label term such as
+    `here equ $`: NASM's relocatable values, the symbols its ELF output puts in a section, where
+    it puts absolute `equ` constants in SHN_ABS). Local labels are qualified by their parent,
+    as NASM names them: `.loop` after `start:` is `start.loop`."""
 
     code: bytes
     origin: int
     symbols: dict[str, int]
+    labels: dict[str, int]
     listing: list[ListingLine]
 
 
@@ -142,7 +149,8 @@ class _Layout:
         else:
             raise _located(self.stmts[0].src, _Error(f"no stable layout after {MAX_PASSES} passes"))
         code, symbols, listing = self._pass(final=True)
-        return Image(code, self.origin, {k: v.value for k, v in symbols.items()}, listing)
+        return Image(code, self.origin, {k: v.value for k, v in symbols.items()},
+                     {k: v.value for k, v in symbols.items() if v.reloc == 1}, listing)
 
     def _pass(self, final: bool) -> tuple[bytes, dict[str, _Val], list[ListingLine]]:
         ctx = _Ctx(self.origin, self.symbols, final, self.near, self.sticky)

@@ -10,6 +10,7 @@ import pytest
 
 import guests
 from conftest import PROGRAMS, trapvisor
+from vmm.pc import elf
 
 BARE_AND_DEFAULT = ("native", "trap")   # the reference machine and the engine `run` picks
 
@@ -227,3 +228,24 @@ def test_a_real_mode_guest_that_runs_off_its_segment_is_reported_honestly():
     assert "instruction fetch of 1 bytes at guest-physical 0x100000, outside RAM" in done.stderr
     assert "EIP past the CS limit 0xffff" in done.stderr
     assert "0 instructions counted" not in done.stderr
+
+
+def test_asm_writes_an_elf_with_the_labels(tmp_path: Path):
+    output = tmp_path / "hello.elf"
+    done = trapvisor("asm", str(guests.path("hello")), "-o", str(output))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert elf.symbols(output)["start.next"] == 0x7C32
+    assert elf.load_segments(output.read_bytes())[0] == 0x7C00
+
+
+def test_asm_errors_are_one_message_and_status_2(tmp_path: Path):
+    unwritable = trapvisor("asm", "hello", "-o", str(tmp_path / "missing" / "hello.elf"))
+    assert unwritable.returncode == 2
+    assert unwritable.stderr == (f"trapvisor: cannot write {tmp_path / 'missing' / 'hello.elf'}: "
+                                 "No such file or directory\n")
+    source = tmp_path / "bad.asm"
+    source.write_text("org 0x7c00\nstart:\n    jmp nowhere\n")
+    bad = trapvisor("asm", str(source), "-o", str(tmp_path / "bad.elf"))
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(f"trapvisor: {source}:3: error: undefined symbol 'nowhere'")
+    assert not (tmp_path / "bad.elf").exists()

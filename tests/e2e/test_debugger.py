@@ -51,7 +51,7 @@ def test_stops_at_the_entry_before_the_first_instruction():
     assert done.returncode == 0, done.stderr
     start = blocks(done.stdout)["<start>"]
     assert start[0] == "Stopped at the entry, before the guest's first instruction"
-    assert start[1] == "=> 0000:00007c00  fa  cli"
+    assert start[1] == "=> 0000:00007c00 <start>  fa  cli"
     assert register_row(done.stdout, "eip")[1:3] == ["0x00007c00", "0x00007c00"]
     assert "guest|" not in done.stdout  # nothing ran yet
 
@@ -76,9 +76,9 @@ def test_stepi_advances_by_instructions():
     assert done.returncode == 0, done.stderr
     steps = blocks(done.stdout)
     # cli (trapped, emulated) ; xor ax, ax ; mov ds, ax -> the IER write sequence
-    assert steps["stepi 3"][-1] == "=> 0000:00007c05  ba f9 03  mov dx, 0x3f9"
-    assert steps["stepi"][-1] == "=> 0000:00007c08  30 c0  xor al, al"
-    assert steps["si 2"][-1] == "=> 0000:00007c0b  ba fb 03  mov dx, 0x3fb"
+    assert steps["stepi 3"][-1] == "=> 0000:00007c05 <start+5>  ba f9 03  mov dx, 0x3f9"
+    assert steps["stepi"][-1] == "=> 0000:00007c08 <start+8>  30 c0  xor al, al"
+    assert steps["si 2"][-1] == "=> 0000:00007c0b <start+11>  ba fb 03  mov dx, 0x3fb"
     assert "Stepped (1 exit since boot)" in steps["stepi 3"]  # the CLI was an exit
 
 
@@ -86,11 +86,11 @@ def test_break_at_an_address_stops_there_and_counts_hits():
     done = debug("hello", "break 0x7c0a", "continue", "info breakpoints", "disas $pc 2")
     assert done.returncode == 0, done.stderr
     out = blocks(done.stdout)
-    assert out["break 0x7c0a"] == ["Breakpoint 1 at 0x7c0a"]
-    assert out["continue"] == ["Breakpoint 1, at 0x7c0a (1 exit since boot)",
-                               "=> 0000:00007c0a  ee  out dx, al"]
-    assert "1    break  1     at 0x7c0a" in out["info breakpoints"]
-    assert out["disas $pc 2"][0].startswith("=> 0x00007c0a  ee")
+    assert out["break 0x7c0a"] == ["Breakpoint 1 at 0x7c0a <start+10>"]
+    assert out["continue"] == ["Breakpoint 1, at 0x7c0a <start+10> (1 exit since boot)",
+                               "=> 0000:00007c0a <start+10>  ee  out dx, al"]
+    assert "1    break  1     at 0x7c0a <start+10>" in out["info breakpoints"]
+    assert out["disas $pc 2"][0].startswith("=> 0x00007c0a <start+10>  ee")
 
 
 def test_watch_reports_old_and_new_values_of_the_tick_counter():
@@ -98,9 +98,9 @@ def test_watch_reports_old_and_new_values_of_the_tick_counter():
     done = debug("usermode", f"watch {ticks:#x}", "continue", "continue", f"x/1xw {ticks:#x}")
     assert done.returncode == 0, done.stderr
     out = blocks(done.stdout)
-    assert out[f"watch {ticks:#x}"] == [f"Watchpoint 1: 4 bytes at {ticks:#x}"]
+    assert out[f"watch {ticks:#x}"] == [f"Watchpoint 1: 4 bytes at {ticks:#x} <ticks>"]
     first = out["continue"]  # the later `continue` wins: the second tick
-    assert re.fullmatch(rf"Watchpoint 1: 4 bytes at {ticks:#x} \(\d+ exits since boot\)",
+    assert re.fullmatch(rf"Watchpoint 1: 4 bytes at {ticks:#x} <ticks> \(\d+ exits since boot\)",
                         first[0])
     assert "  old 01 00 00 00 = 0x1 (1)" in first
     assert "  new 02 00 00 00 = 0x2 (2)" in first
@@ -184,7 +184,7 @@ def test_bad_input_gets_one_line_errors_and_the_session_goes_on():
     assert "unknown exit reason 'NOPE'" in done.stderr
     assert "already at the entry" in done.stderr
     out = blocks(done.stdout)
-    assert out["disas 0x7c00 1"] == ["=> 0x00007c00  fa                       cli"]
+    assert out["disas 0x7c00 1"] == ["=> 0x00007c00 <start>  fa                       cli"]
     assert out["help x"][0].startswith("x/NFU [-p] ADDR")
 
 
@@ -223,14 +223,15 @@ def test_exit_filters_by_cr_rip_and_vector():
     out = blocks(done.stdout)
     assert out["continue"] == ["Exit #5: CR_ACCESS (28), breakpoint 1",
                                "  qualification: CR0, MOV to CR from eax",
-                               "  guest RIP 0x00007c16: 0f 22 c0  mov cr0, eax",
+                               "  guest RIP 0x00007c16 <start+22>: 0f 22 c0  mov cr0, eax",
                                "  handler: emulated `mov cr0, eax`: cr0 0x10 -> 0x11",
-                               "=> 0000:00007c19  66 ea 21 7c 00 00 08 00  ljmp 8:0x7c21"]
+                               "=> 0000:00007c19 <start+25>  66 ea 21 7c 00 00 08 00  "
+                               "ljmp 8:0x7c21"]
     assert out["x/3xb -p 0x7c16"] == ["0x00007c16:  0x0f 0x22 0xc0"]
     syscall = blocks(debug("usermode", "break exit exception vector 0x80", "continue").stdout)
     stop = syscall["continue"]
     assert stop[1] == "  qualification: vector 0x80, software interrupt"
-    assert stop[2].endswith("0x00007deb: cd 80  int 0x80")
+    assert stop[2].endswith("0x00007deb <task_a+15>: cd 80  int 0x80")
     assert stop[3].startswith("  handler: reflected vector 0x80 through the guest's IDT: "
                               "cpl 0x3 -> 0x0, cs 0x1b -> 0x8")
 
@@ -282,7 +283,8 @@ def test_ctrl_c_interrupts_a_running_guest_and_the_session_goes_on():
     finally:
         process.kill()
     assert process.returncode == 0, err
-    assert out.startswith("Interrupted (1 exit since boot)\n=> 0000:00007c01  eb fe  jmp 0x7c01")
+    assert out.startswith("Interrupted (1 exit since boot)\n"
+                          "=> 0000:00007c01 <start+1>  eb fe  jmp 0x7c01 <start+1>")
     assert "(trapvisor) info exits 1\n1 exit since boot; the last 1:" in out
 
 
@@ -291,13 +293,17 @@ def test_readme_debugging_examples_work():
     section = text[text.index("## Debugging"):]
     section = section[:section.index("\n## ")]
     commands = [line[2:] for line in section.splitlines() if line.startswith("$ trapvisor debug")]
-    assert len(commands) == 2
+    assert len(commands) == 3
     runs = [trapvisor(*shlex.split(c)[1:]) for c in commands]
     assert all(done.returncode == 0 for done in runs), [done.stderr for done in runs]
     shown = section[section.index("```text\n") + 8:]
     shown = shown[:shown.index("```")]
     assert shown in runs[0].stdout
     assert "300 exits since boot; the last 4:" in runs[1].stdout
+    symbols = blocks(runs[2].stdout)
+    assert symbols["continue"][-1] == ("=> 0000:00007c35 <start.next+3>  74 12  "
+                                       "je 0x7c49 <start.done>")
+    assert symbols["info symbol $pc"] == ["start.next + 3"]
 
 
 def test_unknown_guest_is_bad_input():
@@ -323,3 +329,46 @@ def test_info_vmcs_under_vtx_shows_the_cpu_and_the_execution_controls():
     assert "VM-execution controls:" in vmcs and "none" not in vmcs.split("controls:")[1][:8]
     assert "cr3_load_exiting" in vmcs and "True" in re.search(r"cr3_load_exiting\s+(\S+)",
                                                               vmcs).group(1)
+
+
+def test_symbols_are_addresses_and_label_every_address_shown():
+    next_ = symbol("hello", "start.next")
+    done = debug("hello", "break start.next+3", "continue", "disas start.next 3",
+                 "x/4xb message", "x message", "info symbol $pc", "info symbol start", "info symbol 0x500",
+                 "break *start.wait", "info breakpoints")
+    assert done.returncode == 0, done.stderr
+    out = blocks(done.stdout)
+    assert out["break start.next+3"] == [f"Breakpoint 1 at {next_ + 3:#x} <start.next+3>"]
+    assert out["continue"][0].startswith(f"Breakpoint 1, at {next_ + 3:#x} <start.next+3> (")
+    assert out["continue"][1] == (f"=> 0000:{next_ + 3:08x} <start.next+3>  74 12  "
+                                  "je 0x7c49 <start.done>")
+    assert out["disas start.next 3"] == [
+        f"   {next_:#010x} <start.next>    ac                       lodsb al, byte ptr [si]",
+        f"   {next_ + 1:#010x} <start.next+1>  84 c0                    test al, al",
+        f"=> {next_ + 3:#010x} <start.next+3>  74 12                    je 0x7c49 <start.done>"]
+    assert out["x/4xb message"] == [f"{symbol('hello', 'message'):#010x}:  0x48 0x65 0x6c 0x6c"]
+    assert out["x message"] == [f"{symbol('hello', 'message'):#010x}:  0x6c6c6548"]
+    assert out["info symbol $pc"] == ["start.next + 3"]
+    assert out["info symbol start"] == ["start"]
+    assert out["info symbol 0x500"] == ["No symbol matches 0x500."]
+    assert f"2    break  0     at {symbol('hello', 'start.wait'):#x} <start.wait>" in out[
+        "info breakpoints"]
+
+
+def test_an_unknown_symbol_is_a_one_line_error_with_close_matches(tmp_path: Path):
+    done = debug("hello", "break strat", "disas start.nxt 2", "x/4xb COM1", "info symbol")
+    assert done.returncode == 1
+    errors = done.stderr.splitlines()
+    assert errors == [
+        "error: bad address: 'strat' is not a number, $register or symbol of this guest; "
+        "did you mean start?",
+        "error: bad address: 'start.nxt' is not a number, $register or symbol of this guest; "
+        "did you mean start.next, start.wait or start.done?",
+        "error: bad address: 'COM1' is not a number, $register or symbol of this guest",
+        "error: usage: info symbol ADDR"]
+    flat = tmp_path / "flat.bin"
+    flat.write_bytes(bytes.fromhex("faf4"))
+    done = debug(str(flat), "break start", "disas 0x7c00 1")
+    assert done.stderr == ("error: bad address: 'start' is not a number or $register (this "
+                           "guest has no symbols)\n")
+    assert blocks(done.stdout)["disas 0x7c00 1"] == ["=> 0x00007c00  fa                       cli"]

@@ -580,6 +580,23 @@ def test_gdb_kill_ends_trapvisor_with_status_3(trapvisor_gdb):
     assert "trapvisor: gdb killed the guest" in tv.log.text()
 
 
+@needs_gdb
+def test_gdb_breaks_on_a_label_from_the_elf_trapvisor_asm_writes(trapvisor_gdb, tmp_path):
+    source, program = guests.path("hello"), tmp_path / "hello.elf"
+    assert trapvisor("asm", str(source), "-o", str(program)).returncode == 0
+    tv = trapvisor_gdb(source)
+    out = tv.gdb(f"file {program}", "break start.wait", "continue", "p/x $pc", "x/2i $pc",
+                 "x/s message", "delete", "continue")
+    wait = HELLO.labels["start.wait"]
+    assert f"Breakpoint 1 at {wait:#x}" in out, out  # no prologue skipped: the label itself
+    assert f"$1 = {wait:#x}" in out
+    assert re.search(rf"^=> {wait:#x} <start.wait>:\s+in\s", out, re.M)
+    assert re.search(r'<message>:\s+"Hello from a trapvisor guest!\\n"', out)
+    assert "[Inferior 1 (Remote target) exited normally]" in out
+    status, output = tv.finish()
+    assert status == 0 and output == "Hello from a trapvisor guest!\n"
+
+
 def test_gdb_option_wants_host_and_port():
     done = trapvisor("run", "hello", "--gdb", "nonsense")
     assert done.returncode == 2 and "not HOST:PORT: 'nonsense'" in done.stderr

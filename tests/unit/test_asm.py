@@ -416,6 +416,25 @@ def test_defines_equ_and_local_labels():
     assert image.origin == 0x1000
 
 
+def test_labels_are_the_symbols_that_are_addresses():
+    """As NASM's ELF output sorts them: labels and `equ` of a label expression are addresses,
+    constants and label differences are not."""
+    image = assemble("""
+        org 0x7c00
+        PORT    equ 0x3f8
+        start:  nop
+        .spin:  jmp .spin
+        here    equ $
+        after   equ start.spin + 2
+        length  equ after - start
+        size    equ $ - $$
+        msg:    db 'x'
+    """)
+    assert image.labels == {"start": 0x7C00, "start.spin": 0x7C01, "here": 0x7C03,
+                            "after": 0x7C03, "msg": 0x7C03}
+    assert image.symbols == {**image.labels, "PORT": 0x3F8, "length": 3, "size": 3}
+
+
 def test_case_insensitive_mnemonics_registers_and_directives():
     assert code_of("BITS 32\nMOV EAX, EBX\nJmp Short $\nDB 1\n").hex(" ") == "89 d8 eb fe 01"
 
@@ -608,7 +627,7 @@ def test_errors_in_a_later_pass_still_name_the_line():
 
 
 def test_empty_source():
-    assert assemble("; nothing\n\n") == Image(b"", 0, {}, [])
+    assert assemble("; nothing\n\n") == Image(b"", 0, {}, {}, [])
 
 
 # ---------------------------------------------------------------- byte equality with nasm

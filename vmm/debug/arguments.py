@@ -1,21 +1,26 @@
-"""The debugger's argument syntax, in gdb's spelling: numbers, addresses (``0x7c00``, ``*ADDR``,
-``$reg``, ``$reg+N``), ``x/NFU`` formats, and exit filters for ``break exit REASON [filter]``
-(port, CR number, MSR, vector, guest RIP range). Bad input raises ``DebuggerError`` with a
-message that says what was expected.
+"""The debugger's argument syntax, in gdb's spelling: numbers, addresses (``0x7c00``, ``$reg``
+or a symbol of the guest such as ``start.next``, each with an optional ``+N`` or ``-N``, also
+written ``*ADDR``), ``x/NFU`` formats, and exit filters for ``break exit REASON [filter]`` (port,
+CR number, MSR, vector, guest RIP range). Bad input raises ``DebuggerError`` with a message that
+says what was expected.
 """
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from emu.paging import BusError, Fault
 from vmm.debug.debuggee import ExitFilter
 from vmm.debug.exit_notes import reason_by_name
+from vmm.debug.symbols import NO_SYMBOLS, SymbolTable
 
 UNITS = {"b": 1, "h": 2, "w": 4, "g": 8}
 FILTERS = ("port", "cr", "msr", "vector", "rip")
 MAX_DUMP = 1 << 16
 DUMP_USAGE = "usage: x/NFU [-p] ADDR, for example x/16xb 0x7c00"
 FILTER_USAGE = "usage: break exit REASON [port N|cr N|msr N|vector N|rip A-B]"
+# [*] BASE [+|- OFFSET]; NASM's symbol names hold neither + nor -.
+ADDRESS = re.compile(r"\s*\*?\s*(?P<base>[^\s*+-]+)\s*(?:(?P<sign>[+-])\s*(?P<offset>\S+)\s*)?")
 
 
 class DebuggerError(Exception):
@@ -36,19 +41,40 @@ def parse_count(text: str, what: str) -> int:
     return value
 
 
-def parse_address(text: str, registers: Callable[[], dict[str, int]]) -> int:
-    """A linear address: a number, `*N` (gdb style), or `$reg` with an optional +/- offset;
-    `$pc` is the linear address of the next instruction."""
-    text = text.strip().lstrip("*")
-    if not text.startswith("$"):
-        return parse_number(text, "address") & 0xFFFFFFFF
-    for sign in "+-":
-        name, op, offset = text[1:].partition(sign)
-        if op:
-            delta = parse_number(offset.strip(), "offset")
-            base = register_value(name.strip(), registers())
-            return (base + (delta if sign == "+" else -delta)) & 0xFFFFFFFF
-    return register_value(text[1:], registers())
+def parse_address(text: str, registers: Callable[[], dict[str, int]],
+                  symbols: SymbolTable = NO_SYMBOLS) -> int:
+    """A linear address: a number, `$reg` or a symbol of the guest, with an optional +/- N
+    offset, optionally written `*ADDR` (gdb style); `$pc` is the linear address of the next
+    instruction. Examples: 0x7c10, start.next, start+0x10, $esp-4."""
+    match = ADDRESS.fullmatch(text)
+    if match is None:
+        raise DebuggerError(f"bad address: {text.strip()!r} (a number, $reg or symbol, "
+                            "optionally +/- N)")
+    base = match["base"]
+    if base.startswith("$"):
+        address = register_value(base[1:], registers())
+    elif base[0].isdigit():
+        address = parse_number(base, "address")
+    else:
+        address = symbol_value(base, symbols)
+    if match["sign"]:
+        delta = parse_number(match["offset"], "offset")
+        address += delta if match["sign"] == "+" else -delta
+    return address & 0xFFFFFFFF
+
+
+def symbol_value(name: str, symbols: SymbolTable) -> int:
+    address = symbols.address(name)
+    if address is not None:
+        return address
+    if not symbols:
+        raise DebuggerError(f"bad address: {name!r} is not a number or $register (this guest "
+                            "has no symbols)")
+    close = symbols.suggestions(name)
+    hint = f"; did you mean {', '.join(close[:-1])} or {close[-1]}?" if len(close) > 1 else (
+        f"; did you mean {close[0]}?" if close else "")
+    raise DebuggerError(f"bad address: {name!r} is not a number, $register or symbol of this "
+                        f"guest{hint}")
 
 
 def register_value(name: str, regs: dict[str, int]) -> int:
@@ -59,8 +85,9 @@ def register_value(name: str, regs: dict[str, int]) -> int:
 
 
 def parse_dump(arg: str) -> tuple[int, int, bool, str]:
-    """`x/NFU [-p] ADDR` -> (count, unit bytes, physical?, address text)."""
-    spec, _, rest = arg.partition(" ")
+    """`x/NFU [-p] ADDR` -> (count, unit bytes, physical?, address text); plain `x ADDR` is
+    x/1xw ADDR, gdb's first default."""
+    spec, _, rest = arg.partition(" ") if arg.startswith("/") else ("/1xw", "", arg)
     count, unit = parse_format(spec)
     words = rest.split()
     physical = "-p" in words

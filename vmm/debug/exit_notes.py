@@ -11,6 +11,7 @@ from emu.cpu import CS
 from emu.events import vector_name
 from vmm.debug import views
 from vmm.debug.debuggee import StopKind
+from vmm.debug.symbols import NO_SYMBOLS, SymbolTable
 from vmm.exit_decoding import io_action, port_target, qualification
 from vmm.vmcs import ExitReason, VmExit
 
@@ -68,39 +69,46 @@ def what_was_handled(exit: VmExit, before: dict, after: dict) -> str:
     return ""
 
 
-def instruction_at_exit(engine, exit: VmExit) -> str:
+def instruction_at_exit(engine, exit: VmExit, symbols: SymbolTable = NO_SYMBOLS) -> str:
     """The instruction that caused the exit, decoded while CS and the code size are still the
     ones it ran under (the engine records the bytes of INT n / INT3 / INTO itself)."""
-    if exit.insn is not None:
-        return f"{exit.insn.raw.hex(' ')}  {exit.insn}"
     cpu = engine.cpu
-    code = exit.insn_bytes or engine.fetch((cpu.segs[CS].base + exit.rip) & 0xFFFFFFFF)
+    base = cpu.segs[CS].base
+    if exit.insn is not None:
+        return f"{exit.insn.raw.hex(' ')}  {views.instruction_text(exit.insn, symbols, base)}"
+    code = exit.insn_bytes or engine.fetch((base + exit.rip) & 0xFFFFFFFF)
     insn = engine.disasm.decode(code, exit.rip, cpu.code_bits) if code else None
     if insn is None:
         return "(the instruction cannot be read)"
-    return f"{insn.raw.hex(' ')}  {insn}"
+    return f"{insn.raw.hex(' ')}  {views.instruction_text(insn, symbols, base)}"
 
 
 class ExitNotes:
-    """Observer: for each exit, the instruction that caused it and the device register it hits
-    (both found before the handler runs: the handler changes CS, the mode and device state) and
-    what the handler did. Notes are kept by exit number; ``registers`` returns the guest's
-    registers (``vmm.debug.views.snapshot``)."""
+    """Observer: for each exit, the instruction that caused it with the symbol of its address
+    and the device register it hits (all found before the handler runs: the handler changes CS,
+    the mode and device state) and what the handler did. Notes are kept by exit number;
+    ``registers`` returns the guest's registers (``vmm.debug.views.snapshot``)."""
 
-    def __init__(self, registers):
+    def __init__(self, registers, symbols: SymbolTable = NO_SYMBOLS):
         self.registers = registers
+        self.symbols = symbols
         self.instructions: dict[int, str] = {}
+        self.places: dict[int, str] = {}
         self.actions: dict[int, str] = {}
         self._before: dict = {}
         self._target = ""
 
     def reset(self) -> None:
         self.instructions.clear()
+        self.places.clear()
         self.actions.clear()
 
     def on_exit(self, vcpu, exit: VmExit) -> None:
         self._before = self.registers()
-        self.instructions[vcpu.exit_count] = instruction_at_exit(vcpu.engine, exit)
+        number = vcpu.exit_count
+        self.instructions[number] = instruction_at_exit(vcpu.engine, exit, self.symbols)
+        linear = (vcpu.engine.cpu.segs[CS].base + exit.rip) & 0xFFFFFFFF
+        self.places[number] = self.symbols.tag(linear)
         if exit.reason is R.IO_INSTRUCTION:
             self._target = port_target(vcpu.vm.pio, exit.port, exit.is_in, exit.value or 0)
 
@@ -110,6 +118,10 @@ class ExitNotes:
 
     def instruction(self, number: int) -> str:
         return self.instructions.get(number, "")
+
+    def place(self, number: int) -> str:
+        """' <start+6>': the symbol of the exit's guest RIP, or ''."""
+        return self.places.get(number, "")
 
     def action(self, number: int) -> str:
         return self.actions.get(number, "")
@@ -125,8 +137,9 @@ def exit_line(number: int, exit: VmExit, notes: ExitNotes) -> str:
 
 
 # ----- stops ------------------------------------------------------------------------------------
-def stop_report(debuggee, stop, notes: ExitNotes) -> str:
-    """What the debugger prints when the guest stops: why, then where (=> the next instruction)."""
+def stop_report(debuggee, stop, notes: ExitNotes, symbols: SymbolTable = NO_SYMBOLS) -> str:
+    """What the debugger prints when the guest stops: why, then where (=> the next instruction),
+    addresses followed by their symbols."""
     kind = stop.kind
     if kind is StopKind.ENDED:
         return (stop.result.report() + "\nThe guest has ended; its final state can be "
@@ -134,16 +147,16 @@ def stop_report(debuggee, stop, notes: ExitNotes) -> str:
     if kind is StopKind.EXIT:
         lines = exit_stop(debuggee, stop, notes)
     elif kind is StopKind.WATCHPOINT:
-        lines = watch_stop(debuggee, stop)
+        lines = watch_stop(debuggee, stop, symbols)
     elif kind is StopKind.BREAKPOINT:
-        lines = [f"Breakpoint {stop.breakpoint}, at {stop.address:#x} "
+        lines = [f"Breakpoint {stop.breakpoint}, at {stop.address:#x}{symbols.tag(stop.address)} "
                  f"({since_boot(stop.exit_number)})"]
     elif kind is StopKind.ENTRY:
         lines = ["Stopped at the entry, before the guest's first instruction"]
     else:
         lines = [f"{'Stepped' if kind is StopKind.STEP else 'Interrupted'} "
                  f"({since_boot(stop.exit_number)})"]
-    return "\n".join(lines + [f"=> {views.location(debuggee)}"])
+    return "\n".join(lines + [f"=> {views.location(debuggee, symbols)}"])
 
 
 def exit_stop(debuggee, stop, notes: ExitNotes) -> list[str]:
@@ -154,17 +167,18 @@ def exit_stop(debuggee, stop, notes: ExitNotes) -> list[str]:
     detail = qualification(exit)
     if detail:
         lines.append(f"  qualification: {detail}")
-    lines.append(f"  guest RIP {exit.rip:#010x}: {notes.instruction(stop.exit_number)}")
-    action = notes.action(stop.exit_number)
+    number = stop.exit_number
+    lines.append(f"  guest RIP {exit.rip:#010x}{notes.place(number)}: {notes.instruction(number)}")
+    action = notes.action(number)
     if action:
         lines.append(f"  handler: {action}")
     return lines
 
 
-def watch_stop(debuggee, stop) -> list[str]:
+def watch_stop(debuggee, stop, symbols: SymbolTable) -> list[str]:
     new = stop.new if stop.new is not None else debuggee.read_virtual(stop.address, len(stop.old))
-    lines = [f"Watchpoint {stop.breakpoint}: {len(stop.old)} bytes at {stop.address:#x} "
-             f"({since_boot(stop.exit_number)})"]
+    lines = [f"Watchpoint {stop.breakpoint}: {len(stop.old)} bytes at {stop.address:#x}"
+             f"{symbols.tag(stop.address)} ({since_boot(stop.exit_number)})"]
     for label, data in (("old", stop.old), ("new", new)):
         value = int.from_bytes(data, "little")
         number = f" = {value:#x} ({value})" if len(data) in (1, 2, 4, 8) else ""

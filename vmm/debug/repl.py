@@ -28,6 +28,7 @@ from vmm.debug.arguments import (
 )
 from vmm.debug.debuggee import Debuggee, StopKind
 from vmm.debug.exit_notes import ExitNotes, history_report, stop_report
+from vmm.debug.symbols import SymbolTable
 from vmm.vmcs import ExitReason
 
 PROMPT = "(trapvisor) "
@@ -35,7 +36,8 @@ GUEST_PREFIX = b"guest| "
 HISTORY_FILE = Path.home() / ".trapvisor_history"
 ALIASES = {"c": "continue", "si": "stepi", "b": "break", "i": "info", "q": "quit",
            "exit": "quit", "disassemble": "disas"}
-INFO_TOPICS = ("breakpoints", "registers", "gdt", "idt", "pages", "vmcs", "devices", "exits")
+INFO_TOPICS = ("breakpoints", "registers", "gdt", "idt", "pages", "vmcs", "devices", "exits",
+               "symbol")
 REPEATABLE = ("stepi", "next_exit", "continue")
 
 
@@ -85,7 +87,8 @@ class Debugger(cmd.Cmd):
     def __init__(self, make, image):
         super().__init__()
         self.echo = SerialEcho(sys.stdout.buffer)
-        self.notes = ExitNotes(lambda: views.snapshot(self.debuggee))
+        self.symbols = SymbolTable(image.symbols, image.symbols_end)
+        self.notes = ExitNotes(lambda: views.snapshot(self.debuggee), self.symbols)
         self.make = make
         self.failed = False
         self.interactive = False
@@ -180,11 +183,13 @@ class Debugger(cmd.Cmd):
     def do_break(self, arg: str) -> None:
         """break ADDR | break exit REASON [FILTER]: stop at an address, or on a VM exit. Also `b`.
 
-        break ADDR stops before the guest executes the instruction at linear ADDR (also written
-        *ADDR, $reg or $reg+N). break exit REASON stops right after an exit of REASON (its SDM
-        name, case-insensitive, or number) was handled; FILTER narrows it with any of
-        port N, cr N, msr N (ECX), vector N (exception or interrupt), rip A-B (guest RIP range).
-        Examples: break 0x7c10, break exit IO_INSTRUCTION port 0x3f8, break exit 28 cr 0"""
+        break ADDR stops before the guest executes the instruction at linear ADDR: a number, a
+        symbol of the guest or $reg, with an optional +N or -N (also written *ADDR).
+        break exit REASON stops right after an exit of REASON (its SDM name, case-insensitive,
+        or number) was handled; FILTER narrows it with any of port N, cr N, msr N (ECX),
+        vector N (exception or interrupt), rip A-B (guest RIP range).
+        Examples: break 0x7c10, break start.next, break start+0x10,
+        break exit IO_INSTRUCTION port 0x3f8, break exit 28 cr 0"""
         words = arg.split()
         if not words:
             raise DebuggerError("usage: break ADDR | break exit REASON [filter]")
@@ -196,7 +201,7 @@ class Debugger(cmd.Cmd):
         address = self.address(arg)
         self.require_mapped(address, "break")
         number = self.debuggee.add_breakpoint(address)
-        self.say(f"Breakpoint {number} at {address:#x}")
+        self.say(f"Breakpoint {number} at {address:#x}{self.symbols.tag(address)}")
 
     def complete_break(self, text: str, line: str, begin: int, end: int) -> list[str]:
         if line.split()[1:2] == ["exit"] and len(line[:begin].split()) == 2:
@@ -214,7 +219,8 @@ class Debugger(cmd.Cmd):
         length = parse_count(words[1], "length") if len(words) == 2 else 4
         self.require_mapped(address, "watch", length)
         number = self.debuggee.add_watchpoint(address, length)
-        self.say(f"Watchpoint {number}: {length} bytes at {address:#x}")
+        self.say(f"Watchpoint {number}: {length} bytes at {address:#x}"
+                 f"{self.symbols.tag(address)}")
 
     def require_mapped(self, address: int, what: str, length: int = 1) -> None:
         for linear in {address, address + length - 1}:
@@ -294,7 +300,7 @@ class Debugger(cmd.Cmd):
 
     # ----- stops --------------------------------------------------------------------------------
     def report_stop(self) -> None:
-        self.say(stop_report(self.debuggee, self.debuggee.stop, self.notes))
+        self.say(stop_report(self.debuggee, self.debuggee.stop, self.notes, self.symbols))
 
     # ----- state --------------------------------------------------------------------------------
     def do_info(self, arg: str) -> None:
@@ -306,7 +312,8 @@ class Debugger(cmd.Cmd):
         info pages ADDR    the page-table walk for linear ADDR: PDE, PTE, flags, physical
         info vmcs          the guest-state area, the last exit's fields, the controls
         info devices       the 16550 UART, 8259 PIC and 8254 PIT registers
-        info exits [N]     the last N exits (default 10) and the count per exit reason"""
+        info exits [N]     the last N exits (default 10) and the count per exit reason
+        info symbol ADDR   the guest symbol ADDR is in, and the offset into it"""
         words = arg.split()
         topic = next((t for t in INFO_TOPICS if words and t.startswith(words[0])), None)
         if topic is None:
@@ -322,6 +329,10 @@ class Debugger(cmd.Cmd):
             self.say(history_report(d.history, self.notes, last))
         elif topic == "breakpoints":
             self.say(self.breakpoint_table())
+        elif topic == "symbol":
+            if len(rest) != 1:
+                raise DebuggerError("usage: info symbol ADDR")
+            self.say(self.symbol_at(rest[0]))
         else:
             self.say(self.simple_info(topic))
 
@@ -345,15 +356,26 @@ class Debugger(cmd.Cmd):
         if not rows:
             return "No breakpoints or watchpoints."
         lines = ["Num  Type   Hits  What"]
-        lines += [f"{bp.id:<4} {bp.kind:<6} {bp.hits:<5} {bp.what}" for bp in rows]
+        lines += [f"{bp.id:<4} {bp.kind:<6} {bp.hits:<5} {bp.what}"
+                  + (self.symbols.tag(bp.address) if bp.address is not None else "")
+                  for bp in rows]
         return "\n".join(lines)
+
+    def symbol_at(self, text: str) -> str:
+        """gdb's `info symbol`: 'start + 6', or that no symbol holds the address."""
+        address = self.address(text)
+        found = self.symbols.lookup(address)
+        if found is None:
+            return f"No symbol matches {text}."
+        name, offset = found
+        return f"{name} + {offset}" if offset else name
 
     def do_x(self, arg: str) -> None:
         """x/NFU [-p] ADDR: examine N units of guest memory in hex.
 
-        U is b (bytes), h (16-bit), w (32-bit) or g (64-bit). ADDR is linear, through the
-        guest's page tables, unless -p makes it guest-physical.
-        Examples: x/16xb 0x7c00, x/4xw -p 0x1000, x/8xb $pc"""
+        U is b (bytes), h (16-bit), w (32-bit) or g (64-bit); x ADDR is x/1xw ADDR. ADDR is
+        linear, through the guest's page tables, unless -p makes it guest-physical.
+        Examples: x/16xb 0x7c00, x/4xw -p 0x1000, x/8xb $pc, x/4xb message"""
         count, unit, physical, where = parse_dump(arg)
         address = self.address(where)
         d = self.debuggee
@@ -369,7 +391,8 @@ class Debugger(cmd.Cmd):
         """disas [ADDR [N]]: disassemble N instructions (default 10) at ADDR (default: $pc).
 
         ADDR is linear; the code size (16/32-bit) is the current one; => marks the next
-        instruction the guest executes."""
+        instruction the guest executes; addresses and branch targets show their symbol,
+        <start+6>. Examples: disas, disas start.next 4, disas 0x7c00"""
         words = arg.split()
         if len(words) > 2:
             raise DebuggerError("usage: disas [ADDR [N]]")
@@ -377,10 +400,10 @@ class Debugger(cmd.Cmd):
         address = self.address(words[0]) if words else cpu.linear_pc()
         count = parse_count(words[1], "instruction count") if len(words) == 2 else 10
         self.say(views.disassembly(self.debuggee, address, count, cpu.code_bits,
-                                     current=cpu.linear_pc()))
+                                   current=cpu.linear_pc(), symbols=self.symbols))
 
     def address(self, text: str) -> int:
-        return parse_address(text, self.registers)
+        return parse_address(text, self.registers, self.symbols)
 
     def registers(self) -> dict[str, int]:
         return {**self.debuggee.registers(), "pc": self.debuggee.cpu.linear_pc()}

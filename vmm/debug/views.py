@@ -1,7 +1,9 @@
 """Machine state for the debugger, formatted: registers as the guest sees them beside the real
 CPU's, memory dumps, disassembly, the GDT and IDT (Intel SDM Vol. 3, 3.4.5 and 6.11), 32-bit
 page-table walks (SDM 4.3), the VMCS-like guest-state area, and the device registers (16550,
-8259A and 8254 datasheet names). Everything here only reads: no accessed/dirty bit is set.
+8259A and 8254 datasheet names). Code addresses and branch targets are followed by the guest's
+symbol, as gdb prints them (``<start+6>``). Everything here only reads: no accessed/dirty bit
+is set.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from emu.segments import Descriptor
 from vmm.devices.debug import NullDevice
 from vmm.devices.pic8259 import Pic8259
 from vmm.devices.pit8254 import Pit8254
+from vmm.debug.symbols import NO_SYMBOLS, SymbolTable
 from vmm.devices.uart16550 import Uart16550
 
 EFLAGS_BITS = ((0, "CF"), (2, "PF"), (4, "AF"), (6, "ZF"), (7, "SF"), (8, "TF"), (9, "IF"),
@@ -31,6 +34,7 @@ SYSTEM_TYPES = {0x1: "16-bit TSS (available)", 0x2: "LDT", 0x3: "16-bit TSS (bus
                 0xC: "32-bit call gate", 0xE: "32-bit interrupt gate", 0xF: "32-bit trap gate"}
 UNIT_FORMATS = {1: "B", 2: "H", 4: "I", 8: "Q"}
 RESET_GDTR = (0, 0xFFFF)
+NEAR_BRANCHES = ("j", "call", "loop")  # mnemonics whose one immediate operand is a target
 
 
 def bit_names(value: int, bits) -> str:
@@ -120,24 +124,42 @@ def readable(read, address: int, length: int) -> bytes:
     return data
 
 
-def location(debuggee) -> str:
-    """'0000:00007c00  fa  cli': where the guest is stopped, CS as the guest sees it."""
+def instruction_text(insn, symbols: SymbolTable, base: int = 0) -> str:
+    """The instruction as capstone spells it, a near branch's target followed by its symbol as
+    gdb shows it (`jmp 0x7c32 <start.next>`); ``base`` turns the target into a linear address
+    (the CS base when the instruction was decoded at its EIP)."""
+    operands = insn.operands
+    if (insn.mnemonic.startswith(NEAR_BRANCHES) and len(operands) == 1
+            and operands[0].kind == "imm"):
+        return f"{insn}{symbols.tag((base + operands[0].imm) & 0xFFFFFFFF)}"
+    return str(insn)
+
+
+def location(debuggee, symbols: SymbolTable = NO_SYMBOLS) -> str:
+    """'0000:00007c00 <start>  fa  cli': where the guest is stopped, CS as the guest sees it."""
     cpu = debuggee.cpu
-    code = readable(debuggee.read_virtual, cpu.linear_pc(), 15)
+    linear = cpu.linear_pc()
+    code = readable(debuggee.read_virtual, linear, 15)
     insn = debuggee.engine.disasm.decode(code, cpu.eip, cpu.code_bits) if code else None
-    where = f"{debuggee.registers()['cs']:04x}:{cpu.eip:08x}"
+    where = f"{debuggee.registers()['cs']:04x}:{cpu.eip:08x}{symbols.tag(linear)}"
     if insn is None:
         return f"{where}  {code[:8].hex(' ') or '<unmapped>'}  (does not decode)"
-    return f"{where}  {insn.raw.hex(' ')}  {insn}"
+    return f"{where}  {insn.raw.hex(' ')}  {instruction_text(insn, symbols, linear - cpu.eip)}"
 
 
-def disassembly(debuggee, address: int, count: int, bits: int, current: int | None = None) -> str:
+def disassembly(debuggee, address: int, count: int, bits: int, current: int | None = None,
+                symbols: SymbolTable = NO_SYMBOLS) -> str:
+    """gdb's x/Ni: one instruction a line, each address followed by its symbol (padded to a
+    common width), => at ``current``."""
     code = readable(debuggee.read_virtual, address, 15 * count)
     if not code:
-        return f"{address:#010x}  <unmapped>"
+        return f"{address:#010x}{symbols.tag(address)}  <unmapped>"
     insns = debuggee.engine.disasm.disassemble(code, address, bits, count)
-    lines = [f"{'=> ' if insn.address == current else '   '}{insn.address:#010x}  "
-             f"{insn.raw.hex(' '):<24} {insn}" for insn in insns]
+    tags = [symbols.tag(insn.address) for insn in insns]
+    width = max(map(len, tags), default=0)
+    lines = [f"{'=> ' if insn.address == current else '   '}{insn.address:#010x}{tag:<{width}}  "
+             f"{insn.raw.hex(' '):<24} {instruction_text(insn, symbols)}"
+             for insn, tag in zip(insns, tags)]
     if len(insns) < count:
         end = insns[-1].address + insns[-1].size if insns else address
         lines.append(f"   {end:#010x}  {code[end - address:end - address + 8].hex(' ') or '--'}"
