@@ -8,13 +8,18 @@ at the top of selftest.c; a change to one is a change to both.
 
 ``gcc_problem()`` says why this machine cannot build 32-bit freestanding code (no gcc, no -m32
 support in the compiler or binutils), or None; the tests skip with that reason.
+
+From the command line, ``python tests/ckernel.py DIR`` builds the kernel into DIR, writes its
+module and disk image there and prints the commands that run it.
 """
 from __future__ import annotations
 
 import functools
+import shlex
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,11 +125,40 @@ class SelftestFiles:
                 "--drive", str(self.disk)]
 
 
-def prepare(out_dir: Path) -> SelftestFiles:
-    """The kernel, its module and its disk image in ``out_dir``."""
-    kernel = build_kernel(out_dir)
+def write_inputs(out_dir: Path) -> tuple[Path, Path]:
+    """The module (mod.bin) and the disk image (disk.img) the kernel checks, in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     module = out_dir / "mod.bin"
     module.write_bytes(module_bytes())
     disk = out_dir / "disk.img"
     disk.write_bytes(disk_bytes())
-    return SelftestFiles(kernel, module, disk)
+    return module, disk
+
+
+def prepare(out_dir: Path) -> SelftestFiles:
+    """The kernel, its module and its disk image in ``out_dir``."""
+    kernel = build_kernel(out_dir)
+    return SelftestFiles(kernel, *write_inputs(out_dir))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python tests/ckernel.py DIR   (build the C self-test kernel and its inputs "
+              "into DIR)", file=sys.stderr)
+        return 2
+    problem = gcc_problem()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    try:
+        files = prepare(Path(argv[0]).resolve())
+    except subprocess.CalledProcessError as exc:
+        print(exc.stderr, file=sys.stderr)
+        return 1
+    print("trapvisor", shlex.join(files.trapvisor_args()))
+    print(shlex.join(files.qemu_command()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
