@@ -51,11 +51,12 @@ EXPECTED_NAME = "c-selftest.txt"            # tests/e2e/expected/: QEMU's transc
 def module_bytes() -> bytes:
     """16 bytes of magic, then byte i is (i * 7 + 3) & 0xFF; 3000 bytes (not a page multiple,
     so mod_end is checked exactly)."""
-    return MODULE_MAGIC + bytes((i * 7 + 3) & 0xFF for i in range(len(MODULE_MAGIC), MODULE_SIZE))
+    rest = range(len(MODULE_MAGIC), MODULE_SIZE)
+    return MODULE_MAGIC + bytes((i * 7 + 3) & 0xFF for i in rest)
 
 
 def sector_bytes(lba: int) -> bytes:
-    """Sector ``lba``: its number as a 32-bit little-endian word, then byte i is (lba + i) & 0xFF."""
+    """Sector ``lba``: its number (32-bit little-endian), then byte i is (lba + i) & 0xFF."""
     return struct.pack("<I", lba) + bytes((lba + i) & 0xFF for i in range(4, SECTOR))
 
 

@@ -55,8 +55,9 @@ isr_stubs:
         .set    vector, 0
         .rept   256
         .balign 16
-        .if     (vector != 8) && (vector != 10) && (vector != 11) && (vector != 12) && (vector != 13) && (vector != 14) && (vector != 17)
-        pushl   $0
+        .if     (vector == 8) || ((vector >= 10) && (vector <= 14)) || (vector == 17)
+        .else
+        pushl   $0                              /* no error code from the CPU: a 0 for it */
         .endif
         pushl   $vector
         jmp     isr_common

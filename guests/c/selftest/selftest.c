@@ -70,8 +70,16 @@ static int streq(const char *a, const char *b, unsigned n)   /* a[0..n) == NUL-e
 }
 
 /* ----- port I/O and memory-mapped registers ----------------------------------------------- */
-static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" :: "a"(v), "Nd"(port)); }
-static inline void outl(uint16_t port, uint32_t v) { __asm__ volatile("outl %0, %1" :: "a"(v), "Nd"(port)); }
+static inline void outb(uint16_t port, uint8_t v)
+{
+    __asm__ volatile("outb %0, %1" :: "a"(v), "Nd"(port));
+}
+
+static inline void outl(uint16_t port, uint32_t v)
+{
+    __asm__ volatile("outl %0, %1" :: "a"(v), "Nd"(port));
+}
+
 static inline uint8_t inb(uint16_t port)
 {
     uint8_t v;
@@ -587,7 +595,8 @@ static void check_ioapic(void)
     /* Every entry masked first, as an OS does before routing anything. */
     for (unsigned pin = 0; pin <= max_entry; pin++)
         ioapic_route(pin, VEC_MASKED_PIN + pin, 1);
-    uint32_t low = ioapic_read(IOAPIC_REDTBL + 2 * 2), high = ioapic_read(IOAPIC_REDTBL + 2 * 2 + 1);
+    uint32_t low = ioapic_read(IOAPIC_REDTBL + 2 * 2);
+    uint32_t high = ioapic_read(IOAPIC_REDTBL + 2 * 2 + 1);
     /* Delivery status (12) and remote IRR (14) are read-only status bits. */
     check((low & ~(1u << 12 | 1u << 14)) == (RTE_MASKED | (VEC_MASKED_PIN + 2))
           && high == lapic_id << 24, "ioapic-redirection", "entry 2 reads %x:%x", high, low);
