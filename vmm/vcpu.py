@@ -225,6 +225,9 @@ class Vcpu:
 
     def _idle(self) -> None:
         """HLT: jump virtual time to the next timer event, or end the run if nothing can wake us."""
+        if self.interrupt_shadow and self.vm.irq_chip.has_interrupt():
+            self.interrupt_shadow = False  # STI; HLT: the shadow ends with the HLT, which it wakes
+            return
         if not self.engine.interrupt_window():
             self.finish(RunState.HALTED, "HLT with interrupts disabled: nothing can wake the CPU")
             return

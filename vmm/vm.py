@@ -6,7 +6,7 @@ Which devices sit on the buses, and in which process they run, is the hypervisor
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from emu.cpu import Cpu
 from emu.memory import GuestMemory
@@ -40,8 +40,23 @@ class Vm:
         self.mmio = Bus("mmio", on_insert=self.cpu.map_mmio)
         self.clock = WallClock() if wall_clock else InstructionClock(self.cpu)
         self.irq_chip: InterruptController | None = None
+        # MSRs the platform answers (IA32_APIC_BASE): index -> (read(), write(value))
+        self.msrs: dict[int, tuple[Callable[[], int], Callable[[int], None]]] = {}
         self.timers: list[Timer] = []
         self.input_sources: list = []
+
+    def read_msr(self, index: int) -> int:
+        """RDMSR as the platform answers it: a device's MSR, else the CPU's own."""
+        entry = self.msrs.get(index)
+        return entry[0]() if entry is not None else self.cpu.msr_read(index)
+
+    def write_msr(self, index: int, value: int) -> None:
+        """WRMSR; a device may refuse the value with the CPU's #GP (emu.paging.Fault)."""
+        entry = self.msrs.get(index)
+        if entry is not None:
+            entry[1](value)
+        else:
+            self.cpu.msr_write(index, value)
 
     def kick(self) -> None:
         """An interrupt line rose: leave the guest at the next boundary so it can be injected."""

@@ -57,6 +57,28 @@ class EngineBase:
             if insn is not None and self.cpu.eip == exit.rip:
                 exit.insn_bytes = insn.raw
 
+    def complete_msr_access(self) -> bool:
+        """RDMSR/WRMSR at EIP on a guest at real CPL 0 (native, vtx): carry it out through the
+        platform (a device's MSR, else QEMU's) and step over it; False if EIP holds neither. A
+        value the platform refuses is the CPU's #GP, delivered through the guest's IDT."""
+        insn = self.current_insn()
+        if insn is None or insn.mnemonic not in ("rdmsr", "wrmsr"):
+            return False
+        gpr, vm = self.cpu.gpr, self.vm
+        msr = gpr[ECX] & 0xFFFFFFFF
+        try:
+            if insn.mnemonic == "rdmsr":
+                value = vm.read_msr(msr)
+                gpr[EAX], gpr[EDX] = value & 0xFFFFFFFF, value >> 32 & 0xFFFFFFFF
+            else:
+                vm.write_msr(msr, (gpr[EDX] & 0xFFFFFFFF) << 32 | gpr[EAX] & 0xFFFFFFFF)
+        except Fault as fault:
+            self.events.deliver(fault.vector, EventKind.HARDWARE_EXCEPTION, fault.error_code)
+            return True
+        self.cpu.eip = self.cpu.eip + insn.size
+        self.vcpu.retire(1)
+        return True
+
     # ----- MMIO: exits under a VMM (native overrides with the bare bus) -------------------------
     def on_mmio_read(self, address: int, size: int) -> int:
         exit = self.mmio_exit(address, size, None)

@@ -195,14 +195,14 @@ def emulate_lmsw(g, insn) -> bool:
 
 
 def emulate_rdmsr(g, insn) -> bool:
-    value = g.cpu.msr_read(get_reg(g, "ecx"))
+    value = g.vcpu.vm.read_msr(get_reg(g, "ecx"))
     g.cpu.gpr[EAX], g.cpu.gpr[EDX] = value & 0xFFFFFFFF, value >> 32
     return False
 
 
 def emulate_wrmsr(g, insn) -> bool:
-    g.cpu.msr_write(g.cpu.gpr[ECX] & 0xFFFFFFFF,
-                    (g.cpu.gpr[EDX] & 0xFFFFFFFF) << 32 | (g.cpu.gpr[EAX] & 0xFFFFFFFF))
+    g.vcpu.vm.write_msr(g.cpu.gpr[ECX] & 0xFFFFFFFF,
+                        (g.cpu.gpr[EDX] & 0xFFFFFFFF) << 32 | (g.cpu.gpr[EAX] & 0xFFFFFFFF))
     return False
 
 

@@ -4,7 +4,8 @@ Devices are wired straight to the CPU's I/O hooks and exceptions and interrupts 
 the architectural delivery code acting as hardware. This is the behaviour every other engine must
 reproduce (Popek and Goldberg's equivalence property). The hardware's INTR sampling is modelled by
 the translation-time scanner: while an interrupt is held by IF = 0, the CPU stops in front of the
-instructions that can set IF (STI, POPF, IRET) and nowhere else.
+instructions that can set IF (STI, POPF, IRET); RDMSR/WRMSR stop too, so that the platform's
+MSRs (IA32_APIC_BASE) reach their device.
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ class NativeEngine(EngineBase):
 
     @staticmethod
     def classify(insn) -> SiteKind | None:
+        """IF-setting instructions (window sites), and RDMSR/WRMSR: Unicorn cannot hook them,
+        and the platform answers some MSRs itself (IA32_APIC_BASE)."""
+        if insn.mnemonic in ("rdmsr", "wrmsr"):
+            return SiteKind.CALLOUT
         return SiteKind.WINDOW if insn.mnemonic in IF_SETTERS else None
 
     # ----- CpuHandler ---------------------------------------------------------------------------
@@ -72,5 +77,8 @@ class NativeEngine(EngineBase):
         """HLT at ring 0 simply executes: the run ends with the CPU halted. (A scan that found
         a window site to arm stopped the run too.)"""
         self.scanner.arm()
-        if self.cpu.halted:
+        site = self.scanner.callout_at(self.cpu.linear_pc())
+        if site is not None and self.scanner.revalidate(site):
+            self.complete_msr_access()
+        elif self.cpu.halted:
             self.vcpu.halted = True

@@ -12,7 +12,7 @@ real CPU (one instruction, with that stop lifted): the guest-state area is the C
 """
 from __future__ import annotations
 
-from emu.cpu import EAX, ECX, EDX, FLAG_IF
+from emu.cpu import ECX, FLAG_IF
 from emu.events import ERROR_CODE_VECTORS, UD, EventDelivery, EventKind, GuestView
 from emu.memory import Access
 from vmm.engines.base import VMCALL_BYTES, EngineBase
@@ -262,7 +262,7 @@ class VtxEngine(EngineBase):
     def complete_instruction(self) -> None:
         """Let the instruction at EIP happen on the real CPU: lift its stop, run it, re-arm.
         RDMSR/WRMSR go straight to the CPU's MSR access instead (the same QEMU code runs)."""
-        if self._complete_msr_access():
+        if self.complete_msr_access():
             return
         here = self.cpu.linear_pc()
         armed = set(self.scanner.armed)
@@ -272,21 +272,6 @@ class VtxEngine(EngineBase):
         self.cpu.set_exits(armed, owner="vtx")
         if self.cpu.hook_error is not None:
             raise self.cpu.hook_error
-
-    def _complete_msr_access(self) -> bool:
-        insn = self.current_insn()
-        if insn is None or insn.mnemonic not in ("rdmsr", "wrmsr"):
-            return False
-        cpu, gpr = self.cpu, self.cpu.gpr
-        msr = gpr[ECX] & 0xFFFFFFFF
-        if insn.mnemonic == "rdmsr":
-            value = cpu.msr_read(msr)
-            gpr[EAX], gpr[EDX] = value & 0xFFFFFFFF, value >> 32 & 0xFFFFFFFF
-        else:
-            cpu.msr_write(msr, (gpr[EDX] & 0xFFFFFFFF) << 32 | gpr[EAX] & 0xFFFFFFFF)
-        self.cpu.eip = self.cpu.eip + insn.size
-        self.vcpu.retire(1)
-        return True
 
     def emulate(self, exit: VmExit) -> Outcome:
         """CR/DR/MSR/INVLPG/descriptor-table exits: the VMM lets the access happen, then keeps

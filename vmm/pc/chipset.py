@@ -10,10 +10,13 @@ on pin 2, the others on their own pin.
 """
 from __future__ import annotations
 
+from emu.events import GP
+from emu.paging import Fault
 from vmm.devices.ioapic import IOAPIC_DEFAULT_BASE, IOAPIC_WINDOW, IoApic
-from vmm.devices.lapic import APIC_DEFAULT_BASE, APIC_WINDOW, LocalApic
+from vmm.devices.lapic import APIC_DEFAULT_BASE, APIC_WINDOW, ApicBaseFault, LocalApic
 
 PIT_IRQ_PIN = 2
+IA32_APIC_BASE = 0x1B
 
 
 def isa_pin(irq: int) -> int:
@@ -35,6 +38,14 @@ class Chipset:
         vm.mmio.insert(self.ioapic, IOAPIC_DEFAULT_BASE, IOAPIC_WINDOW)
         vm.irq_chip = self.lapic
         vm.timers.append(self.lapic)
+        vm.msrs[IA32_APIC_BASE] = (self.lapic.read_apic_base, self._write_apic_base)
+
+    def _write_apic_base(self, value: int) -> None:
+        """WRMSR IA32_APIC_BASE: reserved bits set are the CPU's #GP(0) (SDM 11.4.4)."""
+        try:
+            self.lapic.write_apic_base(value)
+        except ApicBaseFault:
+            raise Fault(GP, 0) from None
 
     def set_isa_irq(self, irq: int, level: bool) -> None:
         """An ISA IRQ line changed (the board's ``isa_listeners``)."""
