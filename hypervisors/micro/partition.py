@@ -63,7 +63,8 @@ class ChildPartition:
         self.sink = sink
         self.device_error: str | None = None
         self.channel = ParentChannel(channel, vm.clock, self._on_record, self._on_lost,
-                                     self._on_state)
+                                     self._on_state, self._on_isa_lines)
+        self._isa_levels = 0
         install_proxies(vm.pio, layout, self.channel)
         self.synic = SynIC(vm.memory, vm.kick)
         self.chipset = Chipset(vm, extint=PicMirror(self.channel))
@@ -97,6 +98,17 @@ class ChildPartition:
     def _device_failed(self, message: str) -> None:
         self.device_error = message
         self.vcpu.finish(RunState.DEVICE_ERROR, message)
+
+    def _on_isa_lines(self, levels: int, rises: int) -> None:
+        """The parent's ISA IRQ lines, mirrored onto this partition's IOAPIC pins: every line
+        that rose since the last reply delivers its edge, then each takes its level now."""
+        for irq in range(16):
+            bit = 1 << irq
+            if rises & bit:
+                self.chipset.set_isa_irq(irq, True)
+            if (levels ^ self._isa_levels) & bit or rises & bit:
+                self.chipset.set_isa_irq(irq, bool(levels & bit))
+        self._isa_levels = levels
 
     def _on_state(self, state: int) -> None:
         """What the parent's PIC did to the CPU's INTR line, done here (vm.kick, reconfigured)."""

@@ -16,6 +16,7 @@ from hypervisors.micro.wire import (
     COUNTING,
     INPUT_ALIVE,
     INT_OUTPUT,
+    ISA_LINES,
     NO_DEADLINE,
     Message,
     Op,
@@ -36,13 +37,15 @@ class ParentChannel:
     is told once and every later request answers all-ones without touching the socket."""
 
     def __init__(self, sock: socket.socket, clock, on_record: Callable[[Message], None],
-                 on_lost: Callable[[str], None], on_state: Callable[[int], None]):
+                 on_lost: Callable[[str], None], on_state: Callable[[int], None],
+                 on_isa_lines: Callable[[int, int], None]):
         self.sock = sock
         self.rfile = sock.makefile("rb")
         self.clock = clock
         self.on_record = on_record
         self.on_lost = on_lost
         self.on_state = on_state
+        self.on_isa_lines = on_isa_lines
         self.state = ALL_MASKED   # wire.State bits, as an int
         self.deadline: int | None = None
         self.lost: str | None = None
@@ -64,6 +67,8 @@ class ParentChannel:
         self.round_trips += 1
         self.state = reply.size
         self.deadline = None if reply.time == NO_DEADLINE else reply.time
+        if reply.payload:
+            self.on_isa_lines(*ISA_LINES.unpack(reply.payload))
         self.on_state(self.state)
         return reply.value
 

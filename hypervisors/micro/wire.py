@@ -18,6 +18,7 @@ import struct
 from typing import NamedTuple
 
 HEADER = struct.Struct("<BBHIqI")
+ISA_LINES = struct.Struct("<HH")  # ISA IRQ levels now, and lines that rose since the last reply
 NO_DEADLINE = -1
 MAX_PAYLOAD = 1 << 20
 
@@ -36,7 +37,8 @@ class Op(enum.IntEnum):
 
 class Record(enum.IntEnum):
     """Records, parent -> hypervisor: notifications first, then exactly one REPLY."""
-    REPLY = 0x80         # size = State flags, value = result, time = next deadline or -1
+    REPLY = 0x80         # size = State flags, value = result, time = next deadline or -1;
+                         # payload, when the ISA IRQ lines changed: ISA_LINES (levels, rises)
     OUTPUT = 0x81        # payload = bytes the VM's console devices emitted
     GUEST_EXIT = 0x82    # value = status written to the debug-exit port
     POST = 0x83          # aux = SINT, value = message type, payload = message payload

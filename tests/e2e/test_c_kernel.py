@@ -22,10 +22,6 @@ from vmm.pc.multiboot import MBI_ADDR, MODULE_ENTRY_SIZE, boot_multiboot, Module
 GOLDEN = EXPECTED / ckernel.EXPECTED_NAME
 QEMU_STATUS_0 = 1                           # isa-debug-exit: (0 << 1) | 1
 
-# The trapvisor side needs issue 11's PC board: `run --append/--initrd/--drive`, a Multiboot
-# ELF recognised as such, and the LAPIC, IOAPIC and IDE models on the board.
-NEEDS_BOARD = pytest.mark.xfail(strict=False, reason="needs the PC board wiring of issue 11")
-
 
 @pytest.fixture(scope="module")
 def selftest(tmp_path_factory) -> ckernel.SelftestFiles:
@@ -90,7 +86,6 @@ def test_the_multiboot_loader_lays_it_out_as_qemu_does(selftest):
     assert bytes(ram.data[start:end]) == ckernel.module_bytes()
 
 
-@NEEDS_BOARD
 @pytest.mark.parametrize("hypervisor", list(HYPERVISORS))
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_trapvisor_gives_qemus_transcript(selftest, engine, hypervisor):

@@ -26,6 +26,7 @@ from hypervisors.micro.wire import (
     HEADER,
     INPUT_ALIVE,
     INT_OUTPUT,
+    ISA_LINES,
     NO_DEADLINE,
     RAISED,
     RECONFIGURED,
@@ -65,12 +66,14 @@ class PartitionWorker:
         self.rfile = channel.makefile("rb")
         self.clock = VirtualClock()
         self.flags = 0
+        self.isa_levels = self.isa_rises = self.isa_sent = 0
         self.outbox: list[tuple[int, int, int, bytes]] = []
         self.lock = threading.Lock()
         self.failed = False
         self.board = PcBoard(Bus("pio"), self.clock, self._raised, self._reconfigured,
                              self.console, self._guest_exit, drives=config.drives,
                              ram_size=config.ram_size)
+        self.board.isa_listeners.append(self._isa_irq)
         self.input = ScriptedInput(self.board.uart, config.input_data)
         self.board.uart.before_read = self.input.poll
         if config.fault_device:
@@ -109,6 +112,13 @@ class PartitionWorker:
 
     def _raised(self) -> None:
         self.flags |= RAISED
+
+    def _isa_irq(self, irq: int, level: bool) -> None:
+        """An ISA IRQ line changed: the hypervisor's IOAPIC hears of it with the reply."""
+        bit = 1 << irq
+        if level and not self.isa_levels & bit:
+            self.isa_rises |= bit
+        self.isa_levels = self.isa_levels | bit if level else self.isa_levels & ~bit
 
     def _reconfigured(self) -> None:
         self.flags |= RECONFIGURED
@@ -159,11 +169,15 @@ class PartitionWorker:
                  | (INPUT_ALIVE if self.input.alive() else 0))
         deadline = board.pit.next_deadline_ns()
         self.flags = 0
+        lines = b""
+        if self.isa_rises or self.isa_levels != self.isa_sent:
+            lines = ISA_LINES.pack(self.isa_levels, self.isa_rises)
+            self.isa_sent, self.isa_rises = self.isa_levels, 0
         with self.lock:
             records, self.outbox = self.outbox, []
         return b"".join([*(pack(op, 0, aux, v, 0, data) for op, aux, v, data in records),
                          pack(Record.REPLY, state, 0, value,
-                              NO_DEADLINE if deadline is None else deadline)])
+                              NO_DEADLINE if deadline is None else deadline, lines)])
 
     # ----- requests ------------------------------------------------------------------------------
     def _io_read(self, message: Message) -> int:
