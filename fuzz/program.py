@@ -1,0 +1,111 @@
+"""Fuzz cases as guest images: a structured program (the runtime of fuzz/runtime.asm, booting to
+protected mode with a recording IDT, then a body of generated ops, each followed by a checkpoint)
+or raw random bytes loaded as a boot sector. A case is rebuilt from its seed alone.
+"""
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from emu.asm import assemble, assemble_file
+from fuzz.ops import Op, random_op
+
+RUNTIME = Path(__file__).resolve().parent / "runtime.asm"
+BOOT_ADDRESS = 0x7C00
+RUNTIME_SYMBOLS = ("BODY", "SCRATCH", "IDT_BASE", "CURRENT_OP", "RECOVERY", "RECOVERY_ESP",
+                   "checkpoint", "finish", "gdt_descriptor", "idt_descriptor")
+MAX_OPS = 255            # the op index is one byte in the records
+
+
+@functools.cache
+def runtime() -> tuple[bytes, dict[str, int]]:
+    image = assemble_file(RUNTIME)
+    assert image.origin == BOOT_ADDRESS
+    return image.code, image.symbols
+
+
+@dataclass(frozen=True)
+class StructuredCase:
+    """Generated ops between the runtime's boot and its final record."""
+    seed: int
+    ops: tuple[Op, ...]
+
+    kind = "structured"
+
+    @classmethod
+    def generate(cls, seed: int, length: int) -> "StructuredCase":
+        rng = random.Random(seed)
+        return cls(seed, tuple(random_op(rng) for _ in range(min(length, MAX_OPS))))
+
+    def with_ops(self, ops) -> "StructuredCase":
+        return StructuredCase(self.seed, tuple(ops))
+
+    def body_lines(self) -> list[str]:
+        """The ops, each under its own label and followed by a checkpoint; they name the
+        runtime's symbols (fuzz/runtime.asm) as it does."""
+        lines = []
+        for index, op in enumerate(self.ops):
+            lines += [f"op_{index}:",
+                      f"    mov dword [ss:CURRENT_OP], {index}",
+                      f"    mov dword [ss:RECOVERY], op_{index}_end",
+                      "    mov [ss:RECOVERY_ESP], esp",
+                      f"    ; {op.kind}",
+                      *(line if line.endswith(":") else f"    {line}" for line in op.lines()),
+                      f"op_{index}_end:",
+                      "    call checkpoint"]
+        return [*lines, "    jmp finish"]
+
+    def source(self) -> str:
+        """One self-contained .asm file, runtime and body: what a reproducer is stored as."""
+        runtime_text = RUNTIME.read_text().replace('%include "stubs.inc"', stubs_text())
+        return "\n".join([f"; fuzz case seed {self.seed}: {len(self.ops)} ops", runtime_text,
+                          "times BODY - 0x7c00 - ($ - $$) db 0", *self.body_lines()]) + "\n"
+
+    def image(self) -> bytes:
+        return self.assembled[0]
+
+    def op_addresses(self) -> list[int]:
+        """Where each op starts (its ``op_N`` label)."""
+        return self.assembled[1]
+
+    @functools.cached_property
+    def assembled(self) -> tuple[bytes, list[int]]:
+        code, symbols = runtime()
+        header = ["bits 32", f"org {symbols['BODY']:#x}",
+                  *(f"{name} equ {symbols[name]:#x}" for name in RUNTIME_SYMBOLS)]
+        body = assemble("\n".join([*header, *self.body_lines()]) + "\n")
+        return (code.ljust(symbols["BODY"] - BOOT_ADDRESS, b"\0") + body.code,
+                [body.symbols[f"op_{index}"] for index in range(len(self.ops))])
+
+    def op_at(self, index: int) -> Op | None:
+        return self.ops[index] if 0 <= index < len(self.ops) else None
+
+
+@dataclass(frozen=True)
+class RandomBytesCase:
+    """Random bytes as a boot sector, entered in real mode at 0000:7C00."""
+    seed: int
+    code: bytes
+
+    kind = "bytes"
+
+    @classmethod
+    def generate(cls, seed: int, length: int) -> "RandomBytesCase":
+        rng = random.Random(seed)
+        return cls(seed, rng.randbytes(max(1, length)))
+
+    def with_code(self, code: bytes) -> "RandomBytesCase":
+        return RandomBytesCase(self.seed, code)
+
+    def image(self) -> bytes:
+        return self.code
+
+    def source(self) -> str:
+        data = ", ".join(f"{b:#04x}" for b in self.code)
+        return f"; fuzz case seed {self.seed}: random bytes\nbits 16\norg 0x7c00\ndb {data}\n"
+
+
+def stubs_text() -> str:
+    return (RUNTIME.parent / "stubs.inc").read_text()
