@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ BOOT_ADDRESS = 0x7C00
 RUNTIME_SYMBOLS = ("BODY", "SCRATCH", "IDT_BASE", "CURRENT_OP", "RECOVERY", "RECOVERY_ESP",
                    "checkpoint", "finish", "gdt_descriptor", "idt_descriptor")
 MAX_OPS = 255            # the op index is one byte in the records
+OP_MARKER = re.compile(r"\s+; op: (\w+)$")
+OP_END = re.compile(r"op_\d+_end:$")
 
 
 @functools.cache
@@ -51,17 +54,33 @@ class StructuredCase:
                       f"    mov dword [ss:CURRENT_OP], {index}",
                       f"    mov dword [ss:RECOVERY], op_{index}_end",
                       "    mov [ss:RECOVERY_ESP], esp",
-                      f"    ; {op.kind}",
+                      f"    ; op: {op.kind}",
                       *(line if line.endswith(":") else f"    {line}" for line in op.lines()),
                       f"op_{index}_end:",
                       "    call checkpoint"]
         return [*lines, "    jmp finish"]
 
-    def source(self) -> str:
-        """One self-contained .asm file, runtime and body: what a reproducer is stored as."""
-        runtime_text = RUNTIME.read_text().replace('%include "stubs.inc"', stubs_text())
-        return "\n".join([f"; fuzz case seed {self.seed}: {len(self.ops)} ops", runtime_text,
+    def source(self, runtime_include: str) -> str:
+        """The case as an .asm file that includes the runtime (``runtime_include``: the path
+        of fuzz/runtime.asm relative to the file) and runs with `trapvisor run FILE`."""
+        return "\n".join([f'%include "{runtime_include}"',
                           "times BODY - 0x7c00 - ($ - $$) db 0", *self.body_lines()]) + "\n"
+
+    @classmethod
+    def from_source(cls, text: str, seed: int = 0) -> "StructuredCase":
+        """The ops back from ``source()``'s text: each between its kind comment and its end."""
+        ops, kind, lines = [], None, []
+        for line in text.splitlines():
+            if kind is None:
+                marker = OP_MARKER.match(line)
+                if marker:
+                    kind, lines = marker.group(1), []
+            elif OP_END.match(line):
+                ops.append(Op(kind, "\n".join(lines)))
+                kind = None
+            else:
+                lines.append(line.strip())
+        return cls(seed, tuple(ops))
 
     def image(self) -> bytes:
         return self.assembled[0]
@@ -102,10 +121,12 @@ class RandomBytesCase:
     def image(self) -> bytes:
         return self.code
 
-    def source(self) -> str:
-        data = ", ".join(f"{b:#04x}" for b in self.code)
-        return f"; fuzz case seed {self.seed}: random bytes\nbits 16\norg 0x7c00\ndb {data}\n"
+    def source(self, runtime_include: str = "") -> str:
+        """The bytes as an .asm file (a boot sector at 0x7C00)."""
+        rows = [", ".join(f"{b:#04x}" for b in self.code[i:i + 16])
+                for i in range(0, len(self.code), 16)]
+        return "bits 16\norg 0x7c00\n" + "".join(f"db {row}\n" for row in rows)
 
-
-def stubs_text() -> str:
-    return (RUNTIME.parent / "stubs.inc").read_text()
+    @classmethod
+    def from_source(cls, text: str, seed: int = 0) -> "RandomBytesCase":
+        return cls(seed, assemble(text).code)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from fuzz.known import KnownDivergence, match_known
-from fuzz.outcome import Run
+from fuzz.outcome import Outcome, Run
 from fuzz.program import StructuredCase
 from fuzz.records import Record, parse
 
@@ -29,6 +29,7 @@ class Divergence:
     op_text: str = ""
     explained_by: str = ""             # "trap fidelity: ..." (expected by design)
     known: KnownDivergence | None = None
+    records: tuple[Record | None, Record | None] = (None, None)   # native's, the engine's
 
     @property
     def expected(self) -> bool:
@@ -58,14 +59,16 @@ def judge(case, runs: dict[str, Run]) -> list[Divergence]:
         else:
             continue
         if divergence is not None:
-            divergence.known = match_known(divergence, run)
+            divergence.known = match_known(divergence, run.message)
             divergences.append(divergence)
     return divergences
 
 
 def vmm_failure(case, run: Run) -> Divergence:
-    divergence = Divergence(run.engine, "vmm failure",
-                            f"{run.outcome.value}: {run.message.strip()}")
+    lines = run.message.strip().splitlines() or [""]
+    # a traceback names its exception last; the full text stays in the run's message
+    summary = lines[-1] if run.outcome is Outcome.CRASH else lines[0]
+    divergence = Divergence(run.engine, "vmm failure", f"{run.outcome.value}: {summary}")
     if isinstance(case, StructuredCase):
         records = parse(run.output)
         divergence.op = culprit(case, records, records)
@@ -91,6 +94,7 @@ def compare(case, reference: Run, run: Run) -> Divergence | None:
         divergence.op = culprit(case, ours, theirs)
         divergence.op_text = case.ops[divergence.op].text if divergence.op is not None else ""
         divergence.detail += first_difference(ours, theirs, run.engine)
+        divergence.records = first_different_records(ours, theirs)
         divergence.explained_by = trap_fidelity(case, run, divergence.op)
     return divergence
 
@@ -111,6 +115,13 @@ def culprit(case: StructuredCase, ours: list[Record], theirs: list[Record]) -> i
     if last.op < 0:
         return len(case.ops) - 1
     return min(last.op + (1 if chr(last.tag) == "C" else 0), len(case.ops) - 1)
+
+
+def first_different_records(ours: list[Record], theirs: list[Record]):
+    index = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a.raw != b.raw),
+                 min(len(ours), len(theirs)))
+    return (ours[index] if index < len(ours) else None,
+            theirs[index] if index < len(theirs) else None)
 
 
 def first_difference(ours: list[Record], theirs: list[Record], engine: str) -> str:
