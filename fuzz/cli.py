@@ -20,7 +20,9 @@ from fuzz.minimise import minimise
 from fuzz.pool import Bounds, Pool
 from fuzz.program import RUNTIME, StructuredCase
 
-DEFAULT_OPS = {"structured": 30, "bytes": 64}
+DEFAULT_LENGTH = {"structured": 30, "bytes": 64}
+# Raw bytes mostly never end and often storm exceptions in real mode: fewer instructions.
+DEFAULT_INSTRUCTIONS = {"structured": 2_000_000, "bytes": 20_000}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "bytes per random case (default 64)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--max-exits", type=int, default=200_000, help="exits per run")
-    parser.add_argument("--max-instructions", type=int, default=2_000_000,
-                        help="guest instructions per run")
+    parser.add_argument("--max-instructions", type=int,
+                        help="guest instructions per run (default 2000000, bytes 20000)")
     parser.add_argument("--no-minimise", action="store_true",
                         help="report new divergences without shrinking them")
     parser.add_argument("--save", metavar="DIR", help="write each minimised reproducer there")
@@ -54,10 +56,11 @@ def main(argv: list[str]) -> int:
     if args.parent:
         from fuzz import parent
         return parent.main(args.cases, args.seed)
-    bounds = Bounds(args.timeout, args.max_exits, args.max_instructions)
+    bounds = Bounds(args.timeout, args.max_exits,
+                    args.max_instructions or DEFAULT_INSTRUCTIONS[args.kind])
     if args.replay:
         return replay(args.replay, bounds)
-    length = args.length or DEFAULT_OPS[args.kind]
+    length = args.length or DEFAULT_LENGTH[args.kind]
     seeds = range(args.seed, args.seed + args.cases)
     tally = campaign(args.kind, seeds, length, bounds, args.jobs,
                      progress=lambda t, r: report_case(r, args.verbose))
