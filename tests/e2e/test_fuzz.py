@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import ROOT, trapvisor
+from fuzz import parent as parent_fuzz
 from fuzz.campaign import campaign, run_case
 from fuzz.cli import load
 from fuzz.known import KNOWN
@@ -82,3 +83,11 @@ def test_the_command_replays_a_reproducer():
     done = trapvisor("fuzz", "--replay", str(ROOT / "tests" / "fuzz" / "ltr-null.asm"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "known: ltr-null" in done.stdout
+
+
+def test_hostile_intercepts_never_take_the_parent_partition_down():
+    """Item 4: random and malformed intercept records against a real parent process."""
+    tally = parent_fuzz.run(cases=150, seed=0)
+    assert not tally.failures, tally.report() + "\n" + "\n".join(tally.failures)
+    assert tally.answers["reply"] > tally.cases          # most records were served
+    assert any(answer.startswith("malformed") for answer in tally.answers)
