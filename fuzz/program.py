@@ -98,9 +98,6 @@ class StructuredCase:
         return (code.ljust(symbols["BODY"] - BOOT_ADDRESS, b"\0") + body.code,
                 [body.symbols[f"op_{index}"] for index in range(len(self.ops))])
 
-    def op_at(self, index: int) -> Op | None:
-        return self.ops[index] if 0 <= index < len(self.ops) else None
-
 
 @dataclass(frozen=True)
 class RandomBytesCase:
