@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_asm_parser(commands)
     commands.add_parser("guests", help="list the shipped guests")
     add_bench_parser(commands)
+    commands.add_parser("fuzz", add_help=False, help="differential fuzzing: random guests under "
+                        "every engine, compared with native (trapvisor fuzz --help)")
     commands.add_parser("tcb", help="lines and bytes of project code in each process, per "
                         "hypervisor architecture, measured from the modules each one imports")
     return parser
@@ -131,6 +133,11 @@ def run_bench(argv: list[str]) -> int:
     except plot.PlotUnavailable as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def run_fuzz(argv: list[str]) -> int:
+    from fuzz import cli as fuzz_cli  # like `bench`: the fuzzer loads only for `trapvisor fuzz`
+    return fuzz_cli.main(argv)
 
 
 def add_debug_parser(commands) -> None:
@@ -333,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         return run_bench(rest)
+    if args.command == "fuzz":
+        return run_fuzz(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "guests":

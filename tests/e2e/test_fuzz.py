@@ -1,0 +1,93 @@
+"""The differential fuzzer (`trapvisor fuzz`, fuzz/): its reproducers as regression tests, a
+bounded campaign with fixed seeds, and the case generator's own properties.
+
+Each tests/fuzz/*.asm is a minimised reproducer with its expected divergences in its header
+(`; known: ENGINE NAME`, `; trap-fidelity: trap`). When a fix lands, its reproducer stops
+diverging and its test fails: delete the entry from fuzz/known.py and the reproducer (or keep
+the reproducer with no `known:` line, as a test that the engines agree)."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from conftest import ROOT, trapvisor
+from fuzz import parent as parent_fuzz
+from fuzz.campaign import campaign, run_case
+from fuzz.cli import load
+from fuzz.known import KNOWN
+from fuzz.pool import Bounds, Pool
+from fuzz.program import StructuredCase
+
+REPRODUCERS = sorted((ROOT / "tests" / "fuzz").glob("*.asm"))
+CI_SEEDS = range(0, 120)          # the bounded campaign: fixed seeds, 30 ops each
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with Pool() as workers:
+        yield workers
+
+
+def header(path: Path, key: str) -> set[str]:
+    return set(re.findall(rf"^; {key}: (.+)$", path.read_text(), re.MULTILINE))
+
+
+@pytest.mark.parametrize("path", REPRODUCERS, ids=lambda p: p.stem)
+def test_reproducer_shows_exactly_its_expected_divergences(pool, path):
+    result = run_case(pool, load(path), Bounds())
+    shown = {f"{d.engine} {d.known.name}" for d in result.divergences if d.known}
+    new = [d.describe() for d in result.divergences if d.failure]
+    assert not new, "new divergences:\n" + "\n".join(new)
+    fixed = header(path, "known") - shown
+    assert not fixed, (f"no longer diverges: {sorted(fixed)}; if this is a fix, remove the entry "
+                       f"from fuzz/known.py and update {path.name}")
+    assert shown == header(path, "known")
+    assert {d.engine for d in result.divergences if d.expected} == header(path, "trap-fidelity")
+
+
+def test_every_known_divergence_has_a_reproducer():
+    named = {line.split()[-1] for path in REPRODUCERS for line in header(path, "known")}
+    assert {entry.name for entry in KNOWN} <= named
+
+
+def test_bounded_campaign_finds_nothing_new():
+    started = time.perf_counter()
+    tally = campaign("structured", CI_SEEDS, 30, Bounds(), jobs=2)
+    print(f"\n{tally.report()}\n(the test took {time.perf_counter() - started:.1f} s)")
+    new = [d.describe() for result in tally.failures for d in result.divergences if d.failure]
+    assert not new, ("new divergences (reproduce with `trapvisor fuzz --cases 1 --seed SEED`):\n"
+                     + "\n".join(f"seed {r.case.seed}: {d.describe()}" for r in tally.failures
+                                 for d in r.divergences if d.failure))
+    assert sum(tally.outcomes["native"].values()) == len(CI_SEEDS)
+
+
+def test_random_bytes_run_under_every_engine_without_vmm_failure():
+    tally = campaign("bytes", range(3), 64, Bounds(timeout=2, max_instructions=5_000), jobs=2)
+    assert not tally.failures, tally.report()
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12))
+def test_a_case_is_its_seed_and_its_source_gives_back_its_ops(seed, length):
+    case = StructuredCase.generate(seed, length)
+    assert case == StructuredCase.generate(seed, length)
+    assert StructuredCase.from_source(case.source("runtime.asm"), seed) == case
+    assert len(case.op_addresses()) == length and case.image()
+
+
+def test_the_command_replays_a_reproducer():
+    done = trapvisor("fuzz", "--replay", str(ROOT / "tests" / "fuzz" / "ltr-null.asm"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "known: ltr-null" in done.stdout
+
+
+def test_hostile_intercepts_never_take_the_parent_partition_down():
+    """Item 4: random and malformed intercept records against a real parent process."""
+    tally = parent_fuzz.run(cases=150, seed=0)
+    assert not tally.failures, tally.report() + "\n" + "\n".join(tally.failures)
+    assert tally.answers["reply"] > tally.cases          # most records were served
+    assert any(answer.startswith("malformed") for answer in tally.answers)

@@ -1,0 +1,16 @@
+; fuzz reproducer for the known divergence cr0-et-cleared (seed 1020, minimised)
+; known: bt cr0-et-cleared
+; known: trap cr0-et-cleared
+%include "../../fuzz/runtime.asm"
+times BODY - 0x7c00 - ($ - $$) db 0
+op_0:
+    mov dword [ss:CURRENT_OP], 0
+    mov dword [ss:RECOVERY], op_0_end
+    mov [ss:RECOVERY_ESP], esp
+    ; op: control_register
+    mov eax, cr0
+    xor eax, 0x10010
+    mov cr0, eax
+op_0_end:
+    call checkpoint
+    jmp finish

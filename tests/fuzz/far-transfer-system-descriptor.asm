@@ -1,0 +1,18 @@
+; fuzz reproducer for the known divergence far-transfer-system-descriptor (seed 1001, minimised)
+; known: bt far-transfer-system-descriptor
+; known: trap far-transfer-system-descriptor
+%include "../../fuzz/runtime.asm"
+times BODY - 0x7c00 - ($ - $$) db 0
+op_0:
+    mov dword [ss:CURRENT_OP], 0
+    mov dword [ss:RECOVERY], op_0_end
+    mov [ss:RECOVERY_ESP], esp
+    ; op: far_transfer
+    call 0x58:.t
+    jmp .done
+.t:
+    retf
+.done:
+op_0_end:
+    call checkpoint
+    jmp finish

@@ -1,0 +1,15 @@
+; fuzz reproducer for the known divergence ltr-null (seed 1003, minimised)
+; known: bt ltr-null
+; known: trap ltr-null
+%include "../../fuzz/runtime.asm"
+times BODY - 0x7c00 - ($ - $$) db 0
+op_0:
+    mov dword [ss:CURRENT_OP], 0
+    mov dword [ss:RECOVERY], op_0_end
+    mov [ss:RECOVERY_ESP], esp
+    ; op: descriptor_table
+    mov ax, 0x0
+    ltr ax
+op_0_end:
+    call checkpoint
+    jmp finish

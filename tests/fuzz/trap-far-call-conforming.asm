@@ -1,0 +1,30 @@
+; fuzz reproducer for the known divergence trap-far-call-conforming (seed 5030, minimised)
+; known: bt far-transfer-system-descriptor
+; known: trap trap-far-call-conforming
+%include "../../fuzz/runtime.asm"
+times BODY - 0x7c00 - ($ - $$) db 0
+op_0:
+    mov dword [ss:CURRENT_OP], 0
+    mov dword [ss:RECOVERY], op_0_end
+    mov [ss:RECOVERY_ESP], esp
+    ; op: far_transfer
+    call 0x40:.t
+    jmp .done
+.t:
+    retf
+.done:
+op_0_end:
+    call checkpoint
+op_1:
+    mov dword [ss:CURRENT_OP], 1
+    mov dword [ss:RECOVERY], op_1_end
+    mov [ss:RECOVERY_ESP], esp
+    ; op: far_transfer
+    call 0x58:.t
+    jmp .done
+.t:
+    retf
+.done:
+op_1_end:
+    call checkpoint
+    jmp finish
