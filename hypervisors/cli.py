@@ -327,9 +327,11 @@ def debug_guest(args) -> int:
 
 
 def exit_status(result, qemu_codes: bool) -> int:
-    if result.state is RunState.EXITED:
+    if result.state in (RunState.EXITED, RunState.INPUT_DONE):
         if result.fidelity:
             print(f"trapvisor: {result.fidelity}", file=sys.stderr)
+        if result.state is RunState.INPUT_DONE:
+            return 0
         return ((result.status << 1) | 1) & 0xFF if qemu_codes else result.status & 0xFF
     print(result.report(), file=sys.stderr)
     return EXIT_VMM_ERROR if result.state is RunState.VMM_ERROR else EXIT_GUEST_FAILED

@@ -47,9 +47,12 @@ class MonolithicHypervisor:
         if input_data or input_stream is not None:
             uart = self.board.uart
             line = (StreamInput(uart, input_stream) if input_stream is not None
-                    else ScriptedInput(uart, input_data))
+                    else ScriptedInput(uart, input_data, vm.clock,
+                                       lambda: self.board.last_output_ns,
+                                       lambda: self.vcpu.input_done()))
             uart.before_read = line.poll
-            self.vm.input_sources.append(line)
+            vm.input_sources.append(line)
+            vm.timers.append(line)
         self.vcpu = Vcpu(self.vm, engine_model, self.handlers, observers, timeout,
                          max_exits, wall_clock)
 

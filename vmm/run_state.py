@@ -14,6 +14,7 @@ class RunState(enum.Enum):
     TRIPLE_FAULT = "triple-fault"
     HALTED = "halted"                  # HLT that nothing can ever wake
     RESET = "reset"                    # the guest pulsed the reset line (i8042 0xFE, port 0x92)
+    INPUT_DONE = "input-done"          # the typed --input script is over and the console quiet
     GUEST_FAULT = "fault"              # unmapped memory, garbage the machine cannot execute
     TIMEOUT = "timeout"
     MAX_EXITS = "max-exits"

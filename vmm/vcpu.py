@@ -89,6 +89,11 @@ class Vcpu:
         """The debug-exit device's callback: the guest ends the run with a status."""
         self.finish(RunState.EXITED, f"guest wrote {value:#x} to the debug-exit port", value)
 
+    def input_done(self) -> None:
+        """The typed input script ran out and the guest's console has been quiet since."""
+        self.finish(RunState.INPUT_DONE, "the --input script is typed and the console has been "
+                                         "quiet for 100 ms of virtual time: the session ends")
+
     def guest_reset(self) -> None:
         """The board's reset line: the guest asked the machine to reboot; the run ends there."""
         self.finish(RunState.RESET, "the guest reset the machine (keyboard controller command "

@@ -84,6 +84,8 @@ class ChildPartition:
             self.sink(record.payload)
         elif record.op == Record.GUEST_EXIT:
             self.vcpu.guest_exit(record.value)
+        elif record.op == Record.INPUT_DONE:
+            self.vcpu.input_done()
         elif record.op == Record.POST:
             self.synic.post(record.aux, record.value, record.payload)
         elif record.op == Record.SIGNAL:

@@ -44,6 +44,7 @@ class Record(enum.IntEnum):
     POST = 0x83          # aux = SINT, value = message type, payload = message payload
     SIGNAL = 0x84        # aux = SINT, value = event flag number
     FAULT = 0x85         # payload = what failed: a device model raised in the parent
+    INPUT_DONE = 0x86    # the typed input script is over and the console has gone quiet
 
 
 class Control(enum.IntEnum):

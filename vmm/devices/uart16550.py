@@ -88,6 +88,10 @@ class Uart16550:
             self._push_rx(byte)
         self._update_irq()
 
+    def receiver_empty(self) -> bool:
+        """No received byte waits to be read (LSR.DR clear)."""
+        return not self._rx
+
     def can_receive(self) -> int:
         """Free receive slots, for a host that paces its input instead of overrunning; 0 in
         loopback, where host input would be dropped."""

@@ -54,6 +54,9 @@ class PcBoard:
             raise ValueError(f"the IDE primary channel takes {MAX_DRIVES} drives, "
                              f"not {len(drives)}")
         self.pio = pio
+        self.clock = clock
+        self.last_output_ns = 0        # when the guest last printed (a typed script's pause)
+        sink = self._console(sink)
         self.isa_listeners: list[Callable[[int, bool], None]] = []
         self.pic = Pic8259Pair(on_intr=on_intr)
         self.pit = Pit8254(clock, self.isa_line(PIT_IRQ))
@@ -83,6 +86,12 @@ class PcBoard:
             windows += [(self.ide, IDE_PRIMARY, 8), (self.ide.control, IDE_PRIMARY_CONTROL, 1)]
         for device, base, length in windows:
             self.pio.insert(device, base, length)
+
+    def _console(self, sink: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        def write(data: bytes) -> None:
+            self.last_output_ns = self.clock.now_ns()
+            sink(data)
+        return write
 
     def isa_line(self, irq: int) -> IrqLine:
         return IrqLine(self._set_isa_irq, irq)

@@ -74,7 +74,8 @@ class PartitionWorker:
                              self.console, self._guest_exit, drives=config.drives,
                              ram_size=config.ram_size)
         self.board.isa_listeners.append(self._isa_irq)
-        self.input = ScriptedInput(self.board.uart, config.input_data)
+        self.input = ScriptedInput(self.board.uart, config.input_data, self.clock,
+                                   lambda: self.board.last_output_ns, self._input_done)
         self.board.uart.before_read = self.input.poll
         if config.fault_device:
             inject_fault(self.board.pio, config.fault_device)
@@ -109,6 +110,10 @@ class PartitionWorker:
     def _guest_exit(self, status: int) -> None:
         with self.lock:
             self.outbox.append((Record.GUEST_EXIT, 0, status, b""))
+
+    def _input_done(self) -> None:
+        with self.lock:
+            self.outbox.append((Record.INPUT_DONE, 0, 0, b""))
 
     def _raised(self) -> None:
         self.flags |= RAISED
@@ -165,9 +170,11 @@ class PartitionWorker:
         board = self.board
         state = (self.flags | (INT_OUTPUT if board.pic.has_interrupt() else 0)
                  | (ALL_MASKED if board.pic.all_masked() else 0)
-                 | (COUNTING if board.pit.counting() else 0)
+                 | (COUNTING if board.pit.counting() or self.input.counting() else 0)
                  | (INPUT_ALIVE if self.input.alive() else 0))
-        deadline = board.pit.next_deadline_ns()
+        deadlines = [d for d in (board.pit.next_deadline_ns(), self.input.next_deadline_ns())
+                     if d is not None]
+        deadline = min(deadlines, default=None)
         self.flags = 0
         lines = b""
         if self.isa_rises or self.isa_levels != self.isa_sent:
@@ -192,6 +199,7 @@ class PartitionWorker:
 
     def _update_timers(self, message: Message) -> int:
         self.board.pit.update()
+        self.input.update()
         return 0
 
     def _poll_input(self, message: Message) -> int:

@@ -1,0 +1,52 @@
+"""xv6 (x86), MIT's teaching OS, booted from its own disks as a PC BIOS boots them: the transcript
+equals QEMU's under the engines that virtualize x86 faithfully, and trap fails the way x86
+trap-and-emulate must (xv6's PUSHFL sees the real IF) with a report naming the instruction.
+
+The images and QEMU's transcripts are data outside the project (../shared/xv6, or the folder in
+TRAPVISOR_XV6); without them these tests are skipped. The disks are copied first: IDE writes
+reach the image file."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, trapvisor
+
+XV6 = Path(os.environ.get("TRAPVISOR_XV6", ROOT.parent / "shared" / "xv6"))
+INPUT = "ls\\necho hello\\ncat README\\nwc README\\n"
+pytestmark = pytest.mark.skipif(not (XV6 / "xv6.img").is_file(),
+                                reason=f"no xv6 disk images in {XV6} (set TRAPVISOR_XV6)")
+
+
+@pytest.fixture
+def disks(tmp_path: Path) -> list[str]:
+    copies = []
+    for name in ("xv6.img", "fs.img"):
+        shutil.copy(XV6 / name, tmp_path / name)
+        copies.append(str(tmp_path / name))
+    return copies
+
+
+def boot(disks: list[str], *options: str, timeout: float = 240):
+    drives = [arg for disk in disks for arg in ("--drive", disk)]
+    return trapvisor("run", *drives, "--ram", "256M", "--input", INPUT, "--timeout", str(timeout),
+                     *options, timeout=timeout + 60)
+
+
+@pytest.mark.parametrize("engine,hypervisor", [("native", "monolithic"), ("vtx", "monolithic"),
+                                               ("native", "micro")])
+def test_xv6_boots_to_its_shell_with_qemus_transcript(disks, engine, hypervisor):
+    done = boot(disks, "--engine", engine, "--hypervisor", hypervisor)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (XV6 / "expected-disk.txt").read_text()
+
+
+def test_trap_cannot_run_xv6_and_names_the_pushf_it_could_not_virtualize(disks):
+    done = boot(disks, "--engine", "trap", timeout=20)
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "$ " not in done.stdout                       # never reaches the shell
+    report = done.stderr.split("trap could not virtualize", 1)[1]
+    assert "pushfd" in report and "pushes the real IF and IOPL" in report
