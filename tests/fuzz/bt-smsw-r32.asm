@@ -1,7 +1,5 @@
-; fuzz reproducer for the known divergence bt-smsw-r32 (seed 9083, minimised)
-; known: bt bt-smsw-r32
-; known: trap far-transfer-system-descriptor
-; trap-fidelity: trap
+; fuzz reproducer of the divergence bt-smsw-r32 (seed 9083, minimised), fixed by the engine
+; fixes merged in 9621309: every engine must now agree with native (a regression test)
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:

@@ -1,6 +1,5 @@
-; fuzz reproducer for the known divergence cr0-et-cleared (seed 1020, minimised)
-; known: bt cr0-et-cleared
-; known: trap cr0-et-cleared
+; fuzz reproducer of the divergence cr0-et-cleared (seed 1020, minimised), fixed by the engine
+; fixes merged in 9621309: every engine must now agree with native (a regression test)
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:

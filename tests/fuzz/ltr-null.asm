@@ -1,6 +1,5 @@
-; fuzz reproducer for the known divergence ltr-null (seed 1003, minimised)
-; known: bt ltr-null
-; known: trap ltr-null
+; fuzz reproducer of the divergence ltr-null (seed 1003, minimised), fixed by the engine
+; fixes merged in 9621309: every engine must now agree with native (a regression test)
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:
