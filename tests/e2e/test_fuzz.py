@@ -3,8 +3,9 @@ bounded campaign with fixed seeds, and the case generator's own properties.
 
 Each tests/fuzz/*.asm is a minimised reproducer with its expected divergences in its header
 (`; known: ENGINE NAME`, `; trap-fidelity: trap`). When a fix lands, its reproducer stops
-diverging and its test fails: delete the entry from fuzz/known.py and the reproducer (or keep
-the reproducer with no `known:` line, as a test that the engines agree)."""
+diverging and its test fails: delete the entry from fuzz/known.py and the reproducer's `known:`
+lines, and keep the reproducer as a regression test: with no `known:` line, bt and vtx must
+agree with native, and trap too unless its header says `trap-fidelity: trap`."""
 from __future__ import annotations
 
 import re
@@ -44,7 +45,7 @@ def test_reproducer_shows_exactly_its_expected_divergences(pool, path):
     assert not new, "new divergences:\n" + "\n".join(new)
     fixed = header(path, "known") - shown
     assert not fixed, (f"no longer diverges: {sorted(fixed)}; if this is a fix, remove the entry "
-                       f"from fuzz/known.py and update {path.name}")
+                       f"from fuzz/known.py and its `known:` line in {path.name}")
     assert shown == header(path, "known")
     assert {d.engine for d in result.divergences if d.expected} == header(path, "trap-fidelity")
 
@@ -80,9 +81,10 @@ def test_a_case_is_its_seed_and_its_source_gives_back_its_ops(seed, length):
 
 
 def test_the_command_replays_a_reproducer():
-    done = trapvisor("fuzz", "--replay", str(ROOT / "tests" / "fuzz" / "ltr-null.asm"))
+    done = trapvisor("fuzz", "--replay",
+                     str(ROOT / "tests" / "fuzz" / "hypervisor-cpuid-leaves.asm"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "known: ltr-null" in done.stdout
+    assert "known: hypervisor-cpuid-leaves" in done.stdout
 
 
 def test_hostile_intercepts_never_take_the_parent_partition_down():

@@ -1,5 +1,6 @@
-; fuzz reproducer for the known divergence bt-outer-return-null-selector (seed 9148, minimised)
-; known: bt bt-outer-return-null-selector
+; fuzz reproducer of the divergence bt-outer-return-null-selector (seed 9148, minimised)
+; fixed by the engine fixes merged in 9621309; now a regression test: every engine must agree
+; with native
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:

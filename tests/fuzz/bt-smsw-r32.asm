@@ -1,7 +1,6 @@
-; fuzz reproducer for the known divergence bt-smsw-r32 (seed 9083, minimised)
-; known: bt bt-smsw-r32
-; known: trap far-transfer-system-descriptor
-; trap-fidelity: trap
+; fuzz reproducer of the divergence bt-smsw-r32 (seed 9083, minimised)
+; fixed by the engine fixes merged in 9621309; now a regression test: every engine must agree
+; with native
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:

@@ -1,6 +1,6 @@
-; fuzz reproducer for the known divergence cr0-et-cleared (seed 1020, minimised)
-; known: bt cr0-et-cleared
-; known: trap cr0-et-cleared
+; fuzz reproducer of the divergence cr0-et-cleared (seed 1020, minimised)
+; fixed by the engine fixes merged in 9621309; now a regression test: every engine must agree
+; with native
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:

@@ -1,8 +1,6 @@
-; fuzz reproducer for the known divergence descriptor-table-outside-ram (seed 1002, minimised)
-; known: bt descriptor-table-outside-ram
-; known: native descriptor-table-outside-ram
-; known: trap descriptor-table-outside-ram
-; known: vtx descriptor-table-outside-ram
+; fuzz reproducer of the divergence descriptor-table-outside-ram (seed 1002, minimised)
+; fixed by the engine fixes merged in 9621309; now a regression test: every engine must agree
+; with native
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:

@@ -1,6 +1,6 @@
-; fuzz reproducer for the known divergence far-transfer-rpl-above-cpl (seed 1029, minimised)
-; known: bt far-transfer-rpl-above-cpl
-; known: trap far-transfer-rpl-above-cpl
+; fuzz reproducer of the divergence far-transfer-rpl-above-cpl (seed 1029, minimised)
+; fixed by the engine fixes merged in 9621309; now a regression test: every engine must agree
+; with native
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:

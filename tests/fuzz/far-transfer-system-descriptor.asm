@@ -1,6 +1,6 @@
-; fuzz reproducer for the known divergence far-transfer-system-descriptor (seed 1001, minimised)
-; known: bt far-transfer-system-descriptor
-; known: trap far-transfer-system-descriptor
+; fuzz reproducer of the divergence far-transfer-system-descriptor (seed 1001, minimised)
+; fixed by the engine fixes merged in 9621309; now a regression test: every engine must agree
+; with native
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:

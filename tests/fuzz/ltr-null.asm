@@ -1,6 +1,6 @@
-; fuzz reproducer for the known divergence ltr-null (seed 1003, minimised)
-; known: bt ltr-null
-; known: trap ltr-null
+; fuzz reproducer of the divergence ltr-null (seed 1003, minimised)
+; fixed by the engine fixes merged in 9621309; now a regression test: every engine must agree
+; with native
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:

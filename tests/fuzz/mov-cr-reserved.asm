@@ -1,6 +1,6 @@
-; fuzz reproducer for the known divergence mov-cr-reserved (seed 1010, minimised)
-; known: bt mov-cr-reserved
-; known: trap mov-cr-reserved
+; fuzz reproducer of the divergence mov-cr-reserved (seed 1010, minimised)
+; fixed by the engine fixes merged in 9621309; now a regression test: every engine must agree
+; with native
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:
