@@ -101,11 +101,6 @@ KNOWN: tuple[KnownDivergence, ...] = (
           "far transfer through a call gate or a TSS (task switch): not modelled by trap's and "
           "bt's far-transfer emulation (documented limit), which stops the run with a guest "
           "fault", op=FAR_TO.format(sel=r"0x(?:28|58|30)")),
-    known("bt-triple-fault-escapes", "bt",
-          "a triple fault while bt emulates a segment load (a GDT of zeroed descriptors, then "
-          "MOV DS): emu.events.TripleFault propagates out of the run as a Python exception "
-          "(crash) instead of ending it as triple-fault",
-          op=r"mov dword \[ss:0x[0-9a-f]+\], 0x3000\nlgdt ", message="TripleFault"),
     known("trap-user-frame-flags", "trap",
           "an event from guest ring 3 (or later, from ring 0 after one) pushes a frame whose IF "
           "and IOPL are the real ones (IF 1, IOPL 0) or stale, not the virtual IF and IOPL the "

@@ -53,3 +53,13 @@ def test_every_engine_gives_the_bare_machines_results(engine):
     blind = TRAP_BLIND if engine == "trap" else ()
     expected = [line for line in native() if not line.startswith(blind)]
     assert [line for line in lines(engine) if not line.startswith(blind)] == expected
+
+
+@pytest.mark.parametrize("engine", ["native", "trap", "bt", "vtx"])
+def test_a_triple_fault_while_the_vmm_emulates_a_segment_load_ends_the_run(engine):
+    """A GDT of zeroed descriptors, then MOV DS (fuzz: bt-triple-fault-escapes): under bt the
+    load is a callout whose #GP escalates to a triple fault inside the VMM's work after a run;
+    the vCPU's error boundary ends the run as the machine does, with no Python exception."""
+    run = run_guest(str(PROGRAMS / "zeroed-gdt.asm"), engine)
+    assert run.result.state is RunState.TRIPLE_FAULT, run.result.report()
+    assert run.text == "Z\n"
