@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from fuzz.records import CHECKPOINT, EVENT
+from fuzz.records import EVENT
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,6 @@ def frame_differs_in_if_iopl_only(divergence) -> bool:
 
 
 IF_IOPL = 0x3200
-SEGMENT_FIELDS = range(38, 46)     # DS ES FS GS in a checkpoint record (fuzz/runtime.asm)
-
-
-def null_selector_rpl_kept(divergence) -> bool:
-    """Checkpoints that differ only in a data segment register: 0 natively, a null selector
-    with a nonzero RPL (1..3) under the engine."""
-    ours, theirs = divergence.records
-    if ours is None or theirs is None or ours.tag != CHECKPOINT or theirs.tag != CHECKPOINT:
-        return False
-    differing = [i for i, (a, b) in enumerate(zip(ours.raw, theirs.raw)) if a != b]
-    return bool(differing) and all(i in SEGMENT_FIELDS for i in differing) and all(
-        int.from_bytes(ours.raw[i:i + 2], "little") == 0
-        and 0 < int.from_bytes(theirs.raw[i:i + 2], "little") <= 3
-        for i in range(38, 46, 2) if ours.raw[i:i + 2] != theirs.raw[i:i + 2])
 
 FAR_TO = r"(?:(?:jmp|call) {sel}:|push dword {sel}\npush dword \.t\n(?:retf|iretd))"
 KNOWN: tuple[KnownDivergence, ...] = (
@@ -120,10 +106,6 @@ KNOWN: tuple[KnownDivergence, ...] = (
     known("bt-smsw-r32", "bt",
           "SMSW r32: the machine (QEMU) writes CR0's low 16 bits and leaves bits 31:16 of the "
           "register as they were; bt's callout writes the whole register", op=r"^smsw eax$"),
-    known("bt-outer-return-null-selector", "bt",
-          "IRET/RETF to ring 3 with a null selector of RPL 1-3 in a data segment register: the "
-          "machine leaves selector 0 there (the register is invalidated); bt keeps the RPL",
-          op=r"^\.user:$", when=null_selector_rpl_kept),
     known("hypervisor-cpuid-leaves", "trap bt vtx",
           "by design: CPUID leaves 0x40000000.. name this VMM (the bare machine has none)",
           op=r"^mov eax, 0x40000000\nxor ecx, ecx\ncpuid$"),

@@ -63,3 +63,12 @@ def test_a_triple_fault_while_the_vmm_emulates_a_segment_load_ends_the_run(engin
     run = run_guest(str(PROGRAMS / "zeroed-gdt.asm"), engine)
     assert run.result.state is RunState.TRIPLE_FAULT, run.result.report()
     assert run.text == "Z\n"
+
+
+@pytest.mark.parametrize("engine", ["native", "trap", "bt", "vtx"])
+def test_a_return_to_ring_3_nulls_the_data_segments_ring_3_may_not_use(engine):
+    """IRET to ring 3 with DS = 0x0003 and ES = 0x10 (fuzz: bt-outer-return-null-selector): both
+    are loaded with the null selector 0, as the machine does, not left with their RPL."""
+    run = run_guest(str(PROGRAMS / "outer-return.asm"), engine)
+    assert run.result.state is RunState.EXITED, run.result.report()
+    assert run.text == "ds=0000 es=0000\n"
