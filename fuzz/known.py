@@ -91,9 +91,6 @@ KNOWN: tuple[KnownDivergence, ...] = (
           "an event from guest ring 3 (or later, from ring 0 after one) pushes a frame whose IF "
           "and IOPL are the real ones (IF 1, IOPL 0) or stale, not the virtual IF and IOPL the "
           "guest set with IRET/POPF before entering ring 3", when=frame_differs_in_if_iopl_only),
-    known("trap-far-call-conforming", "trap",
-          "far CALL to a conforming DPL-0 code segment at CPL 0: the machine calls it; trap "
-          "raises #GP(0)", op=r"^call 0x40:"),
     known("trap-ring1-code-reachable", "trap",
           "ring compression: the guest kernel runs at real ring 1, so a far JMP/CALL to a "
           "non-conforming DPL-1 code segment succeeds without a fault, where CPL 0 gets "

@@ -46,6 +46,7 @@ def test_the_bare_machine_gives_the_architectural_results():
     assert out["far JMP through a call gate"].endswith("val=0x00003a7e")
     assert out["POPFD of reserved bits"].endswith("val=0x00000002")
     assert out["LTR, far JMP to 16-bit code"].endswith("val=0x00001616")
+    assert out["far CALL to a conforming DPL-0 segment"] == "0xff err=0x0000 val=0x0000c0f0"
 
 
 @pytest.mark.parametrize("engine", ["trap", "bt", "vtx"])
