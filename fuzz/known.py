@@ -91,11 +91,6 @@ KNOWN: tuple[KnownDivergence, ...] = (
           "an event from guest ring 3 (or later, from ring 0 after one) pushes a frame whose IF "
           "and IOPL are the real ones (IF 1, IOPL 0) or stale, not the virtual IF and IOPL the "
           "guest set with IRET/POPF before entering ring 3", when=frame_differs_in_if_iopl_only),
-    known("trap-ring1-code-reachable", "trap",
-          "ring compression: the guest kernel runs at real ring 1, so a far JMP/CALL to a "
-          "non-conforming DPL-1 code segment succeeds without a fault, where CPL 0 gets "
-          "#GP(selector); trap never sees it (and its audit does not list far transfers)",
-          op=FAR_TO.format(sel="0x68")),
     known("trap-user-pushf", "trap",
           "PUSHF at guest ring 3 pushes the real IF (1) and IOPL (0): user code is neither "
           "trapped nor audited, so the virtual flags never show",

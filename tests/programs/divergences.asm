@@ -9,7 +9,8 @@
 ; interrupt gate, a busy TSS, and a call gate, which is taken); POPF of reserved EFLAGS bits;
 ; MOV CS (#UD); a 16-bit code segment reached with a far JMP after LTR; a far CALL to a
 ; conforming DPL-0 segment and its RETF (taken: under trap the real CPU makes that call at ring 1
-; and pushes CS with RPL 1).
+; and pushes CS with RPL 1); a far JMP to DPL-1 code at CPL 0 (#GP; under trap the real ring 1
+; passes the check: its fidelity report lists the JMP).
 
 bits 16
 org 0x7c00
@@ -24,6 +25,7 @@ INT_GATE    equ 0x38
 BUSY_TSS    equ 0x40
 TSS2_SEL    equ 0x48
 CONFORMING  equ 0x50
+RING1_CS    equ 0x58
 IDT_BASE    equ 0x1000
 NONE        equ 0xff
 
@@ -262,6 +264,15 @@ protected_mode:
     mov esi, msg_conforming
     call report
 
+    mov eax, .ring1             ; far JMP to non-conforming DPL-1 code at CPL 0: #GP(0x58)
+    call arm
+    jmp RING1_CS:.ring1_landed
+.ring1_landed:
+    mov dword [value], 1
+.ring1:
+    mov esi, msg_ring1
+    call report
+
     xor al, al
     jmp exit
 
@@ -361,6 +372,7 @@ gdt:
     dw 0x67, tss, 0x8b00, 0x0000 ; 0x40 32-bit TSS, busy
     dw 0x67, tss2, 0x8900, 0x0000 ; 0x48 another 32-bit TSS, available
     dq 0x00cf9e000000ffff        ; 0x50 ring-0 code, conforming, flat
+    dq 0x00cfba000000ffff        ; 0x58 ring-1 code, flat
 gdt_end:
 gdt_descriptor:
     dw gdt_end - gdt - 1
@@ -402,6 +414,7 @@ msg_popf:        db "POPFD of reserved bits", 0
 msg_mov_cs:      db "MOV CS, AX", 0
 msg_code16:      db "LTR, far JMP to 16-bit code", 0
 msg_conforming:  db "far CALL to a conforming DPL-0 segment", 0
+msg_ring1:       db "far JMP to DPL-1 code at CPL 0", 0
 msg_vec:         db ": vec=", 0
 msg_err:         db " err=", 0
 msg_val:         db " val=", 0
