@@ -48,14 +48,6 @@ IF_IOPL = 0x3200
 GP, UD = 13, 6
 
 
-def trap_gp_at_far_return(divergence) -> bool:
-    """Native went on where trap recorded #GP(0x08): the RETF back to CS 0x08 faulted."""
-    ours, theirs = divergence.records
-    return (theirs is not None and theirs.tag == EVENT and theirs.raw[2] == GP
-            and int.from_bytes(theirs.raw[3:7], "little") == 0x08
-            and (ours is None or ours.tag != EVENT))
-
-
 def eip_two_bytes_on(divergence) -> bool:
     """Both runs recorded the same vector-6 event with the same CS and EFLAGS; the engine's
     pushed EIP is native's + 2 (past the 2-byte INT 6, not at it)."""
@@ -73,20 +65,12 @@ KNOWN: tuple[KnownDivergence, ...] = (
           "an event from guest ring 3 (or later, from ring 0 after one) pushes a frame whose IF "
           "and IOPL are the real ones (IF 1, IOPL 0) or stale, not the virtual IF and IOPL the "
           "guest set with IRET/POPF before entering ring 3", when=frame_differs_in_if_iopl_only),
-    known("trap-far-call-conforming", "trap",
-          "far CALL to the conforming DPL-0 code segment (0x40, or 0x43: a conforming target "
-          "ignores RPL) at CPL 0: legal at real ring 1 too, so the CPU runs it without an exit "
-          "and pushes the real CS, 0x09 (RPL 1), where the machine pushes 0x08; the RETF back "
-          "exits, and trap's emulation takes that RPL for a return to ring 1, whose CS 0x08 "
-          "(DPL 0) fails the check: #GP(0x08) where the machine returns",
-          op=r"^call 0x4[03]:", when=trap_gp_at_far_return),
-    known("trap-ring1-code-reachable", "trap",
-          "ring compression: the guest kernel runs at real ring 1, so a far JMP/CALL to the "
-          "non-conforming DPL-1 code segment 0x68 succeeds without an exit, where CPL 0 gets "
-          "#GP(0x68); trap never sees it (and its audit does not list far transfers). A CALL "
-          "pushes the real CS 0x09, so its RETF back then faults with #GP(0x08). (RETF/IRET to "
-          "0x68 fault at ring 1 too and are emulated: they agree)",
-          op=r"^(?:jmp|call) 0x68:"),
+    known("trap-retf-guest-rpl1", "trap",
+          "RETF to a code selector with RPL 1 that the guest pushed itself at CPL 0: trap cannot "
+          "tell it from the CS the CPU pushed for a far CALL at real ring 1 (guest ring 0), so it "
+          "reads both as ring 0 and returns, where the machine raises #GP(selector); reading "
+          "RPL 1 as ring 0 is what makes the common far CALL / RETF pair work under trap",
+          op=r"push dword 0x(?:9|41)\npush dword \.t\nretf"),
     known("trap-user-pushf", "trap",
           "PUSHF at guest ring 3 pushes the real IF (1) and IOPL (0): user code is neither "
           "trapped nor audited, so the virtual flags never show",

@@ -7,9 +7,10 @@ bystander partition it serves still answers, and that not a byte of child RAM ch
 of it is mapped in the parent (no GPADL was ever granted).
 
 Per record the parent either replies (REPLY, after any notifications), contains a device
-failure (a FAULT record: the partition stops, the parent goes on) or drops the channel. Unknown
-ops get a FAULT (a KeyError in the parent's dispatch), and so does Op.MODULES, which wire.py lists
-but only the control socket answers; generated ops leave it out so cases get past it.
+failure (a FAULT record: the partition stops, the parent goes on), refuses the request (a FAULT
+record saying so: an unknown op, Op.MODULES, which only the control socket answers, a port access
+of a size IN/OUT cannot make) or ends the channel (a record past the length limit: FAULT, REPLY,
+close). Generated ops leave MODULES out so cases get past it.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def random_record(rng: random.Random) -> bytes:
     choice = rng.random()
     if choice < 0.05:
         return pack(rng.randrange(256), rng.randrange(256), rng.randrange(1 << 16))
-    op = rng.choice([op for op in Op if op != Op.MODULES])   # MODULES: always a FAULT, see below
+    op = rng.choice([op for op in Op if op != Op.MODULES])   # MODULES: always refused
     port = rng.choice(DEVICE_PORTS) if rng.random() < 0.8 else rng.randrange(1 << 16)
     size = rng.choice((1, 2, 4)) if rng.random() < 0.9 else rng.choice((0, 3, 8, 255))
     when = rng.choice((0, rng.randrange(1 << 40), -1, (1 << 63) - 1, rng.randrange(1 << 20)))

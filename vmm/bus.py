@@ -11,6 +11,7 @@ from typing import Callable, Protocol
 
 PIO_SPACE = 0x10000
 BUS_KINDS = ("pio", "mmio")
+ACCESS_SIZES = {"pio": frozenset((1, 2, 4)), "mmio": frozenset((1, 2, 4, 8))}
 
 
 class BusDevice(Protocol):
@@ -25,6 +26,10 @@ class BusDevice(Protocol):
 
 class BusConflict(ValueError):
     """A registration would overlap a window that is already on the bus."""
+
+
+class BadAccessSize(ValueError):
+    """An access of a size the bus's instructions cannot make (a port access is 1, 2 or 4 bytes)."""
 
 
 def all_ones(size: int) -> int:
@@ -52,6 +57,7 @@ class Bus:
         self.kind = kind
         self._on_insert = on_insert
         self._is_pio = kind == "pio"
+        self._sizes = ACCESS_SIZES[kind]
         self._bases: list[int] = []
         self._windows: list[tuple[int, int, BusDevice]] = []
         self._ports: dict[int, tuple[BusDevice, int]] = {}
@@ -86,6 +92,8 @@ class Bus:
 
     def read(self, addr: int, size: int) -> int:
         """Read ``size`` bytes at ``addr``; an unclaimed address reads all-ones."""
+        if size not in self._sizes:
+            raise self._bad_size(addr, size)
         hit = self._ports.get(addr) if self._is_pio else self._mmio_hit(addr)
         if hit is None:
             return _ALL_ONES[size]
@@ -93,6 +101,8 @@ class Bus:
 
     def write(self, addr: int, size: int, value: int) -> bool:
         """Write ``value`` masked to ``size`` bytes; False when unclaimed (the value is dropped)."""
+        if size not in self._sizes:
+            raise self._bad_size(addr, size)
         hit = self._ports.get(addr) if self._is_pio else self._mmio_hit(addr)
         if hit is None:
             return False
@@ -109,6 +119,10 @@ class Bus:
             return None
         base, length, device = self._windows[index]
         return (device, base) if addr < base + length else None
+
+    def _bad_size(self, addr: int, size: int) -> BadAccessSize:
+        sizes = ", ".join(str(n) for n in sorted(self._sizes))
+        return BadAccessSize(f"{self.kind}: a {size}-byte access at {addr:#x} (sizes: {sizes})")
 
     def _check_window(self, base: int, length: int) -> None:
         if base < 0 or length <= 0:

@@ -21,10 +21,16 @@ HEADER = struct.Struct("<BBHIqI")
 ISA_LINES = struct.Struct("<HH")  # ISA IRQ levels now, and lines that rose since the last reply
 NO_DEADLINE = -1
 MAX_PAYLOAD = 1 << 20
+PORT_SIZES = frozenset((1, 2, 4))  # the sizes of IN and OUT
+
+
+class OversizedRecord(ValueError):
+    """A header announcing more than MAX_PAYLOAD bytes: the stream cannot be framed past it."""
 
 
 class Op(enum.IntEnum):
-    """Requests, hypervisor -> parent, on a partition's channel."""
+    """Requests, hypervisor -> parent, on a partition's channel (MODULES: on the control
+    socket only; a partition's channel refuses it)."""
     IO_READ = 1          # size, aux = port                -> value
     IO_WRITE = 2         # size, aux = port, value
     ACKNOWLEDGE = 3      # the CPU's INTA cycle             -> value = vector
@@ -90,7 +96,7 @@ def read_message(stream) -> Message:
         raise EOFError("the peer closed the channel")
     op, size, aux, value, time, length = HEADER.unpack(header)
     if length > MAX_PAYLOAD:
-        raise ValueError(f"record of {length} payload bytes exceeds {MAX_PAYLOAD}")
+        raise OversizedRecord(f"record of {length} payload bytes exceeds {MAX_PAYLOAD}")
     payload = stream.read(length) if length else b""
     if len(payload) < length:
         raise EOFError("the peer closed the channel inside a record")

@@ -1,7 +1,7 @@
-; fuzz reproducer for the known divergence trap-far-call-conforming (seed 5030, minimised)
+; fuzz reproducer for the divergence trap-far-call-conforming (seed 5030, minimised), fixed:
+; trap reads the CS a far CALL pushed at real ring 1 as the guest's (TrapView.returned_selector)
 ; (its second op, a far transfer through the call gate 0x58, went: it only showed bt's
 ; far-transfer-system-descriptor, fixed in 9621309)
-; known: trap trap-far-call-conforming
 %include "../../fuzz/runtime.asm"
 times BODY - 0x7c00 - ($ - $$) db 0
 op_0:

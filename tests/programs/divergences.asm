@@ -7,7 +7,10 @@
 ; bits above 15 set; far JMP/CALL with RPL > CPL to a DPL-0 code segment; IRET to an LDT selector
 ; with no LDT; LTR with a null selector; far JMP/CALL/RETF naming system descriptors (an LDT, an
 ; interrupt gate, a busy TSS, and a call gate, which is taken); POPF of reserved EFLAGS bits;
-; MOV CS (#UD); a 16-bit code segment reached with a far JMP after LTR.
+; MOV CS (#UD); a 16-bit code segment reached with a far JMP after LTR; a far CALL to a
+; conforming DPL-0 segment and its RETF (taken: under trap the real CPU makes that call at ring 1
+; and pushes CS with RPL 1); a far JMP to DPL-1 code at CPL 0 (#GP; under trap the real ring 1
+; passes the check: its fidelity report lists the JMP).
 
 bits 16
 org 0x7c00
@@ -21,6 +24,8 @@ CALL_GATE   equ 0x30
 INT_GATE    equ 0x38
 BUSY_TSS    equ 0x40
 TSS2_SEL    equ 0x48
+CONFORMING  equ 0x50
+RING1_CS    equ 0x58
 IDT_BASE    equ 0x1000
 NONE        equ 0xff
 
@@ -251,8 +256,29 @@ protected_mode:
     mov esi, msg_code16
     call report
 
+    mov eax, .conforming        ; far CALL to a conforming DPL-0 segment: taken, CPL stays 0
+    call arm
+    call CONFORMING:conforming_target
+    mov [value], eax
+.conforming:
+    mov esi, msg_conforming
+    call report
+
+    mov eax, .ring1             ; far JMP to non-conforming DPL-1 code at CPL 0: #GP(0x58)
+    call arm
+    jmp RING1_CS:.ring1_landed
+.ring1_landed:
+    mov dword [value], 1
+.ring1:
+    mov esi, msg_ring1
+    call report
+
     xor al, al
     jmp exit
+
+conforming_target:              ; reached through CONFORMING; RETF returns to ring 0
+    mov eax, 0xc0f0
+    retf
 
 gate_target:                    ; reached through CALL_GATE (CALL or JMP)
     cmp dword [resume], protected_mode.jmp_gate
@@ -345,6 +371,8 @@ gdt:
     dw gate_target, KERNEL_CS, 0x8e00, 0x0000   ; 0x38 32-bit interrupt gate (not for JMP)
     dw 0x67, tss, 0x8b00, 0x0000 ; 0x40 32-bit TSS, busy
     dw 0x67, tss2, 0x8900, 0x0000 ; 0x48 another 32-bit TSS, available
+    dq 0x00cf9e000000ffff        ; 0x50 ring-0 code, conforming, flat
+    dq 0x00cfba000000ffff        ; 0x58 ring-1 code, flat
 gdt_end:
 gdt_descriptor:
     dw gdt_end - gdt - 1
@@ -385,6 +413,8 @@ msg_jmp_gate:    db "far JMP through a call gate", 0
 msg_popf:        db "POPFD of reserved bits", 0
 msg_mov_cs:      db "MOV CS, AX", 0
 msg_code16:      db "LTR, far JMP to 16-bit code", 0
+msg_conforming:  db "far CALL to a conforming DPL-0 segment", 0
+msg_ring1:       db "far JMP to DPL-1 code at CPL 0", 0
 msg_vec:         db ": vec=", 0
 msg_err:         db " err=", 0
 msg_val:         db " val=", 0

@@ -1,7 +1,7 @@
 """Port-I/O and MMIO bus routing, conflicts, unclaimed accesses and IRQ lines."""
 import pytest
 
-from vmm.bus import Bus, BusConflict, IrqLine
+from vmm.bus import BadAccessSize, Bus, BusConflict, IrqLine
 
 
 class Recorder:
@@ -154,3 +154,13 @@ def test_irq_line_drives_its_sink():
     line.pulse()
     assert line.number == 4
     assert events == [(4, True), (4, False), (4, True), (4, False)]
+
+
+@pytest.mark.parametrize("kind, size", [("pio", 3), ("pio", 8), ("pio", 0), ("mmio", 3)])
+def test_an_access_of_a_size_no_instruction_makes_is_a_clear_error(kind, size):
+    bus = Bus(kind)
+    bus.insert(Recorder("dev"), 0x80, 8)
+    for access in (lambda: bus.read(0x80, size), lambda: bus.write(0x80, size, 0),
+                   lambda: bus.read(0x40, size)):
+        with pytest.raises(BadAccessSize, match=f"{kind}: a {size}-byte access"):
+            access()

@@ -53,6 +53,11 @@ class BtView(TrapView):
         real_iopl = max(1, self.state.iopl) if self.cpu.cpl == 1 else self.state.iopl
         self.cpu.set_system_flags(real_iopl << IOPL_SHIFT, IOPL_MASK)
 
+    def returned_selector(self, selector: int) -> int:
+        """Unchanged: PUSH CS and every far CALL in guest kernel code are callouts, so only
+        the guest's own selectors reach its stack."""
+        return selector
+
     def load_code(self, selector, desc, cpl) -> None:
         super().load_code(selector, desc, cpl)
         self.sync_iopl()

@@ -76,6 +76,12 @@ class TrapView(GuestView):
             return (value & ~3) | GUEST_RING[value & 3]
         return value
 
+    def returned_selector(self, selector: int) -> int:
+        """The code selector a far RET/IRET pops, as the guest means it. What the real CPU
+        stored itself at real ring 1 (PUSH CS, and a far CALL to a conforming segment of DPL 0 or
+        1, which ring 1 may call without a fault) carries the real RPL 1: guest ring 0."""
+        return (selector & ~3) | GUEST_RING[selector & 3] if self.protected() else selector
+
     def flags(self) -> int:
         """EFLAGS as the guest believes them. In guest user mode IF is taken as set: the kernel
         can only have got there through an IRET at real ring 1, which cannot change the real IF,

@@ -139,6 +139,7 @@ def far_return(g, frame: StackCursor, selector: int, offset: int, size: int,
     """Complete a far RET/IRET whose CS:EIP (and EFLAGS) ``frame`` has read (``size``-byte
     slots): to the same ring, or outward, popping SS:ESP and nulling the data segments the new
     ring may not use."""
+    selector = g.view.returned_selector(selector)
     desc = return_target(g, selector)
     rpl = selector & 3
     frame.skip(release)

@@ -28,11 +28,13 @@ from hypervisors.micro.wire import (
     INT_OUTPUT,
     ISA_LINES,
     NO_DEADLINE,
+    PORT_SIZES,
     RAISED,
     RECONFIGURED,
     Control,
     Message,
     Op,
+    OversizedRecord,
     PartitionConfig,
     Record,
     pack,
@@ -130,10 +132,18 @@ class PartitionWorker:
 
     # ----- the channel ---------------------------------------------------------------------------
     def serve(self) -> None:
-        """Answer requests until the hypervisor closes the channel."""
+        """Answer requests until the hypervisor closes the channel, or until a record cannot be
+        framed (an oversized one): a FAULT and a REPLY say why, and the channel ends."""
         try:
             while True:
                 self.channel.sendall(self._answer(read_message(self.rfile)))
+        except OversizedRecord as exc:
+            self.failed = True
+            self._notify_fault(f"the channel ends: {exc}")
+            try:
+                self.channel.sendall(self._reply(0xFFFFFFFF))
+            except OSError:
+                return
         except (EOFError, OSError):
             return
         finally:
@@ -144,9 +154,16 @@ class PartitionWorker:
         if message.time > self.clock.now_ns():
             self.clock.set(message.time)
         value = 0xFFFFFFFF
-        if not self.failed:
+        handler = self.handlers.get(message.op)
+        if handler is None:
+            self._notify_fault(f"refused: op {message.op} is not a request on a partition's "
+                               "channel")
+        elif message.op in (Op.IO_READ, Op.IO_WRITE) and message.size not in PORT_SIZES:
+            self._notify_fault(f"refused: a {message.size}-byte access to port "
+                               f"{message.aux:#x} (IN and OUT move 1, 2 or 4 bytes)")
+        elif not self.failed:
             try:
-                value = self.handlers[message.op](message)
+                value = handler(message)
             except Exception as exc:  # a driver fault stays in this partition: report it
                 self._fault(message, exc)
         return self._reply(value)
@@ -155,8 +172,12 @@ class PartitionWorker:
         self.failed = True
         where = self._device_at(message) or f"request {message.op}"
         frame = traceback.extract_tb(exc.__traceback__)[-1]
-        text = (f"{where}: {type(exc).__name__}: {exc} "
-                f"(raised at {os.path.basename(frame.filename)}:{frame.lineno})")
+        self._notify_fault(f"{where}: {type(exc).__name__}: {exc} "
+                           f"(raised at {os.path.basename(frame.filename)}:{frame.lineno})")
+
+    def _notify_fault(self, text: str) -> None:
+        """A FAULT record for the next reply. A refused request leaves the devices as they
+        were; a device failure or an unframeable channel (``failed``) ends the partition."""
         with self.lock:
             self.outbox.append((Record.FAULT, 0, 0, text.encode()))
 

@@ -1,0 +1,66 @@
+"""A partition's channel to the parent partition under records the hypervisor never sends (found
+by `trapvisor fuzz --parent`): each gets a defined answer, a refusal (FAULT, then REPLY, the
+partition's devices untouched) or the end of that channel, and never a traceback in the parent."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from emu.memory import GuestMemory
+from fuzz.parent import RAM_SIZE, HostileChild, read_answer
+from hypervisors.micro.hypervisor import ParentProcess
+from hypervisors.micro.wire import HEADER, MAX_PAYLOAD, Op, Record, pack
+
+DEBUG_CONSOLE = 0xE9
+
+
+@pytest.fixture
+def parent():
+    process = ParentProcess()
+    yield process
+    process.close()
+
+
+def answers(child: HostileChild) -> list[tuple[int, bytes]]:
+    """The records of one answer, up to and including its REPLY: (op, payload)."""
+    records = []
+    while True:
+        header = child.stream.read(HEADER.size)
+        assert len(header) == HEADER.size, "the channel closed"
+        op, _size, _aux, _value, _time, length = HEADER.unpack(header)
+        records.append((op, child.stream.read(length)))
+        if op == Record.REPLY:
+            return records
+
+
+@pytest.mark.parametrize("record, refusal", [
+    (pack(Op.MODULES), b"refused: op 8 is not a request on a partition's channel"),
+    (pack(200, 1, DEBUG_CONSOLE), b"refused: op 200 is not a request"),
+    (pack(Op.IO_READ, 3, DEBUG_CONSOLE), b"refused: a 3-byte access to port 0xe9"),
+    (pack(Op.IO_WRITE, 3, DEBUG_CONSOLE, 0x41), b"refused: a 3-byte access to port 0xe9"),
+], ids=["modules", "unknown-op", "in-of-3-bytes", "out-of-3-bytes"])
+def test_a_request_the_channel_does_not_carry_is_refused_and_the_partition_goes_on(
+        parent, capfd, record, refusal):
+    child = HostileChild(parent, 1, GuestMemory(RAM_SIZE))
+    child.channel.sendall(record)
+    (fault, text), (reply, _) = answers(child)
+    assert (fault, reply) == (Record.FAULT, Record.REPLY) and text.startswith(refusal), text
+    assert child.send(pack(Op.IO_READ, 1, DEBUG_CONSOLE)) == "reply"  # devices still served
+    child.close()
+    assert parent.alive() and "Traceback" not in capfd.readouterr().err
+
+
+def test_an_oversized_record_ends_its_channel_with_a_fault_and_no_traceback(parent, capfd):
+    child = HostileChild(parent, 1, GuestMemory(RAM_SIZE))
+    bystander = HostileChild(parent, 2, GuestMemory(RAM_SIZE))
+    child.channel.sendall(HEADER.pack(Op.POST_MESSAGE, 0, 0, 0, 0, MAX_PAYLOAD + 1))
+    (fault, text), (reply, _) = answers(child)
+    assert (fault, reply) == (Record.FAULT, Record.REPLY)
+    assert text.startswith(b"the channel ends: record of 1048577 payload bytes"), text
+    assert read_answer(child.stream) == "dropped"                     # the parent let go
+    assert bystander.send(pack(Op.IO_READ, 1, DEBUG_CONSOLE)) == "reply"
+    time.sleep(0.1)   # a worker thread's traceback would be printed by now
+    assert parent.alive() and "Traceback" not in capfd.readouterr().err
+    child.close()
+    bystander.close()
