@@ -45,6 +45,14 @@ class ParentProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def settle(self, timeout: float = 5) -> None:
+        """A child saw its channel close: a dying process closes its sockets before its exit
+        can be collected, so give the exit a moment to become visible."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
     def request(self, op: Control, value: int = 0, payload: bytes = b"",
                 fds: tuple[int, ...] = ()) -> bytes:
         """One control request; the reply's payload, or ValueError with the parent's refusal."""
@@ -131,6 +139,7 @@ class MicroHypervisor:
         self.vcpu_options = dict(observers=observers, timeout=timeout, max_exits=max_exits,
                                  wall_clock=wall_clock)
         self.partitions: list[ChildPartition] = []
+        self.parent_children: list[ChildPartition] = []   # those the current parent serves
         self.parent = ParentProcess()
 
     def create_partition(self, name: str = "", sink: Callable[[bytes], None] | None = None,
@@ -150,6 +159,7 @@ class MicroHypervisor:
                                    make_engine(self.engine, self.exit_on), sink or self.sink, channel, layout,
                                    **self.vcpu_options)
         self.partitions.append(partition)
+        self.parent_children.append(partition)
         return partition
 
     @property
@@ -180,9 +190,11 @@ class MicroHypervisor:
 
     def parent_report(self) -> str | None:
         """If the parent partition died: which VMs lost their devices, and what to do."""
+        lost = [p for p in self.parent_children if p.channel.lost is not None]
+        if lost:
+            self.parent.settle()
         if self.parent.alive():
             return None
-        lost = [p for p in self.partitions if p.channel.lost is not None]
         names = ", ".join(f"{p.partition_id} ({p.name})" for p in lost) or "none"
         return (f"trapvisor: the parent partition (pid {self.parent.pid}) "
                 f"{self.parent.describe_exit()}; VMs stopped with device-error: {names}. "
@@ -193,6 +205,7 @@ class MicroHypervisor:
         """Start a fresh parent partition; VMs created from now on get their devices there."""
         self.parent.close()
         self.parent = ParentProcess()
+        self.parent_children = []
 
     def parent_modules(self) -> list[str]:
         """The project's modules loaded in the parent process, 'name path' a line."""
