@@ -19,6 +19,7 @@ from hypervisors.elf_image import elf_executable
 from hypervisors.images import AsmError, GuestImage, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
 from hypervisors.registry import HYPERVISORS
+from vmm.devices.crtc import COLUMNS, TEXT_BUFFER, TEXT_BYTES, render_text
 from vmm.devices.faults import inject_fault
 from vmm.engines import ENGINES
 from vmm.engines.vmx_controls import EXIT_ON_NAMES
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--drive", metavar="FILE", action="append", default=[],
                      help="a raw disk image on the IDE primary channel (repeatable: master, then "
                      "slave); with no guest, the machine boots from the first")
+    run.add_argument("--vga", action="store_true",
+                     help="when the run ends, show the CGA/VGA 80x25 text screen (0xB8000) on "
+                     "stderr if the guest wrote to it (monolithic)")
     run.add_argument("--append", metavar="ARGS", default="",
                      help="a Multiboot kernel's command line (QEMU's -append)")
     run.add_argument("--initrd", metavar="'FILE [ARGS]'", action="append", default=[],
@@ -241,7 +245,10 @@ def run_guest(args) -> int:
             from vmm.debug.gdb import stub as gdbstub  # the stub's modules load only for --gdb
             result = gdbstub.serve(build, image, *args.gdb)
         else:
-            result = build([]).run(image)
+            hypervisor = build([])
+            result = hypervisor.run(image)
+            if args.vga:
+                show_text_screen(hypervisor.vm.memory.read(TEXT_BUFFER, TEXT_BYTES))
     except (ValueError, ConnectionError) as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -259,11 +266,22 @@ def run_guest(args) -> int:
     return exit_status(result, args.qemu_exit_codes)
 
 
+def show_text_screen(buffer: bytes) -> None:
+    """--vga: the text-mode screen the guest left, framed, if it wrote anything there."""
+    if not any(buffer[0::2]):
+        return
+    lines = render_text(buffer, trim=True)
+    while lines and not lines[-1]:
+        lines.pop()
+    rule = "+" + "-" * COLUMNS + "+"
+    print("\n".join([rule, *(f"|{line:<{COLUMNS}}|" for line in lines), rule]), file=sys.stderr)
+
+
 def run_micro(args, images, observers) -> tuple[list, str | None]:
     """Every guest in its own child partition, side by side; with several, each output line is
     prefixed with '[N:name] '. Returns the results and the parent partition's failure report."""
-    if args.gdb or args.stdin:
-        raise ValueError("--gdb and --stdin are not supported under --hypervisor micro")
+    if args.gdb or args.stdin or args.vga:
+        raise ValueError("--gdb, --stdin and --vga are not supported under --hypervisor micro")
     hypervisor = MicroHypervisor(**hypervisor_options(args), sink=write_stdout,
                                  observers=observers, timeout=args.timeout,
                                  max_exits=args.max_exits, wall_clock=args.wall_clock,
