@@ -57,12 +57,12 @@ class EngineBase:
             if insn is not None and self.cpu.eip == exit.rip:
                 exit.insn_bytes = insn.raw
 
-    def complete_msr_access(self) -> bool:
-        """RDMSR/WRMSR at EIP on a guest at real CPL 0 (native, vtx): carry it out through the
-        platform (a device's MSR, else QEMU's) and step over it; False if EIP holds neither. A
-        value the platform refuses is the CPU's #GP, delivered through the guest's IDT."""
-        insn = self.current_insn()
-        if insn is None or insn.mnemonic not in ("rdmsr", "wrmsr"):
+    def complete_msr_access(self, insn) -> bool:
+        """The RDMSR/WRMSR ``insn`` (decoded at EIP) on a guest at real CPL 0 (native, vtx):
+        carry it out through the platform (a device's MSR, else QEMU's) and step over it; False
+        if it is neither. A value the platform refuses is the CPU's #GP, delivered through the
+        guest's IDT."""
+        if insn.mnemonic not in ("rdmsr", "wrmsr"):
             return False
         gpr, vm = self.cpu.gpr, self.vm
         msr = gpr[ECX] & 0xFFFFFFFF

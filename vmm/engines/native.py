@@ -79,6 +79,6 @@ class NativeEngine(EngineBase):
         self.scanner.arm()
         site = self.scanner.callout_at(self.cpu.linear_pc())
         if site is not None and self.scanner.revalidate(site):
-            self.complete_msr_access()
+            self.complete_msr_access(site.insn)
         elif self.cpu.halted:
             self.vcpu.halted = True

@@ -204,7 +204,7 @@ class VtxEngine(EngineBase):
     def _instruction(self, insn) -> None:
         reason, qualification = self._exit_for(insn)
         if reason is None:
-            self.complete_instruction()  # armed, but these operands do not exit
+            self.complete_instruction(insn)  # armed, but these operands do not exit
             return
         exit = self._exit(reason, qualification)
         exit.insn = insn
@@ -259,10 +259,10 @@ class VtxEngine(EngineBase):
         self.take_exit(exit)
 
     # ----- ExitOps: what the exit handlers call ------------------------------------------------
-    def complete_instruction(self) -> None:
-        """Let the instruction at EIP happen on the real CPU: lift its stop, run it, re-arm.
-        RDMSR/WRMSR go straight to the CPU's MSR access instead (the same QEMU code runs)."""
-        if self.complete_msr_access():
+    def complete_instruction(self, insn) -> None:
+        """Let ``insn`` (at EIP) happen on the real CPU: lift its stop, run it, re-arm.
+        RDMSR/WRMSR go through the platform's MSRs instead (a device's, else QEMU's own)."""
+        if self.complete_msr_access(insn):
             return
         here = self.cpu.linear_pc()
         armed = set(self.scanner.armed)
@@ -276,7 +276,7 @@ class VtxEngine(EngineBase):
     def emulate(self, exit: VmExit) -> Outcome:
         """CR/DR/MSR/INVLPG/descriptor-table exits: the VMM lets the access happen, then keeps
         the CR0/CR4 read shadows equal to what the guest holds in the bits the host owns."""
-        self.complete_instruction()
+        self.complete_instruction(exit.insn)
         if exit.reason is R.CR_ACCESS:
             c = self.controls
             c.cr0_read_shadow = int(self.cpu.cr[0]) & c.cr0_guest_host_mask

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vmm.pc import bios
-from vmm.pc.elf import NotElfError, TruncatedImageError, is_elf, load_segments
+from vmm.pc.elf import LoadSegment, NotElfError, TruncatedImageError, is_elf, load_segments
 from vmm.pc.handover import (BootError, CR0_ET, CR0_PE, HandOver, Segment, write_zeros)
 
 HEADER_MAGIC = 0x1BADB002
@@ -178,19 +178,8 @@ def find_header(data: bytes, name: str = "kernel") -> MultibootHeader:
                                  "in the first 8 KiB)")
 
 
-@dataclass(frozen=True)
-class _Piece:
-    paddr: int
-    data: bytes
-    memsz: int
-    vaddr: int
-
-    @property
-    def end(self) -> int:
-        return self.paddr + self.memsz
-
-
-def _kludge_pieces(data: bytes, header: MultibootHeader, name: str) -> tuple[int, list[_Piece]]:
+def _kludge_pieces(data: bytes, header: MultibootHeader,
+                   name: str) -> tuple[int, list[LoadSegment]]:
     h = header
     if h.header_addr < h.load_addr:
         raise UnsupportedHeaderError(f"{name}: Multiboot header_addr {h.header_addr:#x} is below "
@@ -219,21 +208,21 @@ def _kludge_pieces(data: bytes, header: MultibootHeader, name: str) -> tuple[int
         memsz = h.bss_end_addr - h.load_addr
     if memsz == 0:
         raise UnsupportedHeaderError(f"{name}: the Multiboot address fields load nothing")
-    piece = _Piece(h.load_addr, data[text_offset:text_offset + load_size], memsz, h.load_addr)
+    piece = LoadSegment(h.load_addr, h.load_addr, data[text_offset:text_offset + load_size], memsz,
+                        text_offset)
     return h.entry_addr, [piece]
 
 
-def _elf_pieces(data: bytes, name: str) -> tuple[int, list[_Piece]]:
+def _elf_pieces(data: bytes, name: str) -> tuple[int, list[LoadSegment]]:
     entry, segments = load_segments(data, name)
     if not segments:
         raise LayoutError(f"{name}: the ELF file has no loadable (PT_LOAD) segment")
-    pieces = [_Piece(s.paddr, s.data, s.memsz, s.vaddr) for s in segments]
     # The entry point is a virtual address; GRUB translates it through the segment that holds
     # it. Kernels linked higher-half with a physical e_entry (xv6) are taken as they are.
-    for p in pieces:
+    for p in segments:
         if p.vaddr != p.paddr and p.vaddr <= entry < p.vaddr + p.memsz:
-            return entry - p.vaddr + p.paddr, pieces
-    return entry, pieces
+            return entry - p.vaddr + p.paddr, segments
+    return entry, segments
 
 
 def _check_placement(regions: list[Region], ram_size: int, name: str) -> None:
