@@ -4,8 +4,9 @@ a JSON record (--json) and a chart (--plot).
 
 Benchmarks: exits (exit cost by kind, and the OUT/CLI trap paths), nano (Adams & Agesen), cpu
 (CPU-bound overhead), micro (monolithic against micro), peers (QEMU, and Unicorn's loads against
-stores), scale (1..16 guests). Engines come from vmm.engines.ENGINES and hypervisors from whether
-hypervisors.micro imports, so new ones are measured as they land.
+stores), scale (1..16 guests), xv6 (to its first prompt, beside QEMU). Engines come from
+vmm.engines.ENGINES and hypervisors from whether hypervisors.micro imports, so new ones are
+measured as they land.
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from benchmarks import kinds, nano, overhead, partition, peers, scale
+from benchmarks import kinds, nano, overhead, partition, peers, scale, xv6
 from benchmarks.harness import engines, hypervisors
 from benchmarks.loops import Context
 
-BENCHMARKS = {module.NAME: module for module in (kinds, nano, overhead, partition, peers, scale)}
+BENCHMARKS = {module.NAME: module for module in (kinds, nano, overhead, partition, peers, scale, xv6)}
 REPS = {True: 1, False: 7}
 
 
