@@ -14,6 +14,7 @@ from unicorn import (UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALI
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
+from emu.divide_guard import DivideGuard
 from emu.hooks import CpuHandler, Hooks
 from emu.memory import GuestMemory
 from emu.qemu_state import NO_UNTIL, QemuState
@@ -87,6 +88,9 @@ class Cpu:
         self.on_hook_error = None  # called with the exception, inside the failing hook
         self._hooks = Hooks(self._uc, self._hook_failed, self._stop_after_access)
         self.reset_real_mode()
+        guard = DivideGuard(self._uch, self._hooks, self.gpr, lambda: self.code_bits, self.stop)
+        self._hooks.before_exception = guard.exception_taken
+        self.watch_translations(guard.scan)
 
     def reset_real_mode(self) -> None:
         """Power-on-like state: real mode, all registers zero, IDTR = IVT at 0 (limit 0x3FF)."""

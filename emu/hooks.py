@@ -11,7 +11,7 @@ import ctypes
 from typing import Callable, Protocol
 
 from unicorn import Uc, UcError
-from unicorn import (UC_HOOK_EDGE_GENERATED, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
+from unicorn import (UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
                      UC_MEM_WRITE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
                      UC_HOOK_MEM_WRITE_UNMAPPED, UC_HOOK_MEM_FETCH_UNMAPPED, UC_MEM_READ_UNMAPPED,
                      UC_MEM_WRITE_UNMAPPED, UC_MEM_FETCH_UNMAPPED)
@@ -29,6 +29,8 @@ _BOOL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_void_p)
 _MEM_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int,
                            ctypes.c_int64, ctypes.c_void_p)
 _EDGE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_void_p)
+_CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                             ctypes.c_void_p)
 _UNMAPPED_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                                 ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
@@ -77,6 +79,8 @@ class Hooks:
         self.handler: CpuHandler | None = None
         self._callbacks: list = []
         self._exits: dict[str, frozenset[int]] = {}
+        self._translation_callbacks: list[Callable[[int, int], None]] = []
+        self.before_exception: Callable[[], None] = lambda: None
         self._hook(UC_HOOK_INTR, _INTR_CB(self._intr_cb))
         self._hook(UC_HOOK_INSN, _IN_CB(self._in_cb), insn=X.UC_X86_INS_IN)
         self._hook(UC_HOOK_INSN, _OUT_CB(self._out_cb), insn=X.UC_X86_INS_OUT)
@@ -100,6 +104,7 @@ class Hooks:
     # ----- the handler's hooks ------------------------------------------------------------------
     def _intr_cb(self, _uc, intno, _ud):
         try:
+            self.before_exception()
             self._on_interrupt(intno)
         except BaseException as exc:  # noqa: BLE001
             self._failed(exc)
@@ -202,22 +207,41 @@ class Hooks:
     # ----- watches ------------------------------------------------------------------------------
     def watch_translations(self, callback, run_one_block: Callable[[], None]) -> None:
         """Call ``callback(linear, size)`` for every block Unicorn translates, before it first
-        runs (UC_HOOK_EDGE_GENERATED: at translation time, never per execution). Unicorn reports
-        a new block only once some block has run to its end (one ended by HLT or a fault does not
-        count): ``run_one_block`` makes that happen, then every translated block is flushed so
-        that every block passes through the callback."""
-        self._translation_callback = lambda linear, size: None
-        self._hook(UC_HOOK_EDGE_GENERATED, _EDGE_CB(self._edge_cb))
-        run_one_block()
+        runs (UC_HOOK_EDGE_GENERATED: at translation time, never per execution); several
+        watchers are called in the order they came. Unicorn reports a new block only once some
+        block has run to its end (one ended by HLT or a fault does not count): for the first
+        watcher ``run_one_block`` makes that happen. Every translated block is then flushed, so
+        that every block passes through the new watcher."""
+        if not self._translation_callbacks:
+            self._hook(UC_HOOK_EDGE_GENERATED, _EDGE_CB(self._edge_cb))
+            run_one_block()
+        self._translation_callbacks.append(callback)
         self._uc.ctl_flush_tb()
-        self._translation_callback = callback
 
     def _edge_cb(self, _uc, current, _previous, _ud):
         try:
             block = TranslationBlock.from_address(current)
-            self._translation_callback(block.pc & 0xFFFFFFFF, block.size)
+            linear = block.pc & 0xFFFFFFFF
+            for callback in self._translation_callbacks:
+                callback(linear, block.size)
         except BaseException as exc:  # noqa: BLE001
             self._failed(exc)
+
+    def code_hook(self, linear: int, callback: Callable[[int], None]) -> None:
+        """Call ``callback(linear)`` before each execution of the instruction at ``linear``
+        (UC_HOOK_CODE bounded to that address: QEMU emits the call into that instruction's
+        translation only, so nothing else slows down). Blocks translated before the hook was
+        added lack the call until they are translated again."""
+        def code_cb(_uc, address, _size, _ud):
+            try:
+                callback(address & 0xFFFFFFFF)
+            except BaseException as exc:  # noqa: BLE001
+                self._failed(exc)
+        self._hook(UC_HOOK_CODE, _CODE_CB(code_cb), linear, linear)
+
+    def invalidate(self, start: int, end: int) -> None:
+        """Drop the translated blocks holding code in linear [start, end)."""
+        self._uc.ctl_remove_cache(start, end)
 
     def watch_memory(self, start: int, end: int, callback, reads: bool, writes: bool) -> int:
         """Call ``callback(address, size, is_write)`` before guest loads and/or stores to

@@ -71,6 +71,11 @@ KNOWN: tuple[KnownDivergence, ...] = (
           "reads both as ring 0 and returns, where the machine raises #GP(selector); reading "
           "RPL 1 as ring 0 is what makes the common far CALL / RETF pair work under trap",
           op=r"push dword 0x(?:9|41)\npush dword \.t\nretf"),
+    known("trap-iret-guest-rpl1", "trap",
+          "IRETD at CPL 0 to a code selector with RPL 1 (a DPL-0 segment): the same reading as "
+          "trap-retf-guest-rpl1 (RPL 1 is guest ring 0 under trap), so trap returns where the "
+          "machine raises #GP(selector)",
+          op=r"push dword 0x[0-9a-f]+\npush dword 0x(?:9|41)\npush dword \.t\niretd"),
     known("trap-user-pushf", "trap",
           "PUSHF at guest ring 3 pushes the real IF (1) and IOPL (0): user code is neither "
           "trapped nor audited, so the virtual flags never show",
