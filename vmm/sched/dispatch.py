@@ -27,6 +27,9 @@ class VcpuClient:
     """A vCPU as a client. ``failed(exc)`` ends this VM alone when its VMM code raises."""
 
     def __init__(self, name: str, vcpu, failed: Callable[[BaseException], object]):
+        if vcpu.wall_clock:
+            raise ValueError("--wall-clock VMs cannot share the CPU: the scheduler divides "
+                             "virtual time, 1 ns per guest instruction")
         self.name = name
         self.vcpu = vcpu
         self.failed = failed
