@@ -7,7 +7,7 @@ killed from gdb, a device model that failed or a parent partition that died unde
 4 when the hypervisor itself failed. With several guests, the status of the first one that did
 not end with 0, in command-line order.
 
-Several guests share the one CPU under the proportional-share scheduler (vmm/sched) with
+Several guests share the one CPU under the proportional-share scheduler (vmm/cpusched) with
 VMware ESX's controls, given per guest in command-line order: --shares (relative weights),
 --reservation and --limit (MHz of the 1000 MHz CPU, whose virtual time is 1 ns per guest
 instruction).
@@ -31,9 +31,9 @@ from vmm.engines import ENGINES
 from vmm.engines.vmx_controls import EXIT_ON_NAMES
 from vmm.observers import ExitStats, JsonTrace
 from vmm.run_state import RunState
-from vmm.sched.policy import CAPACITY_MHZ, DEFAULT_SHARES, Controls
-from vmm.sched.report import share_report
-from vmm.sched.scheduler import ProportionalShare
+from vmm.cpusched.policy import CAPACITY_MHZ, DEFAULT_SHARES, Controls
+from vmm.cpusched.report import share_report
+from vmm.cpusched.scheduler import ProportionalShare
 from vmm.vm import DEFAULT_RAM
 
 EXIT_BAD_INPUT, EXIT_GUEST_FAILED, EXIT_VMM_ERROR = 2, 3, 4

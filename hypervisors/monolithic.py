@@ -7,7 +7,7 @@ runs the vCPU. (Under micro that page is left out: its MMIO could not reach the 
 
 Consolidation (``run_side_by_side``): several such VMs, each with its own CPU, board and
 devices, share the one physical CPU in this process on the grants of the proportional-share
-scheduler (vmm/sched), as ESX's VMkernel schedules its worlds.
+scheduler (vmm/cpusched), as ESX's VMkernel schedules its worlds.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from vmm.pc.board import PcBoard
 from vmm.pc.chipset import Chipset
 from vmm.pc.host_input import ScriptedInput, StreamInput
 from vmm.run_state import RunResult, RunState
-from vmm.sched.dispatch import VcpuClient, dispatch
-from vmm.sched.scheduler import ProportionalShare
+from vmm.cpusched.dispatch import VcpuClient, dispatch
+from vmm.cpusched.scheduler import ProportionalShare
 from vmm.vcpu import Vcpu
 from vmm.vm import DEFAULT_RAM, Vm
 

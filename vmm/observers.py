@@ -1,7 +1,7 @@
 """Observers around exit dispatch: per-reason statistics (in the spirit of `perf kvm stat report`),
 a JSON-lines exit trace, and a callback adapter for scripts. They watch exits; never handle them.
 
-When several VMs share the machine (vmm/sched), each VM's ``Vm.identity`` is its (id, name):
+When several VMs share the machine (vmm/cpusched), each VM's ``Vm.identity`` is its (id, name):
 the statistics then keep a table per VM beside the total, and every trace record names its VM.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The micro hypervisor (Hyper-V's "microkernelized" design): this process partitions CPU and
 memory, keeps one thread per child vCPU (as KVM's vCPU threads) that runs only while the
-proportional-share scheduler (vmm/sched) grants it the CPU, dispatches exits, handles
+proportional-share scheduler (vmm/cpusched) grants it the CPU, dispatches exits, handles
 hypercalls and delivers messages and events. Every device model runs in the parent (root)
 partition, a separate process it starts and supervises.
 
@@ -22,9 +22,9 @@ from hypervisors.micro.partition import ChildPartition
 from hypervisors.micro.wire import HEADER, Control, PartitionConfig, Record, pack
 from vmm.engines import make_engine
 from vmm.run_state import RunResult
-from vmm.sched.dispatch import ThreadedClient, VcpuClient, dispatch
-from vmm.sched.policy import Controls
-from vmm.sched.scheduler import ProportionalShare
+from vmm.cpusched.dispatch import ThreadedClient, VcpuClient, dispatch
+from vmm.cpusched.policy import Controls
+from vmm.cpusched.scheduler import ProportionalShare
 from vmm.vm import DEFAULT_RAM, Vm
 
 CONTROL_RECORD_MAX = 1 << 20
@@ -177,7 +177,7 @@ class MicroHypervisor:
 
     def run_all(self, guests: list[tuple[ChildPartition, GuestImage]],
                 scheduler: ProportionalShare | None = None) -> list[RunResult]:
-        """Run several children on the one CPU under the proportional-share scheduler (vmm/sched;
+        """Run several children on the one CPU under the proportional-share scheduler (vmm/cpusched;
         equal shares unless ``scheduler`` is given, whose accounts name the children in order).
         Each child keeps its vCPU thread, which runs only while the scheduler grants it the CPU;
         a failure in a child's thread ends that VM alone. Results in the given order."""

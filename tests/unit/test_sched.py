@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from vmm.sched.dispatch import ThreadedClient, dispatch
-from vmm.sched.policy import CAPACITY_MHZ, QUANTUM_NS, Controls, admit, entitlements
-from vmm.sched.scheduler import ProportionalShare, Slice
+from vmm.cpusched.dispatch import ThreadedClient, dispatch
+from vmm.cpusched.policy import CAPACITY_MHZ, QUANTUM_NS, Controls, admit, entitlements
+from vmm.cpusched.scheduler import ProportionalShare, Slice
 
 SECOND = 1_000_000_000
 

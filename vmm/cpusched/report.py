@@ -3,8 +3,8 @@ retired and the exits it took (from its vCPU), and its CPU share received agains
 its lifetime in the machine's virtual time (like esxtop's %USED beside the entitlement)."""
 from __future__ import annotations
 
-from vmm.sched.policy import CAPACITY_MHZ
-from vmm.sched.scheduler import ProportionalShare
+from vmm.cpusched.policy import CAPACITY_MHZ
+from vmm.cpusched.scheduler import ProportionalShare
 
 
 def share_rows(scheduler: ProportionalShare, vcpus: dict) -> list[dict]:

@@ -14,7 +14,7 @@ import math
 import threading
 from typing import Callable, Protocol
 
-from vmm.sched.scheduler import Grant, ProportionalShare, Slice
+from vmm.cpusched.scheduler import Grant, ProportionalShare, Slice
 
 
 class Client(Protocol):

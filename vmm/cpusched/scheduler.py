@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmm.sched.policy import (
+from vmm.cpusched.policy import (
     CAPACITY_MHZ,
     MIN_GRANT_NS,
     QUANTUM_NS,
