@@ -173,7 +173,7 @@ class ProportionalShare:
             others = [a.pass_ for a in self.demanding()]
             if others:
                 account.pass_ = max(account.pass_, min(others) - WAKE_CREDIT)
-            account.wake_at, account.woke_at = None, self.now
+            account.wake_at, account.woke_at = None, account.wake_at   # latency from the due time
             account.wakeups += 1
 
     # ----- what each VM got ----------------------------------------------------------------------
