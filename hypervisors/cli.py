@@ -25,15 +25,15 @@ from hypervisors.images import AsmError, GuestImage, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
 from hypervisors.monolithic import MonolithicHypervisor, run_side_by_side
 from hypervisors.registry import HYPERVISORS
+from vmm.cpusched.policy import CAPACITY_MHZ, DEFAULT_SHARES, Controls
+from vmm.cpusched.report import share_report
+from vmm.cpusched.scheduler import ProportionalShare
 from vmm.devices.crtc import COLUMNS, TEXT_BUFFER, TEXT_BYTES, render_text
 from vmm.devices.faults import inject_fault
 from vmm.engines import ENGINES
 from vmm.engines.vmx_controls import EXIT_ON_NAMES
 from vmm.observers import ExitStats, JsonTrace
 from vmm.run_state import RunState
-from vmm.cpusched.policy import CAPACITY_MHZ, DEFAULT_SHARES, Controls
-from vmm.cpusched.report import share_report
-from vmm.cpusched.scheduler import ProportionalShare
 from vmm.vm import DEFAULT_RAM
 
 EXIT_BAD_INPUT, EXIT_GUEST_FAILED, EXIT_VMM_ERROR = 2, 3, 4

@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Callable
 
 from hypervisors.images import GuestImage, hand_over
+from vmm.cpusched.dispatch import VcpuClient, dispatch
+from vmm.cpusched.scheduler import ProportionalShare
 from vmm.devices.pc_testdev import IOMEM_BASE, IOMEM_LEN, TestdevIomem
 from vmm.engines import make_engine
 from vmm.exits import EXIT_HANDLERS
@@ -21,8 +23,6 @@ from vmm.pc.board import PcBoard
 from vmm.pc.chipset import Chipset
 from vmm.pc.host_input import ScriptedInput, StreamInput
 from vmm.run_state import RunResult, RunState
-from vmm.cpusched.dispatch import VcpuClient, dispatch
-from vmm.cpusched.scheduler import ProportionalShare
 from vmm.vcpu import Vcpu
 from vmm.vm import DEFAULT_RAM, Vm
 

@@ -20,11 +20,11 @@ from typing import Callable
 from hypervisors.images import GuestImage
 from hypervisors.micro.partition import ChildPartition
 from hypervisors.micro.wire import HEADER, Control, PartitionConfig, Record, pack
-from vmm.engines import make_engine
-from vmm.run_state import RunResult
 from vmm.cpusched.dispatch import ThreadedClient, VcpuClient, dispatch
 from vmm.cpusched.policy import Controls
 from vmm.cpusched.scheduler import ProportionalShare
+from vmm.engines import make_engine
+from vmm.run_state import RunResult
 from vmm.vm import DEFAULT_RAM, Vm
 
 CONTROL_RECORD_MAX = 1 << 20

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import EXPECTED, trapvisor
+
 from hypervisors.images import resolve
 from hypervisors.micro.hypervisor import MicroHypervisor
 from hypervisors.monolithic import MonolithicHypervisor, run_side_by_side
