@@ -76,13 +76,13 @@ def endpoint(text: str) -> tuple[str, int]:
 
 
 def per_guest(kind, what: str):
-    """A comma-separated list, one value per guest in command-line order ('-' or nothing: the
-    default for that guest; a single value applies to every guest)."""
+    """A comma-separated list, one value per guest in command-line order (an empty item or
+    'none': the default for that guest; a single value applies to every guest)."""
     def convert(text: str) -> list:
         values = []
         for item in text.split(","):
             item = item.strip()
-            if item in ("", "-"):
+            if item in ("", "none"):
                 values.append(None)
                 continue
             try:
@@ -104,7 +104,7 @@ SCHED_HELP = {
                    f"{CAPACITY_MHZ:g} MHz CPU (1 MHz = a million guest instructions per virtual "
                    f"second); the reservations must fit in the CPU",
     "limit": "per guest: at most this much CPU in MHz even when the CPU is otherwise idle "
-             "('-': no limit)",
+             "(an empty item or 'none': no limit, e.g. ,300)",
 }
 
 EXIT_ON_HELP = ("with --engine vtx: extra VM exits to turn on, comma-separated, from "
