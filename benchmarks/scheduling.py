@@ -99,11 +99,12 @@ def fairness(ctx: Context, section: Section) -> None:
                 vm=name, shares=account.controls.shares, instructions=vcpu.instructions,
                 received_share=received, entitled_share=entitled, virtual_seconds=virtual / 1e9,
                 goal=list(GOAL), within_goal=GOAL[0] <= ratio <= GOAL[1]))
-            section.lines.append(f"    {name:<8} shares {account.controls.shares:>5}: received "
-                                 f"{100 * received:6.2f}% of the CPU, entitled {100 * entitled:6.2f}%"
-                                 f", ratio {ratio:.4f} (goal {GOAL[0]}-{GOAL[1]})")
-        section.lines.append(f"    {scheduler.switches} VM switches; {virtual / 1e9:g} s of virtual "
-                             f"time took {seconds:.1f} s of wall time here")
+            section.lines.append(
+                f"    {name:<8} shares {account.controls.shares:>5}: received "
+                f"{100 * received:6.2f}% of the CPU, entitled {100 * entitled:6.2f}%, ratio "
+                f"{ratio:.4f} (goal {GOAL[0]}-{GOAL[1]})")
+        section.lines.append(f"    {scheduler.switches} VM switches; {virtual / 1e9:g} s of "
+                             f"virtual time took {seconds:.1f} s of wall time here")
     finally:
         spinners.close()
 

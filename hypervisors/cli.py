@@ -97,9 +97,9 @@ def per_guest(kind, what: str):
 
 
 SCHED_HELP = {
-    "shares": f"per guest, comma-separated in command-line order: relative CPU weights (default "
-              f"{DEFAULT_SHARES}, ESX's 'normal'); 1000,2000,4000 gives the CPU 1:2:4 while all three "
-              f"want it",
+    "shares": f"per guest, comma-separated in command-line order: relative CPU weights "
+              f"(default {DEFAULT_SHARES}, ESX's 'normal'); 1000,2000,4000 gives the CPU 1:2:4 "
+              f"while all three want it",
     "reservation": f"per guest: CPU guaranteed while it wants it, in MHz of the "
                    f"{CAPACITY_MHZ:g} MHz CPU (1 MHz = a million guest instructions per virtual "
                    f"second); the reservations must fit in the CPU",

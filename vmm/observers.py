@@ -43,7 +43,8 @@ class ExitStats:
     def report(self) -> str:
         """The table for all VMs, then one per VM when several ran."""
         tables = [self._table("all VMs")]
-        tables += [self.per_vm[key]._table(f"VM {key[0]} ({key[1]})") for key in sorted(self.per_vm)]
+        tables += [self.per_vm[key]._table(f"VM {key[0]} ({key[1]})")
+                   for key in sorted(self.per_vm)]
         translated = self.engine.translation_report() if self.engine is not None else ""
         return "\n\n".join(tables + ([translated] if translated else []))
 

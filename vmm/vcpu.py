@@ -62,7 +62,7 @@ class Vcpu:
         self.uncounted = False      # some slice ran uncounted: `instructions` is not all of it
         self.failed_at: tuple[int, str] | None = None  # where a failure ended the run
         self.run_seconds = 0.0
-        self.quantum_end: int | None = None    # vmm/cpusched's grant: run up to this instruction count
+        self.quantum_end: int | None = None    # vmm/cpusched's grant: run to this many instructions
         self.sleep_until: int | None = None    # scheduled and halted: the virtual time it waits for
         vm.cpu.on_hook_error = self.fail
         engine.attach(self)
@@ -121,8 +121,8 @@ class Vcpu:
         return self.result()
 
     def run_quantum(self, instructions: int) -> int | None:
-        """The scheduler's grant (vmm/cpusched): run at most ``instructions`` more, all counted, then
-        yield. A halted CPU does not skip its time here: it returns how many ns of virtual time
+        """The scheduler's grant (vmm/cpusched): run at most ``instructions`` more, all counted,
+        then yield. A halted CPU does not skip its time here: it returns how many ns of virtual time
         it sleeps until its next timer event (None if it did not go to sleep), and its time
         jumps there when it is next granted the CPU. --timeout is checked between grants."""
         if self.sleep_until is not None:
