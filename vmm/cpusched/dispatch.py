@@ -64,8 +64,11 @@ class ThreadedClient:
             self._go.acquire()
             if self._quantum is None:
                 return
-            self._slice = self.client.run_quantum(self._quantum)
-            self._done.release()
+            self._slice = Slice(0, None, True)   # what the dispatcher sees if the grant raises
+            try:
+                self._slice = self.client.run_quantum(self._quantum)
+            finally:
+                self._done.release()
 
     def run_quantum(self, quantum: int) -> Slice:
         self._quantum = quantum
