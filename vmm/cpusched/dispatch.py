@@ -82,7 +82,7 @@ class ThreadedClient:
         self.thread.join()
 
 
-def dispatch(clients: list, scheduler: ProportionalShare, until: int | None = None) -> None:
+def dispatch(clients: list[Client], scheduler: ProportionalShare, until: int | None = None) -> None:
     """Run the clients on one CPU on the scheduler's grants until every VM has ended, or until
     the machine's virtual time reaches ``until`` ns (the VMs then stay where they are)."""
     by_name = {client.name: client for client in clients}
