@@ -2,8 +2,9 @@
 
 Two placements. Monolithic: N independent VMs in one process, all built and booted first (RSS
 measured with all of them alive), then run one after another on one thread. Micro: N child
-partitions of one micro hypervisor running at once (MicroHypervisor.run_all, one vCPU thread
-each; the exit path is Python, so threads share the GIL), their devices in one parent process;
+partitions of one micro hypervisor sharing the CPU (MicroHypervisor.run_all: one vCPU thread
+each, run one at a time on the proportional-share scheduler's grants), their devices in one
+parent process;
 memory counts the hypervisor's and the parent's RSS growth. Guest: exits32 with OUT 0x80, a mix
 of guest code and I/O exits (forwarded to the parent under micro). Memory per VM = growth / N.
 """
@@ -94,7 +95,8 @@ def run(ctx: Context) -> Section:
 
 def scale_row(ctx, section, guest, engine, hypervisor, runner, passes) -> None:
     single = None
-    mode = "sequential, one process" if hypervisor == "monolithic" else "concurrent children"
+    mode = ("sequential, one process" if hypervisor == "monolithic"
+            else "children on the scheduler's grants")
     for count in COUNTS:
         ctx.progress(f"{engine}/{hypervisor}: {count} VMs")
         seconds, grown = runner(guest, engine, count, passes)

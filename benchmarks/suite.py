@@ -19,11 +19,12 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from benchmarks import kinds, nano, overhead, partition, peers, scale, xv6
+from benchmarks import kinds, nano, overhead, partition, peers, scale, scheduling, xv6
 from benchmarks.harness import engines, hypervisors
 from benchmarks.loops import Context
 
-BENCHMARKS = {module.NAME: module for module in (kinds, nano, overhead, partition, peers, scale, xv6)}
+BENCHMARKS = {module.NAME: module for module in (kinds, nano, overhead, partition, peers, scale,
+                                                 scheduling, xv6)}
 REPS = {True: 1, False: 7}
 
 

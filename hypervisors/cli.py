@@ -4,8 +4,13 @@ Exit status: the guest's own status when it ends through the debug-exit port (QE
 (v << 1) | 1 with --qemu-exit-codes); 2 for bad input (unknown guest, assembly error, bad flag);
 3 when the guest ends any other way (triple fault, fault, halt forever, timeout, --max-exits,
 killed from gdb, a device model that failed or a parent partition that died under micro);
-4 when the hypervisor itself failed. With several guests (micro), the status of the first one
-that did not end with 0, in command-line order.
+4 when the hypervisor itself failed. With several guests, the status of the first one that did
+not end with 0, in command-line order.
+
+Several guests share the one CPU under the proportional-share scheduler (vmm/cpusched) with
+VMware ESX's controls, given per guest in command-line order: --shares (relative weights),
+--reservation and --limit (MHz of the 1000 MHz CPU, whose virtual time is 1 ns per guest
+instruction).
 """
 from __future__ import annotations
 
@@ -18,7 +23,11 @@ import guests
 from hypervisors.elf_image import elf_executable
 from hypervisors.images import AsmError, GuestImage, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
+from hypervisors.monolithic import MonolithicHypervisor, run_side_by_side
 from hypervisors.registry import HYPERVISORS
+from vmm.cpusched.policy import CAPACITY_MHZ, DEFAULT_SHARES, Controls
+from vmm.cpusched.report import share_report
+from vmm.cpusched.scheduler import ProportionalShare
 from vmm.devices.crtc import COLUMNS, TEXT_BUFFER, TEXT_BYTES, render_text
 from vmm.devices.faults import inject_fault
 from vmm.engines import ENGINES
@@ -66,6 +75,38 @@ def endpoint(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def per_guest(kind, what: str):
+    """A comma-separated list, one value per guest in command-line order (an empty item or
+    'none': the default for that guest; a single value applies to every guest)."""
+    def convert(text: str) -> list:
+        values = []
+        for item in text.split(","):
+            item = item.strip()
+            if item in ("", "none"):
+                values.append(None)
+                continue
+            try:
+                value = kind(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not {what}: {item!r}")
+            if not math.isfinite(value) or value < 0:
+                raise argparse.ArgumentTypeError(f"{what} must be a finite number >= 0: {item!r}")
+            values.append(value)
+        return values
+    return convert
+
+
+SCHED_HELP = {
+    "shares": f"per guest, comma-separated in command-line order: relative CPU weights "
+              f"(default {DEFAULT_SHARES}, ESX's 'normal'); 1000,2000,4000 gives the CPU 1:2:4 "
+              f"while all three want it",
+    "reservation": f"per guest: CPU guaranteed while it wants it, in MHz of the "
+                   f"{CAPACITY_MHZ:g} MHz CPU (1 MHz = a million guest instructions per virtual "
+                   f"second); the reservations must fit in the CPU",
+    "limit": "per guest: at most this much CPU in MHz even when the CPU is otherwise idle "
+             "(an empty item or 'none': no limit, e.g. ,300)",
+}
+
 EXIT_ON_HELP = ("with --engine vtx: extra VM exits to turn on, comma-separated, from "
                 + ", ".join(EXIT_ON_NAMES))
 
@@ -75,12 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="boot a guest and print its serial output")
     run.add_argument("guest", nargs="*", help="a shipped guest's name, an .asm file, a flat "
-                     "binary or a Multiboot ELF kernel; several run side by side under "
-                     "--hypervisor micro; none: boot the first --drive like a PC BIOS")
+                     "binary or a Multiboot ELF kernel; several share the CPU under the "
+                     "proportional-share scheduler; none: boot the first --drive like a PC BIOS")
+    run.add_argument("--shares", metavar="N,...", type=per_guest(int, "a share count"),
+                     help=SCHED_HELP["shares"])
+    run.add_argument("--reservation", metavar="MHZ,...", type=per_guest(float, "a rate in MHz"),
+                     help=SCHED_HELP["reservation"])
+    run.add_argument("--limit", metavar="MHZ,...", type=per_guest(float, "a rate in MHz"),
+                     help=SCHED_HELP["limit"])
     run.add_argument("--hypervisor", choices=sorted(HYPERVISORS), default="monolithic")
     run.add_argument("--engine", choices=sorted(ENGINES), default="trap")
     run.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
-    run.add_argument("--stats", action="store_true", help="print per-exit-reason statistics")
+    run.add_argument("--stats", action="store_true", help="print per-exit-reason statistics (per "
+                     "VM beside the total with several guests, and the CPU each VM received "
+                     "against its entitlement)")
     run.add_argument("--trace", metavar="FILE", help="write one JSON line per exit to FILE")
     run.add_argument("--timeout", metavar="S", type=positive(float),
                      help="wall-clock limit in seconds, a finite number > 0 (default: none)")
@@ -218,9 +267,31 @@ def load_image(args, spec: str | None):
         return None
 
 
+def make_scheduler(args, images) -> ProportionalShare | None:
+    """The CPU scheduler for several guests, or for one given --shares/--reservation/--limit;
+    None for one guest alone. ValueError says which control is wrong."""
+    lists = {"shares": args.shares, "reservation": args.reservation, "limit": args.limit}
+    if len(images) == 1 and not any(lists.values()):
+        return None
+    if args.gdb or args.stdin or args.vga or args.wall_clock:
+        raise ValueError("--gdb, --stdin, --vga and --wall-clock run one guest alone on the CPU "
+                         "(not with several guests, --shares, --reservation or --limit)")
+    for flag, values in lists.items():
+        if values and len(values) not in (1, len(images)):
+            raise ValueError(f"--{flag} has {len(values)} values for {len(images)} guests "
+                             f"(give one per guest, or one for all)")
+    pick = lambda values, n: None if not values else values[0 if len(values) == 1 else n]
+    controls = {}
+    for n, image in enumerate(images):
+        shares, reservation = pick(args.shares, n), pick(args.reservation, n)
+        controls[f"{n + 1}:{image.name}"] = Controls(
+            DEFAULT_SHARES if shares is None else shares, reservation or 0.0, pick(args.limit, n))
+    return ProportionalShare(controls)
+
+
 def run_guest(args) -> int:
-    if args.hypervisor == "monolithic" and (len(args.guest) > 1 or args.disk):
-        print("trapvisor: several guests and --disk need --hypervisor micro", file=sys.stderr)
+    if args.hypervisor == "monolithic" and args.disk:
+        print("trapvisor: --disk needs --hypervisor micro", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.drive and len(args.guest) > 1:
         print("trapvisor: --drive attaches disks to one VM; name at most one guest",
@@ -230,6 +301,11 @@ def run_guest(args) -> int:
     if None in images:
         return EXIT_BAD_INPUT
     image = images[0]
+    try:
+        scheduler = make_scheduler(args, images)
+    except ValueError as exc:
+        print(f"trapvisor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     stats = ExitStats() if args.stats else None
     try:
         trace = open(args.trace, "w") if args.trace else None
@@ -239,8 +315,11 @@ def run_guest(args) -> int:
     observers = [o for o in (stats, trace and JsonTrace(trace)) if o]
     try:
         build = hypervisor_factory(args, observers)
+        shares = ""
         if args.hypervisor == "micro":
-            results = run_micro(args, images, observers)
+            results, shares = run_micro(args, images, observers, scheduler)
+        elif scheduler is not None:
+            results, shares = run_monolithic(args, images, observers, scheduler)
         elif args.gdb:
             from vmm.debug.gdb import stub as gdbstub  # the stub's modules load only for --gdb
             result = gdbstub.serve(build, image, *args.gdb)
@@ -258,8 +337,10 @@ def run_guest(args) -> int:
             trace.close()
     if stats:
         print(stats.report(), file=sys.stderr)
-    if args.hypervisor == "micro":
-        return micro_status(args, results)
+        if shares:
+            print(f"\n{shares}", file=sys.stderr)
+    if args.hypervisor == "micro" or scheduler is not None:
+        return several_status(args, results)
     if result is None:
         print("trapvisor: gdb killed the guest", file=sys.stderr)
         return EXIT_GUEST_FAILED
@@ -277,9 +358,35 @@ def show_text_screen(buffer: bytes) -> None:
     print("\n".join([rule, *(f"|{line:<{COLUMNS}}|" for line in lines), rule]), file=sys.stderr)
 
 
-def run_micro(args, images, observers) -> tuple[list, str | None]:
-    """Every guest in its own child partition, side by side; with several, each output line is
-    prefixed with '[N:name] '. Returns the results and the parent partition's failure report."""
+def guest_sink(images, n: int, image):
+    """With several guests, each output line is prefixed with '[N:name] '."""
+    return prefixed_sink(f"[{n}:{image.name}] ", write_stdout) if len(images) > 1 else write_stdout
+
+
+def run_monolithic(args, images, observers, scheduler) -> tuple[tuple[list, None], str]:
+    """Every guest in its own VM in this process, sharing the CPU on the scheduler's grants.
+    Returns the results (and no parent report) and, with --stats, the CPU share report."""
+    machines = []
+    try:
+        for n, image in enumerate(images, 1):
+            hypervisor = MonolithicHypervisor(
+                **hypervisor_options(args), sink=guest_sink(images, n, image),
+                observers=observers, timeout=args.timeout, max_exits=args.max_exits)
+            machines.append((hypervisor, image))
+            if args.inject_device_fault:
+                inject_fault(hypervisor.vm.pio, args.inject_device_fault)
+        results = run_side_by_side(machines, scheduler)
+        vcpus = dict(zip(scheduler.accounts, (h.vcpu for h, _ in machines)))
+        return (results, None), share_report(scheduler, vcpus) if args.stats else ""
+    finally:
+        for hypervisor, _ in machines:
+            hypervisor.close()
+
+
+def run_micro(args, images, observers, scheduler) -> tuple[tuple[list, str | None], str]:
+    """Every guest in its own child partition, sharing the CPU; with several, each output line
+    is prefixed with '[N:name] '. Returns the results and the parent partition's failure report,
+    and with --stats and a scheduler the CPU share report."""
     if args.gdb or args.stdin or args.vga:
         raise ValueError("--gdb, --stdin and --vga are not supported under --hypervisor micro")
     hypervisor = MicroHypervisor(**hypervisor_options(args), sink=write_stdout,
@@ -287,15 +394,19 @@ def run_micro(args, images, observers) -> tuple[list, str | None]:
                                  max_exits=args.max_exits, wall_clock=args.wall_clock,
                                  disk=args.disk, inject_fault=args.inject_device_fault)
     try:
-        guests_ = [(hypervisor.create_partition(
-            image.name, prefixed_sink(f"[{n}:{image.name}] ", write_stdout)
-            if len(images) > 1 else None), image) for n, image in enumerate(images, 1)]
-        return hypervisor.run_all(guests_), hypervisor.parent_report()
+        guests_ = [(hypervisor.create_partition(image.name, guest_sink(images, n, image)), image)
+                   for n, image in enumerate(images, 1)]
+        results = hypervisor.run_all(guests_, scheduler)
+        shares = ""
+        if scheduler is not None and args.stats:
+            vcpus = dict(zip(scheduler.accounts, (p.vcpu for p, _ in guests_)))
+            shares = share_report(scheduler, vcpus)
+        return (results, hypervisor.parent_report()), shares
     finally:
         hypervisor.close()
 
 
-def micro_status(args, outcome) -> int:
+def several_status(args, outcome) -> int:
     """The first failing VM's exit status (in command-line order), else 0."""
     results, parent_report = outcome
     statuses = []

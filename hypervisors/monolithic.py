@@ -4,19 +4,25 @@ called directly from the I/O exit handler in the same process.
 It puts the PC board's port devices (vmm/pc/board.py) on the VM's own port bus and the chipset's
 APICs (vmm/pc/chipset.py) and pc-testdev's scratch page on its MMIO bus, picks the engine and
 runs the vCPU. (Under micro that page is left out: its MMIO could not reach the parent.)
+
+Consolidation (``run_side_by_side``): several such VMs, each with its own CPU, board and
+devices, share the one physical CPU in this process on the grants of the proportional-share
+scheduler (vmm/cpusched), as ESX's VMkernel schedules its worlds.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from hypervisors.images import GuestImage, hand_over
+from vmm.cpusched.dispatch import VcpuClient, dispatch
+from vmm.cpusched.scheduler import ProportionalShare
 from vmm.devices.pc_testdev import IOMEM_BASE, IOMEM_LEN, TestdevIomem
 from vmm.engines import make_engine
 from vmm.exits import EXIT_HANDLERS
 from vmm.pc.board import PcBoard
 from vmm.pc.chipset import Chipset
 from vmm.pc.host_input import ScriptedInput, StreamInput
-from vmm.run_state import RunResult
+from vmm.run_state import RunResult, RunState
 from vmm.vcpu import Vcpu
 from vmm.vm import DEFAULT_RAM, Vm
 
@@ -70,6 +76,26 @@ class MonolithicHypervisor:
         self.boot(image)
         return self.vcpu.run()
 
+    def client(self, name: str) -> VcpuClient:
+        """This VM's vCPU as a scheduler client; a failure of its VMM code ends this VM alone."""
+        return VcpuClient(name, self.vcpu, self._failed)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.vcpu.finish(RunState.VMM_ERROR, f"{type(exc).__name__}: {exc}")
+
     def close(self) -> None:
         self.board.close()
         self.vm.close()
+
+
+def run_side_by_side(machines: list[tuple[MonolithicHypervisor, GuestImage]],
+                     scheduler: ProportionalShare) -> list[RunResult]:
+    """Boot every VM, then run them all to their end on one CPU, one at a time, on the
+    scheduler's grants (its accounts name the VMs in the same order); results in that order."""
+    for number, (hypervisor, image) in enumerate(machines, 1):
+        if len(machines) > 1:
+            hypervisor.vm.identity = (number, image.name)
+        hypervisor.boot(image)
+    dispatch([hypervisor.client(name) for (hypervisor, _), name
+              in zip(machines, scheduler.accounts)], scheduler)
+    return [hypervisor.vcpu.result() for hypervisor, _ in machines]

@@ -62,6 +62,8 @@ class Vcpu:
         self.uncounted = False      # some slice ran uncounted: `instructions` is not all of it
         self.failed_at: tuple[int, str] | None = None  # where a failure ended the run
         self.run_seconds = 0.0
+        self.quantum_end: int | None = None    # vmm/cpusched's grant: run to this many instructions
+        self.sleep_until: int | None = None    # scheduled and halted: the virtual time it waits for
         vm.cpu.on_hook_error = self.fail
         engine.attach(self)
 
@@ -118,6 +120,27 @@ class Vcpu:
         self.resume()
         return self.result()
 
+    def run_quantum(self, instructions: int) -> int | None:
+        """The scheduler's grant (vmm/cpusched): run at most ``instructions`` more, all counted,
+        then yield. A halted CPU does not skip its time here: it returns how many ns of virtual time
+        it sleeps until its next timer event (None if it did not go to sleep), and its time
+        jumps there when it is next granted the CPU. --timeout is checked between grants."""
+        if self.sleep_until is not None:
+            self.vm.clock.skip_to(self.sleep_until)
+            self.sleep_until = None
+            self.vm.poll_input()
+            self.vm.update_timers()
+        if self.timeout and self.run_seconds >= self.timeout:
+            self.finish(RunState.TIMEOUT, f"--timeout {self.timeout:g} s expired")
+        self.quantum_end = self.instructions + instructions
+        try:
+            self.resume()
+        finally:
+            self.quantum_end = None
+        if self.sleep_until is None or self.stopping:
+            return None
+        return max(0, self.sleep_until - self.vm.clock.now_ns())
+
     def resume(self) -> None:
         """Run until the guest ends or something requests a pause (a debugger's stop).
 
@@ -127,7 +150,8 @@ class Vcpu:
         watchdog = self._watchdog()
         control = self.control
         try:
-            while self.state is RunState.RUNNING and not control.pause_requested:
+            while (self.state is RunState.RUNNING and not control.pause_requested
+                   and self._granted()):
                 self._service_interrupts()
                 if self.state is not RunState.RUNNING:
                     break
@@ -141,11 +165,16 @@ class Vcpu:
             control.pause_requested = False
             self.run_seconds += time.perf_counter() - started
 
+    def _granted(self) -> bool:
+        """Unscheduled: always. Scheduled: while the grant lasts and the CPU is not asleep."""
+        end = self.quantum_end
+        return end is None or (self.instructions < end and self.sleep_until is None)
+
     def _watchdog(self) -> threading.Timer | None:
         """--timeout: a timer thread ends the run. Unicorn may stop the CPU inside an
         instruction when asked from another thread (and would execute it again on resume), so
         this is the only stop that comes from outside, and it ends the run for good."""
-        if not self.timeout:
+        if not self.timeout or self.quantum_end is not None:
             return None
         expire = lambda: self.finish(RunState.TIMEOUT, f"--timeout {self.timeout:g} s expired")
         watchdog = threading.Timer(max(self.timeout - self.run_seconds, 0), expire)
@@ -203,6 +232,10 @@ class Vcpu:
         self.engine.hold_interrupt(self.vm.irq_chip.has_interrupt())
         if self.wall_clock:
             return WALL_SLICE
+        if self.quantum_end is not None:   # scheduled: counted, and never past the grant
+            limit = min(MAX_SLICE, self.quantum_end - self.instructions)
+            deadline = self.vm.next_deadline_ns()
+            return limit if deadline is None else min(limit, self.vm.clock.budget_until(deadline))
         precise = self.control.precise
         if self.vm.quiescent() and not precise and not self.cpu.mmio_retry:
             return 0  # nothing can interrupt or observe time: uncounted, full speed
@@ -239,6 +272,9 @@ class Vcpu:
         deadline = self.vm.next_deadline_ns()
         if deadline is None and not self.vm.input_pending():
             self.finish(RunState.HALTED, "HLT with no timer armed and no input: the CPU sleeps forever")
+            return
+        if self.quantum_end is not None and deadline is not None and not self.wall_clock:
+            self.sleep_until = deadline   # the scheduler runs others; run_quantum skips to it
             return
         if self.wall_clock or deadline is None:
             self.vm.wait_until(deadline)  # real time passes: for the next tick or for input

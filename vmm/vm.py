@@ -44,6 +44,7 @@ class Vm:
         self.msrs: dict[int, tuple[Callable[[], int], Callable[[int], None]]] = {}
         self.timers: list[Timer] = []
         self.input_sources: list = []
+        self.identity: tuple[int, str] | None = None  # (id, name) when several VMs share the CPU
 
     def read_msr(self, index: int) -> int:
         """RDMSR as the platform answers it: a device's MSR, else the CPU's own."""

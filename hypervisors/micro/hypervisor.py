@@ -1,5 +1,6 @@
 """The micro hypervisor (Hyper-V's "microkernelized" design): this process partitions CPU and
-memory, schedules one thread per child vCPU (as KVM's vCPU threads), dispatches exits, handles
+memory, keeps one thread per child vCPU (as KVM's vCPU threads) that runs only while the
+proportional-share scheduler (vmm/cpusched) grants it the CPU, dispatches exits, handles
 hypercalls and delivers messages and events. Every device model runs in the parent (root)
 partition, a separate process it starts and supervises.
 
@@ -19,6 +20,9 @@ from typing import Callable
 from hypervisors.images import GuestImage
 from hypervisors.micro.partition import ChildPartition
 from hypervisors.micro.wire import HEADER, Control, PartitionConfig, Record, pack
+from vmm.cpusched.dispatch import ThreadedClient, VcpuClient, dispatch
+from vmm.cpusched.policy import Controls
+from vmm.cpusched.scheduler import ProportionalShare
 from vmm.engines import make_engine
 from vmm.run_state import RunResult
 from vmm.vm import DEFAULT_RAM, Vm
@@ -171,22 +175,34 @@ class MicroHypervisor:
         """Run one guest in a new child partition."""
         return self.create_partition().run(image)
 
-    def run_all(self, guests: list[tuple[ChildPartition, GuestImage]]) -> list[RunResult]:
-        """Run several children at once, one vCPU thread each; results in the given order."""
-        results: list[RunResult | None] = [None] * len(guests)
-
-        def run(index: int, partition: ChildPartition, image: GuestImage) -> None:
+    def run_all(self, guests: list[tuple[ChildPartition, GuestImage]],
+                scheduler: ProportionalShare | None = None) -> list[RunResult]:
+        """Run several children on the one CPU under the proportional-share scheduler (vmm/cpusched;
+        equal shares unless ``scheduler`` is given, whose accounts name the children in order).
+        Each child keeps its vCPU thread, which runs only while the scheduler grants it the CPU;
+        a failure in a child's thread ends that VM alone. Results in the given order."""
+        if scheduler is None and len(guests) == 1:
+            return [guests[0][0].run(guests[0][1])]    # alone on the CPU: nothing to schedule
+        if scheduler is None:
+            scheduler = ProportionalShare({f"{p.partition_id}:{p.name}": Controls()
+                                           for p, _ in guests})
+        failures: dict[int, RunResult] = {}
+        clients = []
+        for index, ((partition, image), name) in enumerate(zip(guests, scheduler.accounts)):
+            failed = lambda exc, i=index, p=partition: failures.setdefault(i, p.failed(exc))
+            if len(guests) > 1:
+                partition.vm.identity = (partition.partition_id, partition.name)
             try:
-                results[index] = partition.run(image)
-            except BaseException as exc:  # noqa: BLE001 - the thread ends its own VM only
-                results[index] = partition.failed(exc)
-        threads = [threading.Thread(target=run, args=(i, p, image), name=p.name)
-                   for i, (p, image) in enumerate(guests)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return results
+                partition.boot(image)
+            except Exception as exc:  # noqa: BLE001 - this VM cannot start; the others run
+                failed(exc)
+            clients.append(ThreadedClient(VcpuClient(name, partition.vcpu, failed)))
+        try:
+            dispatch(clients, scheduler)
+        finally:
+            for client in clients:
+                client.close()
+        return [failures.get(i) or p.vcpu.result() for i, (p, _) in enumerate(guests)]
 
     def parent_report(self) -> str | None:
         """If the parent partition died: which VMs lost their devices, and what to do."""
