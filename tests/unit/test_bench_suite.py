@@ -1,0 +1,62 @@
+"""The bench runner's bookkeeping, with nothing timed: the registration list, the indicative
+label of short runs, bad options, and a chart drawn from fake records (spread whiskers, null
+figures named, the indicative label in the title)."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import suite
+from benchmarks.loops import Context
+from benchmarks.records import MIN_REPS, cost, missing, with_spread
+
+
+def context(quick: bool, reps: int) -> Context:
+    return Context(quick, reps, ["native"], {}, lambda text: None)
+
+
+def test_every_registered_module_is_a_benchmark():
+    assert len(suite.BENCHMARKS) == len(suite.MODULES)
+    for name, module in suite.BENCHMARKS.items():
+        assert module.NAME == name and module.TITLE and callable(module.run)
+
+
+@pytest.mark.parametrize("quick, reps, label", [
+    (True, 1, "INDICATIVE ONLY (--quick)"),
+    (True, 7, "INDICATIVE ONLY (--quick)"),
+    (False, MIN_REPS - 1, "INDICATIVE ONLY: 2 repetition(s)"),
+    (False, MIN_REPS, None),
+])
+def test_short_runs_are_labelled_indicative(quick, reps, label):
+    found = suite.indicative(context(quick, reps))
+    assert (found is None) if label is None else found.startswith(label)
+
+
+def test_the_header_leads_with_the_label():
+    info = {"python": "3", "unicorn": "2", "cpus": 2, "cpu": "x", "loadavg_start": 0.0,
+            "loadavg_end": 0.0, "seconds": 1.0}
+    assert suite.header(info, context(True, 1))[0].startswith("*** INDICATIVE ONLY")
+    assert not suite.header(info, context(False, 7))[0].startswith("***")
+
+
+@pytest.mark.parametrize("argv", [["--reps", "0"], ["--reps", "many"], ["--only", "nope"]])
+def test_bad_options_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        suite.build_parser().parse_args(argv)
+    assert stop.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_the_chart_shows_spread_and_the_label(tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks import plot
+    records = [with_spread("cpu", engine, "monolithic", "minsn_per_second", samples, "Minsn/s")
+               for engine, samples in (("native", [90.0, 100.0, 120.0]), ("trap", [40.0]))]
+    records.append(cost("exits", "trap", "monolithic", "cpuid_us_per_iteration", [1.0], [2.0],
+                        per=1, unit="us"))
+    records.append(missing("exits", "bt", "monolithic", "io_us_per_iteration", "us", "absent"))
+    path = tmp_path / "chart.png"
+    plot.draw(records, path, "INDICATIVE ONLY (--quick)")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    rows = plot.panel_rows(records, "cpu")
+    assert [(group, series) for group, series, _ in rows] == [
+        ("minsn_per_second", "native/monolithic"), ("minsn_per_second", "trap/monolithic")]
