@@ -45,12 +45,17 @@ TITLE = "5. Peers (QEMU) and Unicorn's guest loads against stores"
 QEMU = "qemu-system-i386"
 QEMU_ARGS = ("-display", "none", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=4")
 PEER_GUESTS = {"cpu_bound": ("compute32", 0), "io_heavy": ("exits32", 1)}
-PEER_PASSES = {True: {"cpu_bound": 5_000_000, "io_heavy": 20_000},
-               False: {"cpu_bound": 50_000_000, "io_heavy": 500_000}}
+# quick -> guest -> (QEMU's N, everyone else's N): QEMU's loop must take about a second to stand
+# above the jitter of its ~0.3 s start-up
+PEER_PASSES = {
+    True: {"cpu_bound": (50_000_000, 1_000_000), "io_heavy": (200_000, 20_000)},
+    False: {"cpu_bound": (300_000_000, 10_000_000), "io_heavy": (2_000_000, 200_000)},
+}
 STOCK_FAST = "unicorn-virtual-split-tlb"    # emu/baseline.py's faster mode, CPU-bound row only
 QEMU_GOAL = 3.0                             # native against QEMU TCG, CPU-bound guest
 HELLO_LINE = b"Hello from a trapvisor guest!"
 MEMOPS = {1: "load_data_page", 2: "store_data_page", 3: "load_code_page", 4: "store_code_page"}
+MEMOPS_METRICS = {f"{metric}_ns" for metric in MEMOPS.values()}
 ACCESSES_PER_PASS = 8
 MEM_PASSES = {True: 50_000, False: 1_000_000}
 
@@ -60,8 +65,9 @@ def run(ctx: Context) -> Section:
     if shutil.which(QEMU) is None:
         reason = f"{QEMU} is not installed (the benchmark never installs it)"
         section.lines.append(f"  QEMU: not measured: {reason}")
-        section.records += [missing(NAME, "qemu-tcg", NONE, f"{kind}_seconds", "s", reason)
-                            for kind in (*PEER_GUESTS, "hello_wall")]
+        section.records += [missing(NAME, "qemu-tcg", NONE, metric, unit, reason) for metric, unit
+                            in (*((f"{kind}_ns_per_pass", "ns") for kind in PEER_GUESTS),
+                                ("hello_wall_seconds", "s"))]
     else:
         with tempfile.TemporaryDirectory() as tmp:
             qemu_section(ctx, section, Path(tmp))
@@ -104,26 +110,29 @@ def peer_runners(kind: str, guest: Guest, directory: Path) -> dict:
 
 def qemu_section(ctx: Context, section: Section, directory: Path) -> None:
     section.lines += [
-        "  QEMU TCG beside trapvisor: s for N passes minus the same image's 1-pass run, paired "
-        "per repetition",
+        "  QEMU TCG beside trapvisor: ns per guest pass = (N passes - the same image's 1-pass "
+        "run) / N, paired per repetition",
         "  (QEMU: whole process, so its start-up, SeaBIOS and boot cancel out; trapvisor and bare "
         "Unicorn: run() / emu_start only)",
-        f"    {'guest':<10} {'engine/hypervisor':<32} {'median s':>8} {'min':>8} {'max':>8} "
-        f"{'x qemu':>8}  goal"]
+        f"    {'guest':<10} {'engine/hypervisor':<30} {'N':>11} {'ns/pass':>8} {'min':>8} "
+        f"{'max':>8} {'x qemu':>8}  goal"]
     for kind, (name, variant) in PEER_GUESTS.items():
         guest = Guest.load(name)
-        passes = PEER_PASSES[ctx.quick][kind]
         runners = peer_runners(kind, guest, directory)
+        qemu_n, our_n = PEER_PASSES[ctx.quick][kind]
+        passes = {key: qemu_n if key[0] == "qemu-tcg" else our_n for key in runners}
         timings = {key: ([], []) for key in runners}
         for rep in range(ctx.reps):
             for key, runner in runners.items():
                 ctx.progress(f"{kind} {key[0]} rep {rep + 1}/{ctx.reps}")
-                order = (passes, 1) if rep % 2 else (1, passes)
-                seconds = {n: runner(n, variant if n > 1 else EMPTY_VARIANT) for n in order}
-                timings[key][0].append(seconds[passes])
+                n = passes[key]
+                order = (n, 1) if rep % 2 else (1, n)
+                seconds = {count: runner(count, variant if count > 1 else EMPTY_VARIANT)
+                           for count in order}
+                timings[key][0].append(seconds[n])
                 timings[key][1].append(seconds[1])
-        figures = {key: cost(NAME, *key, f"{kind}_seconds", loaded, empty, 1, "s", scale=1,
-                             passes=passes)
+        figures = {key: cost(NAME, *key, f"{kind}_ns_per_pass", loaded, empty, passes[key] - 1,
+                             "ns", scale=1e9, passes=passes[key])
                    for key, (loaded, empty) in timings.items()}
         qemu = figures["qemu-tcg", NONE]
         for key, figure in figures.items():
@@ -134,14 +143,14 @@ def qemu_section(ctx: Context, section: Section, directory: Path) -> None:
 def peer_line(kind: str, key: tuple, figure: dict, qemu: dict, section: Section) -> str:
     label = f"{key[0]}/{key[1]}"
     if figure["value"] is None:
-        return f"    {kind:<10} {label:<32} not measured: {figure['reason']}"
+        return f"    {kind:<10} {label:<30} not measured: {figure['reason']}"
     x_qemu, goal = None, ""
     if key[0] != "qemu-tcg":
         x_qemu = ratio_of(NAME, *key, f"{kind}_x_qemu", figure, qemu)
         section.records.append(x_qemu)
         if kind == "cpu_bound" and key[0] == "native":
             goal = f"x qemu {verdict(x_qemu, QEMU_GOAL)}"
-    return (f"    {kind:<10} {label:<32} {cells(figure, '.4f')} "
+    return (f"    {kind:<10} {label:<30} {figure['passes']:11d} {cells(figure, '.2f')} "
             f"{fmt(x_qemu and x_qemu['value'], '.2f')}  {goal}").rstrip()
 
 
@@ -229,6 +238,9 @@ def memops_section(ctx: Context, section: Section) -> None:
             section.records.append(found)
             row.append(fmt(found["value"], ".1f", 17))
         section.lines.append(f"    {label:<24}" + "".join(row))
+    section.lines += [f"    {r['engine']} {r['metric']}: not measured: {r['reason']}"
+                      for r in section.records if r["metric"] in MEMOPS_METRICS
+                      and r["value"] is None]
     section.lines += memops_verdict(section.records)
 
 
@@ -237,15 +249,15 @@ def memops_verdict(records: list[dict]) -> list[str]:
     found = {r["metric"]: r for r in records
              if r["engine"] == BARE and r["benchmark"] == NAME and r["metric"].endswith("_ns")}
     bare = {metric: r["value"] for metric, r in found.items()}
-    n = min(r.get("n", 0) for r in found.values())
+    if None in bare.values():
+        return ["  bare Unicorn: no verdict on loads against stores: a bare figure above is not "
+                "measured"]
+    n = min(r["n"] for r in found.values())
     if n < MIN_REPS:
         return [f"  bare Unicorn: no verdict on loads against stores: {NOT_ENOUGH_REPS} "
                 f"({n} < {MIN_REPS})"]
     store_x_load = ratio(bare["store_data_page_ns"], bare["load_data_page_ns"])
     code_x_data = ratio(bare["store_code_page_ns"], bare["store_data_page_ns"])
-    if store_x_load is None or code_x_data is None:
-        return ["  bare Unicorn: no verdict on loads against stores: a bare figure above is not "
-                "measured"]
     lines = [f"  bare Unicorn: a store costs {store_x_load:.0f}x a load on a page with no code; "
              f"a store to the code's own page costs {code_x_data:.2f}x a store to the data page."]
     if code_x_data < 1.5:

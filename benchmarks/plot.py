@@ -1,10 +1,10 @@
 """Charts of `trapvisor bench --plot FILE.png`: one panel per benchmark, a horizontal bar per
 measured figure of its main metric (the median), whiskers from the minimum to the maximum of its
-repetitions, grouped by metric with one colour per engine/hypervisor. Labels sit on the vertical
-axis, one line each, so they never overlap; a figure that could not be measured is named in its
-row instead of a bar. A --quick (or under-repeated) run carries its INDICATIVE label in the
-title. matplotlib is the optional `bench` extra and is imported only here, only when a chart is
-asked for."""
+repetitions, one colour per engine/hypervisor. Labels sit on the vertical axis, one line each,
+so they never overlap; figures that could not be measured are counted in the panel's title (the
+table and the JSON say why). A --quick (or under-repeated) run carries its INDICATIVE label in
+the title. matplotlib is the optional `bench` extra and is imported only here, only when a chart
+is asked for."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,51 +36,51 @@ def require():
     return pyplot
 
 
-def panel_rows(records: list[dict], benchmark: str) -> list[tuple[str, str, dict]]:
-    """(group, series, record) per figure of one panel, in the records' order; group is the
-    metric without its suffix, series is engine/hypervisor."""
+def panel_rows(records: list[dict], benchmark: str) -> tuple[list[tuple[str, str, dict]], int]:
+    """(group, series, record) per measured figure of one panel, in the records' order (group:
+    the metric without its suffix, empty when nothing is left; series: engine/hypervisor), and
+    how many of the panel's figures are not measured (the table and the JSON say why)."""
     suffix = PANELS[benchmark][0]
-    return [(r["metric"].removesuffix(suffix) or r["metric"], f"{r['engine']}/{r['hypervisor']}",
-             r) for r in records if r["benchmark"] == benchmark and r["metric"].endswith(suffix)]
+    mine = [r for r in records if r["benchmark"] == benchmark and r["metric"].endswith(suffix)]
+    rows = [(r["metric"].removesuffix(suffix), f"{r['engine']}/{r['hypervisor']}", r)
+            for r in mine if r["value"] is not None]
+    return rows, len(mine) - len(rows)
 
 
 def draw(records: list[dict], path: Path, indicative: str | None = None) -> None:
     pyplot = require()
-    panels = [(b, panel_rows(records, b)) for b in PANELS]
-    panels = [(b, rows) for b, rows in panels if rows]
-    heights = [PANEL_INCHES + BAR_INCHES * len(rows) for _, rows in panels] or [PANEL_INCHES]
+    panels = [(b, *panel_rows(records, b)) for b in PANELS]
+    panels = [panel for panel in panels if panel[1]]
+    heights = [PANEL_INCHES + BAR_INCHES * len(rows) for _, rows, _ in panels] or [PANEL_INCHES]
     figure, axes = pyplot.subplots(len(heights), 1, figsize=(11, sum(heights) + 0.8),
-                                   squeeze=False, gridspec_kw={"height_ratios": heights})
-    series = sorted({name for _, rows in panels for _, name, _ in rows})
+                                   squeeze=False, layout="constrained",
+                                   gridspec_kw={"height_ratios": heights})
+    series = sorted({name for _, rows, _ in panels for _, name, _ in rows})
     colours = {name: pyplot.get_cmap("tab10")(i % 10) for i, name in enumerate(series)}
-    for ax, (benchmark, rows) in zip(axes[:, 0], panels):
-        draw_panel(ax, benchmark, rows, colours)
-    title = "trapvisor bench: median, whiskers min..max over the repetitions"
+    for ax, (benchmark, rows, absent) in zip(axes[:, 0], panels):
+        draw_panel(ax, benchmark, rows, absent, colours)
+    title = "trapvisor bench: bars are medians, whiskers min..max over the repetitions"
     if indicative:
         title = f"{indicative}\n{title}"
     figure.suptitle(title, fontsize=9, color="firebrick" if indicative else "black")
-    figure.tight_layout()
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
 
 
-def draw_panel(ax, benchmark: str, rows: list, colours: dict) -> None:
+def draw_panel(ax, benchmark: str, rows: list, absent: int, colours: dict) -> None:
     """One benchmark: a bar per row from the top, its label `group  series` on the y axis."""
     positions = list(range(len(rows)))[::-1]
-    measured = [(y, r, name) for y, (_, name, r) in zip(positions, rows) if r["value"]]
-    for y, r, name in measured:
+    for y, (_, name, r) in zip(positions, rows):
         low, high = r.get("min", r["value"]), r.get("max", r["value"])
         ax.barh(y, r["value"], height=0.8, color=colours[name],
-                xerr=[[r["value"] - low], [high - r["value"]]], error_kw={"elinewidth": 0.8,
-                                                                         "capsize": 2})
-    smallest = min((r.get("min", r["value"]) for _, r, _ in measured), default=1)
-    for y, (_, _, r) in zip(positions, rows):
-        if not r["value"]:
-            ax.text(smallest, y, "  not measured", va="center", fontsize=6, color="grey")
-    ax.set_yticks(positions, [f"{group}  {name}" for group, name, _ in rows], fontsize=6)
+                xerr=[[r["value"] - low], [high - r["value"]]],
+                error_kw={"elinewidth": 0.8, "capsize": 2})
+    ax.set_yticks(positions, [f"{group}  {name}".strip() for group, name, _ in rows], fontsize=7)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter("")       # decades only: minor labels crowd short axes
     ax.set_xlabel(PANELS[benchmark][1], fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
-    ax.set_title(benchmark, fontsize=9, loc="left")
+    note = f" ({absent} figures not measured: the table and the JSON say why)" if absent else ""
+    ax.set_title(f"{benchmark}{note}", fontsize=9, loc="left")
     ax.grid(axis="x", which="both", linewidth=0.3, alpha=0.5)

@@ -181,7 +181,7 @@ def ratio_of(benchmark: str, engine: str, hypervisor: str, metric: str, a: dict 
                   n=min(a.get("n", 1), b.get("n", 1)), paired=False, **extra)
 
 
-def verdict(figure: dict, goal: float, at_least: bool = False) -> str:
+def verdict(figure: dict, goal: float, at_least: bool = False, unit: str = "") -> str:
     """Judge a measured figure against `goal` (at most, or at least): fills the record's goal,
     meets_goal and verdict fields and returns the verdict's text. A figure of fewer than
     MIN_REPS repetitions, or none, gets no verdict (meets_goal null)."""
@@ -194,7 +194,7 @@ def verdict(figure: dict, goal: float, at_least: bool = False) -> str:
     else:
         ok = figure["value"] >= goal if at_least else figure["value"] <= goal
         figure.update(meets_goal=ok, verdict="ok" if ok else "MISSED")
-    return f"{figure['goal_is']} {goal:g} {figure['verdict']}"
+    return f"{figure['goal_is']} {goal:g}{' ' + unit if unit else ''} {figure['verdict']}"
 
 
 # ----- the last check before anything is written ----------------------------------------------

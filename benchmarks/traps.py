@@ -198,7 +198,7 @@ def report(row: Row, mains: dict, goal: float) -> tuple[str, list[dict]]:
                                **vmm_spread(row.handled_ns)))
     goal_text = ""
     if engine_row and row.engine != "native" and not row.observed:
-        goal_text = verdict(main, goal) + " µs"
+        goal_text = verdict(main, goal, unit="µs")
     line = (f"    {row.name:<26} {cells(main)} {fmt(exits, '.2f')} "
             f"{fmt(floor and floor['value'], '.2f')} {fmt(x_native and x_native['value'], '.2f')} "
             f"{fmt(vmm_side)}  {goal_text}").rstrip()

@@ -57,6 +57,8 @@ def test_the_chart_shows_spread_and_the_label(tmp_path):
     path = tmp_path / "chart.png"
     plot.draw(records, path, "INDICATIVE ONLY (--quick)")
     assert path.read_bytes().startswith(b"\x89PNG")
-    rows = plot.panel_rows(records, "cpu")
+    rows, absent = plot.panel_rows(records, "cpu")
     assert [(group, series) for group, series, _ in rows] == [
-        ("minsn_per_second", "native/monolithic"), ("minsn_per_second", "trap/monolithic")]
+        ("", "native/monolithic"), ("", "trap/monolithic")] and absent == 0
+    rows, absent = plot.panel_rows(records, "exits")
+    assert rows == [] and absent == 2
