@@ -99,7 +99,7 @@ def combination(ctx: Context, kind: str, engine: str, hypervisor: str) -> tuple[
     per_exit = us / exits if exits and exits >= MIN_EXITS else None
     native = ctx.loop(loop.guest, "native", hypervisor) if "native" in ctx.engines else None
     x_native = (ratio_of(NAME, engine, hypervisor, f"{kind}_x_native", main,
-                         native.figure(NAME, f"{kind}_us_per_iteration"))
+                         native.figure(NAME, f"{kind}_us_per_iteration"), paired=True)
                 if native is not None and engine != "native" else None)
     x_floor = ratio_of(NAME, engine, hypervisor, f"{kind}_x_floor", main,
                        ctx.floors[KINDS[kind][1]].figure(NAME))

@@ -80,7 +80,7 @@ def bench_records(quick: bool) -> list[dict]:
     records = {kind: cost(NAME, "trap", kind, "io_exit_us", *timings[kind], iterations[kind],
                           "us", iterations=iterations[kind]) for kind in HYPERVISORS}
     forwarded = ratio_of(NAME, "trap", "micro", "forwarded_io_x_in_process", records["micro"],
-                         records["monolithic"], kvm_2012=round(KVM_2012, 2))
+                         records["monolithic"], paired=True, kvm_2012=round(KVM_2012, 2))
     verdict(forwarded, GOAL)
     return [*records.values(),
             with_spread(NAME, "-", "micro", "channel_round_trip_us", channel, "us"), forwarded]

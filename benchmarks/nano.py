@@ -86,7 +86,7 @@ def measured(ctx: Context, test: str, engine: str) -> tuple[str, list[dict]]:
         return f"not measured ({exits:.2f})", records
     if engine != "native":
         records.append(ratio_of(NAME, engine, HYPERVISOR, f"{test}_x_native", main,
-                                us_record(ctx, test, "native")))
+                                us_record(ctx, test, "native"), paired=True))
     return f"{us:8.3f} ({exits:.2f})", records
 
 

@@ -111,14 +111,14 @@ def row(key: tuple, main: dict, seconds: dict, fastest: tuple | None,
     x_bare = None
     if fastest is not None and key != fastest:
         x_bare = ratio_of(NAME, engine, hypervisor, "x_bare_fastest", main, seconds[fastest],
-                          baseline=fastest[0])
+                          paired=True, baseline=fastest[0])
         records.append(x_bare)
         if engine == "native":
             goal = f"x bare {verdict(x_bare, BARE_GOAL)}"
     x_native = None
     native = seconds.get(("native", hypervisor))
     if native is not None and engine != "native" and hypervisor != NONE:
-        x_native = ratio_of(NAME, engine, hypervisor, "x_native", main, native)
+        x_native = ratio_of(NAME, engine, hypervisor, "x_native", main, native, paired=True)
         records.append(x_native)
         goal = f"x native {verdict(x_native, GOAL)}"
     line = (f"    {label:<28} {cells(main, '.4f')} {fmt(minsn['value'], '.1f')} "

@@ -146,7 +146,7 @@ def peer_line(kind: str, key: tuple, figure: dict, qemu: dict, section: Section)
         return f"    {kind:<10} {label:<30} not measured: {figure['reason']}"
     x_qemu, goal = None, ""
     if key[0] != "qemu-tcg":
-        x_qemu = ratio_of(NAME, *key, f"{kind}_x_qemu", figure, qemu)
+        x_qemu = ratio_of(NAME, *key, f"{kind}_x_qemu", figure, qemu, paired=True)
         section.records.append(x_qemu)
         if kind == "cpu_bound" and key[0] == "native":
             goal = f"x qemu {verdict(x_qemu, QEMU_GOAL)}"
@@ -170,7 +170,7 @@ def hello_section(ctx: Context, section: Section, directory: Path) -> None:
                               command=HELLO_COMMANDS[key[0]])
              for key, values in samples.items()}
     x_qemu = ratio_of(NAME, "trapvisor", "monolithic", "hello_wall_x_qemu",
-                      found["trapvisor", "monolithic"], found["qemu-tcg", NONE])
+                      found["trapvisor", "monolithic"], found["qemu-tcg", NONE], paired=True)
     section.records += [*found.values(), x_qemu]
     section.lines += ["  `trapvisor run hello` beside QEMU booting the same image: whole-process "
                       "wall s, start-up included (median, min, max)"]

@@ -162,16 +162,17 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def ratio_of(benchmark: str, engine: str, hypervisor: str, metric: str, a: dict | None,
-             b: dict | None, **extra) -> dict:
-    """The ratio of two measured records: paired by repetition when both carry as many samples
-    (their runs sat side by side), else the ratio of the medians with bounds min(a)/max(b) and
-    max(a)/min(b). Null when either is not measured."""
+             b: dict | None, paired: bool = False, **extra) -> dict:
+    """The ratio of two measured records. `paired`: their repetitions ran side by side (the
+    same rotation), so the ratio is taken per repetition, then its median and range; otherwise
+    the ratio of the medians with bounds min(a)/max(b) and max(a)/min(b). Null when either is
+    not measured."""
     absent = [r["metric"] if r else "its baseline" for r in (a, b)
               if r is None or r["value"] is None]
     if absent:
         return missing(benchmark, engine, hypervisor, metric, "ratio",
                        f"{' and '.join(absent)} not measured", **extra)
-    if len(a.get("samples", ())) == len(b.get("samples", ())) > 0:
+    if paired and len(a.get("samples", ())) == len(b.get("samples", ())) > 0:
         samples = [x / y for x, y in zip(a["samples"], b["samples"])]
         return with_spread(benchmark, engine, hypervisor, metric, samples, "ratio", paired=True,
                            **extra)

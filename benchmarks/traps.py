@@ -179,11 +179,11 @@ def report(row: Row, mains: dict, goal: float) -> tuple[str, list[dict]]:
         return f"    {row.name:<26} not measured: {main['reason']}", [main]
     engine_row = row.hypervisor != NONE
     floor = (ratio_of(NAME, row.engine, row.hypervisor, f"{row.metric}_x_floor", main,
-                      mains[BARE, False]) if row.engine != BARE else None)
+                      mains[BARE, False], paired=True) if row.engine != BARE else None)
     native = mains.get(("native", False))
     compared = engine_row and row.engine != "native" and row.event in X_NATIVE
     x_native = (ratio_of(NAME, row.engine, row.hypervisor, f"{row.metric}_x_native", main,
-                         native) if compared else None)
+                         native, paired=True) if compared else None)
     exits = statistics.median(row.exits_per_event) if engine_row else None
     vmm_side = (sum(row.handled_ns) / len(row.handled_ns) / 1e3
                 if row.observed and exits >= MIN_EXITS else None)

@@ -261,7 +261,7 @@ def bench_records(quick: bool) -> list[dict]:
                            (SIZES[path][1] - SIZES[path][0]) // scale, *timings[path], "B/s")
                 for path in SIZES}
     x_uart = ratio_of(NAME, "trap", "micro", "vmbus_console_x_uart", consoles["vmbus"],
-                      consoles["uart-micro"])
+                      consoles["uart-micro"], paired=True)
     verdict(x_uart, GOAL, at_least=True)
     return [*consoles.values(), x_uart,
             rate(NAME, "trap", "micro", "block_mb_per_second", (big - small) * 2048 / 1e6, *block,

@@ -65,19 +65,21 @@ def test_a_rate_is_the_extra_work_over_the_extra_time():
     assert (r["min"], r["max"]) == (pytest.approx(10 / 3), pytest.approx(5.0))
 
 
-def test_a_ratio_of_records_of_equal_repetitions_is_paired():
+def test_a_ratio_of_records_that_ran_side_by_side_is_paired():
     a = with_spread(*ARGS, "a", [2.0, 4.0, 3.0], "s")
     b = with_spread(*ARGS, "b", [1.0, 4.0, 1.0], "s")
-    r = ratio_of(*ARGS, "a_x_b", a, b)
+    r = ratio_of(*ARGS, "a_x_b", a, b, paired=True)
     assert r["paired"] and r["samples"] == [2.0, 1.0, 3.0]
     assert (r["value"], r["min"], r["max"]) == (2.0, 1.0, 3.0)
 
 
-def test_a_ratio_of_unpaired_records_carries_bounds():
+@pytest.mark.parametrize("b_samples, paired", [([1.0], True), ([1.0, 2.0, 1.5], False)])
+def test_a_ratio_of_unpaired_records_carries_bounds(b_samples, paired):
     a = with_spread(*ARGS, "a", [2.0, 4.0, 3.0], "s")
-    b = with_spread(*ARGS, "b", [1.0], "s")
-    r = ratio_of(*ARGS, "a_x_b", a, b)
-    assert not r["paired"] and r["value"] == 3.0 and (r["min"], r["max"]) == (2.0, 4.0)
+    b = with_spread(*ARGS, "b", b_samples, "s")
+    r = ratio_of(*ARGS, "a_x_b", a, b, paired=paired)
+    assert not r["paired"] and r["value"] == 3.0 / b["value"]
+    assert (r["min"], r["max"]) == (2.0 / max(b_samples), 4.0 / min(b_samples))
 
 
 def test_a_ratio_with_a_missing_side_says_which():
