@@ -69,6 +69,7 @@ def draw(records: list[dict], path: Path, indicative: str | None = None) -> None
 
 def draw_panel(ax, benchmark: str, rows: list, absent: int, colours: dict) -> None:
     """One benchmark: a bar per row from the top, its label `group  series` on the y axis."""
+    from matplotlib.ticker import LogLocator
     positions = list(range(len(rows)))[::-1]
     for y, (_, name, r) in zip(positions, rows):
         low, high = r.get("min", r["value"]), r.get("max", r["value"])
@@ -78,7 +79,9 @@ def draw_panel(ax, benchmark: str, rows: list, absent: int, colours: dict) -> No
     ax.set_yticks(positions, [f"{group}  {name}".strip() for group, name, _ in rows], fontsize=7)
     ax.set_ylim(-0.7, len(rows) - 0.3)
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter("")       # decades only: minor labels crowd short axes
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))   # 1-2-5 steps never crowd
+    ax.xaxis.set_major_formatter("{x:g}")
+    ax.xaxis.set_minor_formatter("")
     ax.set_xlabel(PANELS[benchmark][1], fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     note = f" ({absent} figures not measured: the table and the JSON say why)" if absent else ""

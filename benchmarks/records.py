@@ -183,9 +183,10 @@ def ratio_of(benchmark: str, engine: str, hypervisor: str, metric: str, a: dict 
 
 
 def verdict(figure: dict, goal: float, at_least: bool = False, unit: str = "") -> str:
-    """Judge a measured figure against `goal` (at most, or at least): fills the record's goal,
-    meets_goal and verdict fields and returns the verdict's text. A figure of fewer than
-    MIN_REPS repetitions, or none, gets no verdict (meets_goal null)."""
+    """Judge a measured figure's median against `goal` (at most, or at least): fills the
+    record's goal, meets_goal and verdict fields and returns the verdict's text with the
+    figure's range. A figure of fewer than MIN_REPS repetitions, or none, gets no verdict
+    (meets_goal null)."""
     n = figure.get("n", 1)
     figure.update(goal=goal, goal_is=">=" if at_least else "<=")
     if figure["value"] is None:
@@ -195,7 +196,10 @@ def verdict(figure: dict, goal: float, at_least: bool = False, unit: str = "") -
     else:
         ok = figure["value"] >= goal if at_least else figure["value"] <= goal
         figure.update(meets_goal=ok, verdict="ok" if ok else "MISSED")
-    return f"{figure['goal_is']} {goal:g}{' ' + unit if unit else ''} {figure['verdict']}"
+    text = f"{figure['goal_is']} {goal:g}{' ' + unit if unit else ''} {figure['verdict']}"
+    if figure["value"] is not None and "min" in figure:
+        text += f" (median; range {figure['min']:.3g}..{figure['max']:.3g}, n={n})"
+    return text
 
 
 # ----- the last check before anything is written ----------------------------------------------
