@@ -35,9 +35,8 @@ MODULES = [
 ]
 BENCHMARKS = {module.NAME: module for module in map(importlib.import_module, MODULES)}
 REPS = {True: 1, False: 7}
-INDICATIVE = ("INDICATIVE ONLY (--quick): short runs and {reps} repetition(s); figures are "
-              "single samples or nearly so and no verdict is given below {min_reps} "
-              "repetitions")
+INDICATIVE = ("INDICATIVE ONLY (--quick): short runs, {reps} repetition(s) each; not figures to "
+              "quote (verdicts need {min_reps} repetitions)")
 
 
 class Progress:
