@@ -62,3 +62,15 @@ def test_the_chart_shows_spread_and_the_label(tmp_path):
         ("", "native/monolithic"), ("", "trap/monolithic")] and absent == 0
     rows, absent = plot.panel_rows(records, "exits")
     assert rows == [] and absent == 2
+
+
+def test_without_qemu_the_peer_rows_say_so(monkeypatch):
+    from benchmarks import peers
+    monkeypatch.setattr(peers.shutil, "which", lambda name: None)
+    monkeypatch.setattr(peers, "memops_section", lambda ctx, section: None)
+    section = peers.run(context(True, 1))
+    assert {r["metric"] for r in section.records} == {
+        "cpu_bound_ns_per_pass", "io_heavy_ns_per_pass", "hello_wall_seconds"}
+    for r in section.records:
+        assert r["value"] is None and "qemu-system-i386 is not installed" in r["reason"]
+    assert "not measured: qemu-system-i386 is not installed" in "\n".join(section.lines)
