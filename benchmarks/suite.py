@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.harness import engines, hypervisors
 from benchmarks.loops import Context
-from benchmarks.records import MIN_REPS, screen
+from benchmarks.records import MIN_REPS, Section, missing, screen
 
 # The benchmarks, in the order they run: one module per line, each with NAME, TITLE and
 # run(ctx) -> records.Section (see benchmarks/harness.py). Add a line to register one.
@@ -133,14 +133,30 @@ def header(info: dict, ctx: Context) -> list[str]:
                     "figure that cannot be taken says why", ""]
 
 
-def run_all(ctx: Context, names: list[str], progress: Progress) -> list:
+def run_all(ctx: Context, names: list[str], progress: Progress) -> list[Section]:
     sections = []
     for name in names:
         progress.benchmark = name
         progress("starting")
-        sections.append(BENCHMARKS[name].run(ctx))
+        sections.append(run_one(BENCHMARKS[name], ctx))
     progress.done()
     return sections
+
+
+def run_one(module, ctx: Context) -> Section:
+    """One benchmark's section; a benchmark that fails is reported in its section and as a
+    null `failed` record (the suite goes on, and ends with status 1)."""
+    try:
+        return module.run(ctx)
+    except Exception as exc:  # noqa: BLE001  (one broken benchmark must not hide the others)
+        reason = f"{module.__name__} failed: {type(exc).__name__}: {first_line(exc)}"
+        return Section(module.NAME, module.TITLE, [f"  not measured: {reason}"],
+                       [missing(module.NAME, "-", "-", "failed", "-", reason)])
+
+
+def first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def main(argv: list[str]) -> int:
@@ -176,4 +192,7 @@ def main(argv: list[str]) -> int:
     if args.plot:
         plot.draw(records, args.plot, label)
         print(f"chart written to {args.plot}")
-    return 0
+    failed = [r["reason"] for r in records if r["metric"] == "failed"]
+    for reason in failed:
+        print(f"trapvisor bench: {reason}", file=sys.stderr)
+    return 1 if failed else 0

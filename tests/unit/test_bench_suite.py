@@ -3,6 +3,8 @@ label of short runs, bad options, and a chart drawn from fake records (spread wh
 figures named, the indicative label in the title)."""
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from benchmarks import suite
@@ -74,3 +76,16 @@ def test_without_qemu_the_peer_rows_say_so(monkeypatch):
     for r in section.records:
         assert r["value"] is None and "qemu-system-i386 is not installed" in r["reason"]
     assert "not measured: qemu-system-i386 is not installed" in "\n".join(section.lines)
+
+
+def test_a_failing_benchmark_is_reported_not_raised():
+    def run(ctx):
+        raise RuntimeError("qemu-system-i386 exited 2\nmore detail")
+
+    broken = types.ModuleType("benchmarks.broken")
+    broken.NAME, broken.TITLE, broken.run = "broken", "0. Broken", run
+    section = suite.run_one(broken, context(True, 1))
+    [r] = section.records
+    assert r["value"] is None and r["metric"] == "failed"
+    assert r["reason"] == "benchmarks.broken failed: RuntimeError: qemu-system-i386 exited 2"
+    assert section.lines == [f"  not measured: {r['reason']}"]
