@@ -89,3 +89,15 @@ def test_a_failing_benchmark_is_reported_not_raised():
     assert r["value"] is None and r["metric"] == "failed"
     assert r["reason"] == "benchmarks.broken failed: RuntimeError: qemu-system-i386 exited 2"
     assert section.lines == [f"  not measured: {r['reason']}"]
+
+
+@pytest.mark.parametrize("win, lose, holds", [
+    ([1.0, 1.1, 1.2], [2.0, 2.1, 2.2], True),
+    ([2.0, 2.1, 2.2], [1.0, 1.1, 1.2], False),
+    ([1.0, 1.5, 2.1], [2.0, 2.1, 2.2], None),
+])
+def test_an_adams_agesen_verdict_needs_separated_ranges(win, lose, holds):
+    from benchmarks import nano
+    figures = [with_spread("nano", e, "monolithic", "in_us_per_iteration", samples, "us")
+               for e, samples in (("bt", win), ("vtx", lose))]
+    assert nano.separated(*figures) is holds
