@@ -1,9 +1,36 @@
 """What every trapvisor benchmark shares: building guests with N set at build time or patched
 into their parameter block, one timed run of a guest under a hypervisor and engine (with its
 exit count) or on the bare Unicorn CPU without any VMM, and discovery of the engines and
-hypervisors that exist in this checkout.
+hypervisors that exist in this checkout. Only the vCPU's run / `Cpu.run()` is timed; building
+the machine, a micro child partition and the boot hand-over are not. Stock Unicorn with no
+trapvisor code at all is `emu.baseline.run_flat_image` (benchmarks may not import unicorn).
 
-Only `hypervisor.run()` / `Cpu.run()` is timed; building the machine is not.
+Writing a benchmark module (the API the suite runs):
+
+- The module has NAME, TITLE and `run(ctx: loops.Context) -> records.Section`; register it with
+  one line, its module name, in suite.MODULES. `ctx.reps` is the number of repetitions,
+  `ctx.quick` asks for short runs, `ctx.engines` / `ctx.hypervisors` say what exists,
+  `ctx.progress(text)` writes the progress line. Rotate repetitions through your rows
+  (`loops.interleave`) so slow phases of the machine hit every row alike.
+- Keep raw timings, one per repetition, and let records.py turn them into figures; every figure
+  carries min, median (its value), max, p10, p90 and n, and every figure that cannot be taken is
+  `value: null` with a `reason`:
+    `with_spread(bench, engine, hypervisor, metric, samples, unit)` - a positive figure measured
+        directly (seconds of a run, a throughput);
+    `cost(..., measured_s, baseline_s, per, unit, scale=1e6)` - (measured - baseline) / per per
+        repetition, µs by default: null when the baseline is as long or longer, the difference
+        is below the timer's resolution or within the baseline runs' own noise;
+    `rate(..., amount, measured_s, baseline_s, unit)` - amount / (measured - baseline), the
+        same guards;
+    `ratio_of(..., a, b)` - a record over another, paired per repetition when both have as
+        many samples, else with bounds; null when either side is not measured;
+    `missing(..., unit, reason)` - cannot be measured here (a tool absent, a wrong hypervisor);
+    `verdict(figure, goal, at_least=False)` - judges a figure and returns the table's text;
+        below records.MIN_REPS repetitions the verdict is "not enough repetitions".
+- The suite screens every record before printing the JSON or the plot (`records.screen`): a
+  figure that is still impossible (negative, not finite, median outside its range) is withheld
+  and listed under the tables. --quick runs are labelled INDICATIVE in the header, the JSON
+  (`indicative` at the top and on each record) and the plot.
 """
 from __future__ import annotations
 
@@ -125,14 +152,18 @@ class Run:
 
 def run_vm(image: GuestImage, engine: str, hypervisor: type = MonolithicHypervisor,
            observers=(), check=None) -> Run:
-    """Boot ``image`` and time hypervisor.run() alone; the guest must end with status 0, and
-    ``check(hypervisor)``, when given, raises BenchmarkError if the run did not do what it
-    measures."""
+    """Boot ``image`` and time its vCPU's run alone: building the hypervisor, a micro child
+    partition (its VM, its devices in the parent) and the boot hand-over are set-up, not timed.
+    The guest must end with status 0, and ``check(hypervisor)``, when given, raises
+    BenchmarkError if the run did not do what it measures."""
     vm = hypervisor(engine=engine, ram_size=RAM, observers=list(observers))
     try:
+        create_partition = getattr(vm, "create_partition", None)
+        guest = create_partition() if create_partition else vm
+        guest.boot(image)
         gc.collect()
         with Stopwatch() as watch:
-            result = vm.run(image)
+            result = guest.vcpu.run()
         if not result.ok or result.status != 0:
             raise BenchmarkError(f"{image.name} under {engine}:\n{result.report()}")
         if check is not None:

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from benchmarks import traps
 from benchmarks.loops import Context
-from benchmarks.records import (BARE, NONE, Section, derived, fmt, missing, ratio, record,
-                                spread, with_spread)
+from benchmarks.records import Section, cells, derived, fmt, missing, ratio_of, record
 
 NAME = "exits"
-TITLE = "1. Exit cost by kind: µs per guest iteration (median, p10-p90), exits per iteration"
+TITLE = "1. Exit cost by kind: µs per guest iteration (median, min, max), exits per iteration"
 # kind -> (guest, floor kind, what one iteration does)
 KINDS = {
     "cpuid": ("exit-cpuid", "cpuid", "CPUID leaf 0"),
@@ -54,7 +53,7 @@ def run(ctx: Context) -> Section:
     floors = floor_records(ctx)
     section.records += floors
     section.lines += floor_lines(floors)
-    header = (f"    {'engine/hypervisor':<20} {'µs/iter':>8} {'p10':>8} {'p90':>8} "
+    header = (f"    {'engine/hypervisor':<20} {'µs/iter':>8} {'min':>8} {'max':>8} "
               f"{'exits/it':>8} {'µs/exit':>8} {'x native':>8} {'x floor':>8}")
     for kind, (guest, floor, what) in KINDS.items():
         section.lines += [f"  {kind}: {what} ({guest})", header]
@@ -70,16 +69,14 @@ def run(ctx: Context) -> Section:
 
 
 def floor_records(ctx: Context) -> list[dict]:
-    return [with_spread(NAME, BARE, NONE, f"floor_{kind}_us_per_event", floor.samples, "us",
-                        description=floor.description) for kind, floor in ctx.floors.items()]
+    return [floor.figure(NAME) for floor in ctx.floors.values()]
 
 
 def floor_lines(records: list[dict]) -> list[str]:
-    lines = ["  bare-Unicorn floors (emu.cpu.Cpu, no VMM; µs per event, median p10-p90):"]
+    lines = ["  bare-Unicorn floors (emu.cpu.Cpu, no VMM; µs per event, median min max):"]
     for r in records:
         kind = r["metric"].removeprefix("floor_").removesuffix("_us_per_event")
-        figures = (f"{r['value']:8.3f} {r['p10']:8.3f} {r['p90']:8.3f}" if r["value"] is not None
-                   else f"not measured: {r['reason']}")
+        figures = cells(r) if r["value"] is not None else f"not measured: {r['reason']}"
         lines.append(f"    {kind:<8} {figures}  {r['description']}")
     return lines
 
@@ -92,8 +89,7 @@ def combination(ctx: Context, kind: str, engine: str, hypervisor: str) -> tuple[
         return (f"    {label:<20} not measured: {reason}",
                 [missing(NAME, engine, hypervisor, f"{kind}_us_per_iteration", "us", reason)])
     loop = ctx.loop(KINDS[kind][0], engine, hypervisor)
-    main = with_spread(NAME, engine, hypervisor, f"{kind}_us_per_iteration",
-                       loop.us_per_iteration, "us", n=list(loop.n))
+    main = loop.figure(NAME, f"{kind}_us_per_iteration")
     us, exits = main["value"], loop.exits_per_iteration
     records = [main, record(NAME, engine, hypervisor, f"{kind}_exits_per_iteration", exits,
                             "exits")]
@@ -102,19 +98,21 @@ def combination(ctx: Context, kind: str, engine: str, hypervisor: str) -> tuple[
                 records)
     per_exit = us / exits if exits and exits >= MIN_EXITS else None
     native = ctx.loop(loop.guest, "native", hypervisor) if "native" in ctx.engines else None
-    x_native = ratio(us, spread(native.us_per_iteration)["median"]) \
-        if native is not None and native.us_per_iteration and engine != "native" else None
-    x_floor = ratio(us, spread(ctx.floors[KINDS[kind][1]].samples)["median"])
+    x_native = (ratio_of(NAME, engine, hypervisor, f"{kind}_x_native", main,
+                         native.figure(NAME, f"{kind}_us_per_iteration"), paired=True)
+                if native is not None and engine != "native" else None)
+    x_floor = ratio_of(NAME, engine, hypervisor, f"{kind}_x_floor", main,
+                       ctx.floors[KINDS[kind][1]].figure(NAME))
     records += [
         derived(NAME, engine, hypervisor, f"{kind}_us_per_exit", per_exit, "us",
-                f"fewer than {MIN_EXITS} exits per iteration"),
-        derived(NAME, engine, hypervisor, f"{kind}_x_native", x_native, "ratio",
-                "the native row itself, or no positive native figure"),
-        derived(NAME, engine, hypervisor, f"{kind}_x_floor", x_floor, "ratio",
-                "the floor is not positive"),
+                f"fewer than {MIN_EXITS} exits per iteration",
+                **({"min": main["min"] / exits, "max": main["max"] / exits, "n": main["n"]}
+                   if per_exit is not None else {})),
+        *([x_native] if x_native else []), x_floor,
     ]
-    line = (f"    {label:<20} {us:8.3f} {main['p10']:8.3f} {main['p90']:8.3f} "
-            f"{fmt(exits, '.2f')} {fmt(per_exit)} {fmt(x_native, '.2f')} {fmt(x_floor, '.2f')}")
+    line = (f"    {label:<20} {cells(main)} "
+            f"{fmt(exits, '.2f')} {fmt(per_exit)} {fmt(x_native and x_native['value'], '.2f')} "
+            f"{fmt(x_floor['value'], '.2f')}")
     return line, records
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from benchmarks.harness import EMPTY_VARIANT, Guest, build, run_bare, run_vm
+from benchmarks.records import BARE, NONE, cost, missing
 
 LADDER = (100, 500, 2_500, 12_500, 62_500, 312_500, 1_562_500, 7_812_500)
 FLOOR_PASSES = {True: 3_000, False: 40_000}
@@ -26,13 +27,14 @@ FLOORS = {
 
 @dataclass
 class Loop:
-    """One loop guest under one engine and hypervisor, and what it measured."""
+    """One loop guest under one engine and hypervisor, and the timings of its repetitions."""
     guest: str
     engine: str
     hypervisor: str
     cls: type
     n: tuple[int, int] = (LADDER[0], LADDER[1])
-    us_per_iteration: list[float] = field(default_factory=list)
+    low_s: list[float] = field(default_factory=list)     # the N/5 runs, one per repetition
+    high_s: list[float] = field(default_factory=list)    # the N runs
     exits_per_iteration: float | None = None
     error: str | None = None
 
@@ -44,11 +46,22 @@ class Loop:
     def label(self) -> str:
         return f"{self.guest} {self.engine}/{self.hypervisor}"
 
-    def measure(self) -> tuple[float, float]:
-        """One repetition: (µs per iteration, exits per iteration)."""
+    @property
+    def span(self) -> int:
+        return self.n[1] - self.n[0]
+
+    def measure(self) -> tuple[float, float, float]:
+        """One repetition: (seconds of the N/5 run, of the N run, exits per iteration)."""
         low, high = (run_vm(build(self.guest, n), self.engine, self.cls) for n in self.n)
-        span = self.n[1] - self.n[0]
-        return (high.seconds - low.seconds) / span * 1e6, (high.exits - low.exits) / span
+        return low.seconds, high.seconds, (high.exits - low.exits) / self.span
+
+    def figure(self, benchmark: str, metric: str) -> dict:
+        """µs per iteration over the repetitions (records.cost: null when it is no timing)."""
+        if self.error:
+            return missing(benchmark, self.engine, self.hypervisor, metric, "us",
+                           f"the run failed: {self.error}")
+        return cost(benchmark, self.engine, self.hypervisor, metric, self.high_s, self.low_s,
+                    self.span, "us", iterations=list(self.n))
 
 
 def calibrate(loop: Loop, target_seconds: float) -> None:
@@ -56,7 +69,8 @@ def calibrate(loop: Loop, target_seconds: float) -> None:
     (each step is measured, so a noisy first estimate never picks a huge N)."""
     for low, high in zip(LADDER, LADDER[1:]):
         loop.n = (low, high)
-        if loop.measure()[0] * (high - low) * 1e-6 >= target_seconds:
+        low_s, high_s, _ = loop.measure()
+        if high_s - low_s >= target_seconds:
             break
 
 
@@ -80,8 +94,9 @@ def measure_loops(loops: list[Loop], reps: int, target_seconds: float, progress)
 
 
 def _record_rep(loop: Loop, rep: int) -> None:
-    us, exits = loop.measure()
-    loop.us_per_iteration.append(us)
+    low_s, high_s, exits = loop.measure()
+    loop.low_s.append(low_s)
+    loop.high_s.append(high_s)
     loop.exits_per_iteration = exits
 
 
@@ -99,30 +114,39 @@ def attempt(item, step, *args) -> bool:
 class Floor:
     """Unicorn's cheapest round trip for one kind of event, on a bare Cpu with no VMM."""
     kind: str
-    samples: list[float] = field(default_factory=list)
+    passes: int
+    event_s: list[float] = field(default_factory=list)   # the loop with the event, per rep
+    empty_s: list[float] = field(default_factory=list)   # the empty loop, per rep
 
     @property
     def description(self) -> str:
         return FLOORS[self.kind][2]
 
-    def measure(self, guest: Guest, passes: int) -> float:
-        """µs per event: the loop with the event minus the empty loop, per pass."""
+    def measure(self, guest: Guest, passes: int) -> tuple[float, float]:
+        """(seconds of the loop with the event, of the empty loop), `passes` passes each."""
         variant, mode, _ = FLOORS[self.kind]
         runs = [run_bare(guest, guest.with_params(passes, v), mode)
                 for v in (variant, EMPTY_VARIANT)]
-        return (runs[0].seconds - runs[1].seconds) / passes * 1e6
+        return runs[0].seconds, runs[1].seconds
+
+    def figure(self, benchmark: str) -> dict:
+        """µs per event: the loop with the event minus the empty loop, per pass."""
+        return cost(benchmark, BARE, NONE, f"floor_{self.kind}_us_per_event", self.event_s,
+                    self.empty_s, self.passes, "us", description=self.description)
 
 
 def measure_floors(reps: int, quick: bool, progress) -> dict[str, Floor]:
     guest = Guest.load("exits32")
-    floors = {kind: Floor(kind) for kind in FLOORS}
     passes = FLOOR_PASSES[quick]
+    floors = {kind: Floor(kind, passes) for kind in FLOORS}
     for floor in floors.values():
         floor.measure(guest, passes // 10)        # warm-up, not recorded
     for rep in range(reps):
         for floor in floors.values():
             progress(f"bare-Unicorn floor {floor.kind} rep {rep + 1}/{reps}")
-            floor.samples.append(floor.measure(guest, passes))
+            event_s, empty_s = floor.measure(guest, passes)
+            floor.event_s.append(event_s)
+            floor.empty_s.append(empty_s)
     return floors
 
 

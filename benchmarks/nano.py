@@ -8,7 +8,8 @@ divzero (it runs them natively, BT pays translation or callouts).
 from __future__ import annotations
 
 from benchmarks.loops import Context
-from benchmarks.records import Section, derived, fmt, missing, ratio, record, with_spread
+from benchmarks.records import (MIN_REPS, NOT_ENOUGH_REPS, Section, fmt, missing, ratio,
+                                ratio_of, record)
 
 NAME = "nano"
 TITLE = ("2. Adams & Agesen nanobenchmarks: µs per iteration (exits per iteration), "
@@ -61,15 +62,10 @@ def run(ctx: Context) -> Section:
 
 def us_record(ctx: Context, test: str, engine: str) -> dict | None:
     """The µs-per-iteration record of one test under one engine (null when the run failed or
-    its median is not positive), or None when the engine does not exist here."""
+    its difference is no timing), or None when the engine does not exist here."""
     if engine not in ctx.engines:
         return None
-    loop = ctx.loop(f"nano-{test}", engine, HYPERVISOR)
-    metric = f"{test}{US}"
-    if not loop.us_per_iteration:
-        return missing(NAME, engine, HYPERVISOR, metric, "us", f"the run failed: {loop.error}")
-    return with_spread(NAME, engine, HYPERVISOR, metric, loop.us_per_iteration, "us",
-                       n=list(loop.n))
+    return ctx.loop(f"nano-{test}", engine, HYPERVISOR).figure(NAME, f"{test}{US}")
 
 
 def median_us(ctx: Context, test: str, engine: str) -> float | None:
@@ -80,7 +76,7 @@ def median_us(ctx: Context, test: str, engine: str) -> float | None:
 def measured(ctx: Context, test: str, engine: str) -> tuple[str, list[dict]]:
     main = us_record(ctx, test, engine)
     loop = ctx.loop(f"nano-{test}", engine, HYPERVISOR)
-    if not loop.us_per_iteration:
+    if loop.error:
         return "failed", [main]
     exits = loop.exits_per_iteration
     records = [main, record(NAME, engine, HYPERVISOR, f"{test}_exits_per_iteration", exits,
@@ -88,9 +84,9 @@ def measured(ctx: Context, test: str, engine: str) -> tuple[str, list[dict]]:
     us = main["value"]
     if us is None:
         return f"not measured ({exits:.2f})", records
-    x_native = ratio(us, median_us(ctx, test, "native")) if engine != "native" else None
-    records.append(derived(NAME, engine, HYPERVISOR, f"{test}_x_native", x_native, "ratio",
-                           "the native row itself, or no positive native figure"))
+    if engine != "native":
+        records.append(ratio_of(NAME, engine, HYPERVISOR, f"{test}_x_native", main,
+                                us_record(ctx, test, "native"), paired=True))
     return f"{us:8.3f} ({exits:.2f})", records
 
 
@@ -105,13 +101,40 @@ def verdict(ctx: Context, test: str) -> tuple[str, dict]:
         note = f"; trap/native here {trap:.2f}x" if trap else ""
         return (f"not measured: {reason}; published: {winner} wins ({why}){note}",
                 missing(NAME, "bt,vtx", HYPERVISOR, f"{test}_pattern_holds", "bool", reason))
-    bt, vtx = median_us(ctx, test, "bt"), median_us(ctx, test, "vtx")
     loser = "vtx" if winner == "bt" else "bt"
-    theirs = {"bt": bt, "vtx": vtx}
-    holds = theirs[winner] < theirs[loser]
+    theirs = {e: us_record(ctx, test, e) for e in ("bt", "vtx")}
+    win, lose = theirs[winner], theirs[loser]
     exits = {e: ctx.loop(f"nano-{test}", e, HYPERVISOR).exits_per_iteration for e in ("bt", "vtx")}
-    text = (f"{'holds' if holds else 'DIFFERS'}: {winner} {theirs[winner]:.3f} µs vs {loser} "
-            f"{theirs[loser]:.3f} µs ({theirs[loser] / theirs[winner]:.2f}x); exits/iter bt "
-            f"{fmt(exits['bt'], '.2f', 0)}, vtx {fmt(exits['vtx'], '.2f', 0)}; published: {why}")
-    return text, record(NAME, "bt,vtx", HYPERVISOR, f"{test}_pattern_holds", float(holds),
-                        "bool", winner=winner, bt_us=bt, vtx_us=vtx)
+    figures = (f"{winner} {win['value']:.3f} µs [{win['min']:.3f}..{win['max']:.3f}] vs {loser} "
+               f"{lose['value']:.3f} µs [{lose['min']:.3f}..{lose['max']:.3f}] "
+               f"({lose['value'] / win['value']:.2f}x); exits/iter bt "
+               f"{fmt(exits['bt'], '.2f', 0)}, vtx {fmt(exits['vtx'], '.2f', 0)}")
+    fields = {"winner": winner, "bt_us": theirs["bt"]["value"], "vtx_us": theirs["vtx"]["value"]}
+    n = min(win["n"], lose["n"])
+    if n < MIN_REPS:
+        reason = f"{NOT_ENOUGH_REPS} ({n} < {MIN_REPS})"
+        return (f"{reason}: {figures}; published: {why}",
+                missing(NAME, "bt,vtx", HYPERVISOR, f"{test}_pattern_holds", "bool", reason,
+                        **fields))
+    holds = separated(win, lose)
+    text = {True: "holds", False: "DIFFERS", None: "undecided (the spreads overlap)"}[holds]
+    return (f"{text}: {figures}; published: {why}",
+            derived_verdict(test, holds, n, fields))
+
+
+def separated(win: dict, lose: dict) -> bool | None:
+    """True when every repetition of the winner beat every one of the loser, False for the
+    reverse, None when their ranges overlap."""
+    if win["max"] < lose["min"]:
+        return True
+    if lose["max"] < win["min"]:
+        return False
+    return None
+
+
+def derived_verdict(test: str, holds: bool | None, n: int, fields: dict) -> dict:
+    metric = f"{test}_pattern_holds"
+    if holds is None:
+        return missing(NAME, "bt,vtx", HYPERVISOR, metric, "bool",
+                       "the bt and vtx ranges overlap: no winner at this spread", n=n, **fields)
+    return record(NAME, "bt,vtx", HYPERVISOR, metric, float(holds), "bool", n=n, **fields)

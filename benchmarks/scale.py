@@ -16,7 +16,7 @@ import time
 
 from benchmarks.harness import RAM, BenchmarkError, Guest
 from benchmarks.loops import Context
-from benchmarks.records import Section, derived, fmt, record
+from benchmarks.records import MIN_REPS, Section, fmt, ratio_of, with_spread
 from hypervisors.monolithic import MonolithicHypervisor
 
 NAME = "scale"
@@ -81,8 +81,8 @@ def run(ctx: Context) -> Section:
     passes = PASSES[ctx.quick]
     section = Section(NAME, f"{TITLE}; exits32 OUT loop, {passes} passes per monolithic VM, "
                             f"{MICRO_PASSES[ctx.quick]} per micro child")
-    section.lines.append(f"    {'engine':<8} {'hypervisor':<10} {'VMs':>4} {'seconds':>9} "
-                         f"{'passes/s':>11} {'x 1 VM':>7} {'MiB/VM':>7}")
+    section.lines.append(f"    {'engine':<8} {'hypervisor':<10} {'VMs':>4} {'passes/s':>11} "
+                         f"{'min':>11} {'max':>11} {'x 1 VM':>7} {'MiB/VM':>7}")
     placements = [("monolithic", run_many, PASSES[ctx.quick], ctx.engines)]
     if "micro" in ctx.available_hypervisors():
         micro_engines = ["trap"] if ctx.quick else [e for e in ctx.engines if e != "native"]
@@ -94,21 +94,31 @@ def run(ctx: Context) -> Section:
 
 
 def scale_row(ctx, section, guest, engine, hypervisor, runner, passes) -> None:
+    """One engine and placement at every count: `reps` runs each (at most MIN_REPS: 16 VMs a
+    run), throughput and RSS growth per VM with their range."""
+    reps = min(ctx.reps, MIN_REPS)
     single = None
     mode = ("sequential, one process" if hypervisor == "monolithic"
             else "children on the scheduler's grants")
     for count in COUNTS:
-        ctx.progress(f"{engine}/{hypervisor}: {count} VMs")
-        seconds, grown = runner(guest, engine, count, passes)
-        throughput = count * passes / seconds
-        single = single or throughput
-        per_vm = grown / count / (1 << 20) if grown > 0 else None
-        section.records += [
-            record(NAME, engine, hypervisor, f"vms{count}_passes_per_second", throughput,
-                   "passes/s", vms=count, mode=mode),
-            derived(NAME, engine, hypervisor, f"vms{count}_rss_mib_per_vm", per_vm, "MiB",
-                    f"the RSS did not grow ({grown / (1 << 20):+.2f} MiB): freed memory was "
-                    "reused", vms=count)]
-        section.lines.append(f"    {engine:<8} {hypervisor:<10} {count:4d} {seconds:9.3f} "
-                             f"{throughput:11.0f} {throughput / single:7.2f} "
-                             f"{fmt(per_vm, '.2f', 7)}")
+        throughput, per_vm = [], []
+        for rep in range(reps):
+            ctx.progress(f"{engine}/{hypervisor}: {count} VMs, rep {rep + 1}/{reps}")
+            seconds, grown = runner(guest, engine, count, passes)
+            throughput.append(count * passes / seconds)
+            per_vm.append(grown / count / (1 << 20))
+        rate = with_spread(NAME, engine, hypervisor, f"vms{count}_passes_per_second", throughput,
+                           "passes/s", vms=count, mode=mode)
+        memory = with_spread(NAME, engine, hypervisor, f"vms{count}_rss_mib_per_vm", per_vm,
+                             "MiB", vms=count)
+        if memory["value"] is None:
+            memory["reason"] = (f"the RSS did not grow in every run ({min(per_vm):+.2f} to "
+                                f"{max(per_vm):+.2f} MiB per VM): freed memory was reused")
+        single = single or rate
+        x_single = ratio_of(NAME, engine, hypervisor, f"vms{count}_x_one_vm", rate, single)
+        section.records += [rate, memory, x_single]
+        section.lines.append(f"    {engine:<8} {hypervisor:<10} {count:4d} "
+                             f"{fmt(rate['value'], '.0f', 11)} {fmt(rate.get('min'), '.0f', 11)} "
+                             f"{fmt(rate.get('max'), '.0f', 11)} "
+                             f"{fmt(x_single['value'], '.2f', 7)} "
+                             f"{fmt(memory['value'], '.2f', 7)}")

@@ -29,7 +29,8 @@ from typing import Callable
 from benchmarks.harness import (COUNTED, EMPTY_VARIANT, NO_LIMIT, BenchmarkError, Guest, Run,
                                 run_bare, run_vm)
 from benchmarks.loops import Context, interleave
-from benchmarks.records import BARE, NONE, derived, fmt, missing, ratio, record, with_spread
+from benchmarks.records import (BARE, NONE, cells, cost, derived, fmt, missing, ratio_of, record,
+                                verdict)
 from vmm.observers import ExitStats
 
 NAME = "exits"
@@ -61,7 +62,8 @@ class Row:
     observed: bool
     run: Callable[[int, int], Run]            # (passes, variant) -> one timed run
     passes: int
-    us_per_event: list[float] = field(default_factory=list)
+    event_s: list[float] = field(default_factory=list)     # N passes with the event, per rep
+    empty_s: list[float] = field(default_factory=list)     # N passes of the empty loop
     exits_per_event: list[float] = field(default_factory=list)
     handled_ns: list[int] = field(default_factory=list)
     error: str | None = None
@@ -92,7 +94,8 @@ class Row:
         order = (variant, EMPTY_VARIANT) if rep % 2 else (EMPTY_VARIANT, variant)
         runs = {v: self.run(self.passes, v) for v in order}
         event, empty = runs[variant], runs[EMPTY_VARIANT]
-        self.us_per_event.append((event.seconds - empty.seconds) / self.passes * 1e6)
+        self.event_s.append(event.seconds)
+        self.empty_s.append(empty.seconds)
         self.exits_per_event.append((event.exits - empty.exits) / self.passes)
         self.handled_ns += event.handled_ns
 
@@ -140,10 +143,10 @@ def run(ctx: Context) -> tuple[list[str], list[dict]]:
     """The table lines and records of the trap paths."""
     measured = rows(ctx)
     interleave(measured, ctx.reps, Row.warm_up, Row.measure, ctx.progress)
-    lines = [f"  trap paths ({PASSES[ctx.quick]} passes per run): µs per event (median, p10-p90), "
-             "exits per event, x floor (the first bare row), x native (OUT only); VMM-side = "
+    lines = [f"  trap paths ({PASSES[ctx.quick]} passes per run): µs per event (median, min, "
+             "max), exits per event, x floor (the first bare row), x native (OUT only); VMM-side = "
              "ExitStats' mean µs from VmExit record to re-entry"]
-    header = (f"    {'engine/hypervisor':<26} {'µs/event':>8} {'p10':>8} {'p90':>8} "
+    header = (f"    {'engine/hypervisor':<26} {'µs/event':>8} {'min':>8} {'max':>8} "
               f"{'exits/ev':>8} {'x floor':>8} {'x native':>8} {'VMM-side':>8}  goal")
     records = []
     for event, (_, goal, what) in EVENTS.items():
@@ -164,8 +167,8 @@ def main_record(row: Row) -> dict:
     if row.error:
         return missing(NAME, row.engine, row.hypervisor, metric, "us",
                        f"the run failed: {row.error}")
-    return with_spread(NAME, row.engine, row.hypervisor, metric, row.us_per_event, "us",
-                       passes=row.passes)
+    return cost(NAME, row.engine, row.hypervisor, metric, row.event_s, row.empty_s, row.passes,
+                "us", passes=row.passes)
 
 
 def report(row: Row, mains: dict, goal: float) -> tuple[str, list[dict]]:
@@ -175,32 +178,35 @@ def report(row: Row, mains: dict, goal: float) -> tuple[str, list[dict]]:
     if us is None:
         return f"    {row.name:<26} not measured: {main['reason']}", [main]
     engine_row = row.hypervisor != NONE
-    floor = ratio(us, mains[BARE, False]["value"]) if row.engine != BARE else None
+    floor = (ratio_of(NAME, row.engine, row.hypervisor, f"{row.metric}_x_floor", main,
+                      mains[BARE, False], paired=True) if row.engine != BARE else None)
     native = mains.get(("native", False))
     compared = engine_row and row.engine != "native" and row.event in X_NATIVE
-    x_native = ratio(us, native["value"]) if native and compared else None
+    x_native = (ratio_of(NAME, row.engine, row.hypervisor, f"{row.metric}_x_native", main,
+                         native, paired=True) if compared else None)
     exits = statistics.median(row.exits_per_event) if engine_row else None
     vmm_side = (sum(row.handled_ns) / len(row.handled_ns) / 1e3
                 if row.observed and exits >= MIN_EXITS else None)
-    records = [main]
-    if row.engine != BARE:
-        records.append(derived(NAME, row.engine, row.hypervisor, f"{row.metric}_x_floor", floor,
-                               "ratio", "the floor is not measured"))
+    records = [main] + [r for r in (floor, x_native) if r is not None]
     if exits is not None:
         records.append(record(NAME, row.engine, row.hypervisor, f"{row.metric}_exits_per_event",
                               exits, "exits"))
-    if compared:
-        records.append(derived(NAME, row.engine, row.hypervisor, f"{row.metric}_x_native",
-                               x_native, "ratio", "native is not measured"))
     if row.observed:
         records.append(derived(NAME, row.engine, row.hypervisor, f"{row.metric}_vmm_side_us",
                                vmm_side, "us", f"fewer than {MIN_EXITS} exits per event: "
-                               "ExitStats timed the boot's exits, not this event's"))
-    verdict = ""
+                               "ExitStats timed the boot's exits, not this event's",
+                               **vmm_spread(row.handled_ns)))
+    goal_text = ""
     if engine_row and row.engine != "native" and not row.observed:
-        main.update(goal=goal, meets_goal=us <= goal)
-        verdict = f"<= {goal:g} µs {'ok' if us <= goal else 'MISSED'}"
-    line = (f"    {row.name:<26} {us:8.3f} {main['p10']:8.3f} {main['p90']:8.3f} "
-            f"{fmt(exits, '.2f')} {fmt(floor, '.2f')} {fmt(x_native, '.2f')} "
-            f"{fmt(vmm_side)}  {verdict}").rstrip()
+        goal_text = verdict(main, goal, unit="µs")
+    line = (f"    {row.name:<26} {cells(main)} {fmt(exits, '.2f')} "
+            f"{fmt(floor and floor['value'], '.2f')} {fmt(x_native and x_native['value'], '.2f')} "
+            f"{fmt(vmm_side)}  {goal_text}").rstrip()
     return line, records
+
+
+def vmm_spread(handled_ns: list[int]) -> dict:
+    """Min and max of ExitStats' per-exit samples in µs (its value is their mean)."""
+    if not handled_ns:
+        return {}
+    return {"min": min(handled_ns) / 1e3, "max": max(handled_ns) / 1e3, "n": len(handled_ns)}

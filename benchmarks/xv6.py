@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks.loops import Context
-from benchmarks.records import NONE, Section, derived, missing, ratio, value_text, with_spread
+from benchmarks.records import NONE, Section, missing, ratio_of, value_text, with_spread
 from hypervisors.images import resolve
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.run_state import RunState
@@ -61,11 +61,11 @@ def run(ctx: Context) -> Section:
     qemu_record, ours = found[0], found[1:]
     section.lines.append(f"    {'qemu-tcg':<9} {value_text(qemu_record, '8.2f')}")
     for r in ours:
-        times = ratio(r["value"], qemu_record["value"])
-        section.records.append(derived(NAME, r["engine"], "monolithic", "first_prompt_over_qemu",
-                                       times, "x", "QEMU's or trapvisor's time is not measured"))
+        times = ratio_of(NAME, r["engine"], "monolithic", "first_prompt_over_qemu", r,
+                         qemu_record)
+        section.records.append(times)
         section.lines.append(f"    {r['engine']:<9} {value_text(r, '8.2f')}"
-                             + (f"   {times:5.1f}x QEMU" if times is not None else ""))
+                             + (f"   {times['value']:5.1f}x QEMU" if times["value"] else ""))
     return section
 
 
