@@ -176,9 +176,9 @@ class VtxEngine(EngineBase):
         self.ept_violation = (access, address)
         return super().on_unmapped(access, address, size, value)
 
-    def machine_error(self, err: int) -> None:
+    def machine_stopped(self, err: int) -> None:
         if self.ept_violation is None:
-            super().machine_error(err)
+            super().machine_stopped(err)
             return
         access, address = self.ept_violation
         self.ept_violation = None
