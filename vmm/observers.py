@@ -42,6 +42,8 @@ class ExitStats:
             lines += ["", "By instruction:"]
             lines += [f"  {k:<40} {v:>9}" for k, v in sorted(self.details.items(),
                                                                key=lambda kv: -kv[1])]
+        if self.engine is not None:
+            lines += ["", self.engine.mmu_report()]
         translated = self.engine.translation_report() if self.engine is not None else ""
         if translated:
             lines += ["", translated]

@@ -181,6 +181,17 @@ class EngineBase:
         """What the engine knows it failed to virtualize in this run; empty if nothing."""
         return ""
 
+    def mmu_report(self) -> str:
+        """The MMU's counts: TLB fills, the guest's #PFs, hidden page faults (shadow paging)."""
+        stats = self.mmu.stats
+        line = (f"MMU: {stats.fills} TLB fills, {stats.page_faults} guest page faults, "
+                f"{len(self.mmu.grants.mixed)} frames holding code and stored data")
+        traced = getattr(self.mmu, "traced_writes", None)
+        if traced is not None:
+            line += (f"; shadow paging: {stats.hidden_faults} hidden page faults, {traced} "
+                     "traced page-table writes")
+        return line
+
     def translation_report(self) -> str:
         """What the engine translated (binary translation's site table); empty for others."""
         return ""
@@ -253,10 +264,14 @@ class EngineBase:
         self.machine_stopped(err)
 
     def _access_size(self, access: int) -> int:
-        """Bytes of the access the instruction at EIP makes (its memory operand; 1 for a fetch)."""
-        insn = None if access == FILL_FETCH else self.current_insn()
+        """Bytes of the refused access (the TLB fill is not told): 1 for a fetch, the memory
+        operand's size for an explicit access, 4 for QEMU's implicit descriptor reads (a segment
+        load or far transfer with no memory operand reads its descriptor as two dwords)."""
+        if access == FILL_FETCH:
+            return 1
+        insn = self.current_insn()
         sizes = [op.size for op in insn.operands if op.kind == "mem"] if insn else []
-        return sizes[0] if sizes else 1
+        return sizes[0] if sizes else 4
 
     def machine_stopped(self, err: int) -> None:
         if self.unmapped is not None:
