@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import PROGRAMS, run_guest
+from vmm.observers import ExitCallback
+from vmm.vmcs import ExitReason
 
 EXPECTED_LINES = [
     "not present, supervisor read: error 0x0, CR2 0x50000123 ... ok",
@@ -44,3 +46,25 @@ def test_every_engine_prints_what_native_printed(engine, native_output):
 def test_self_modifying_code_under_store_fast_grants(engine):
     run = run_guest(PROGRAMS / "selfmod.asm", engine)
     assert run.result.ok and run.result.status == 0, run.text + run.result.report()
+
+
+def test_vtx_without_ept_prints_what_native_printed(native_output):
+    """--ept off: shadow paging under VT-x; the guest's own #PFs are EXCEPTION_NMI exits that
+    are reflected, the hidden ones exits that the VMM absorbs."""
+    exits = []
+    run = run_guest(PROGRAMS / "mmu.asm", "vtx", ept=False,
+                    observers=[ExitCallback(lambda e, o: exits.append(e))])
+    assert run.result.ok and run.result.status == 0, run.text + run.result.report()
+    assert run.text == native_output
+    faults = [e for e in exits if e.reason is ExitReason.EXCEPTION_NMI]
+    reflected = [e for e in faults if not e.hidden_fault]
+    assert len(reflected) == 8                                   # the guest's 8 #PFs
+    assert all(e.intr_info & 0xFF == 14 for e in faults)
+    assert len(faults) > len(reflected)                          # and hidden ones
+    assert any(e.reason is ExitReason.CR_ACCESS for e in exits)  # CR3 loads exit
+    assert any(e.reason is ExitReason.INVLPG for e in exits)
+
+
+def test_ept_off_needs_vtx():
+    with pytest.raises(ValueError, match="--ept off"):
+        run_guest(PROGRAMS / "mmu.asm", "trap", ept=False)

@@ -33,6 +33,7 @@ class ShadowMmu(Mmu):
         self.traced: dict[int, set[tuple]] = {}     # guest table frame -> shadow keys from it
         self.maybe_writable: set[int] = set()       # frames granted write since our last flush
         self.traced_writes = 0
+        self.on_hidden_fault = None  # (linear page, fill access) -> None: an engine that exits
 
     def reset(self) -> None:
         self.shadow.clear()
@@ -53,6 +54,8 @@ class ShadowMmu(Mmu):
             return entry
         walk = super().guest_walk(page, access)     # a Fault here is the guest's own #PF
         self.stats.hidden_faults += 1
+        if self.on_hidden_fault is not None:
+            self.on_hidden_fault(page, access)
         self.shadow[key] = walk
         for table in {walk.pde_addr & PAGE_MASK, (walk.pte_addr or walk.pde_addr) & PAGE_MASK}:
             self._trace(table, key)
