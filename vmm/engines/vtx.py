@@ -15,7 +15,7 @@ from __future__ import annotations
 from emu.cpu import ECX, FLAG_IF
 from emu.events import ERROR_CODE_VECTORS, UD, EventDelivery, EventKind, GuestView
 from emu.memory import Access
-from emu.paging import PF_U, PF_W
+from emu.paging import PF_P, PF_U, PF_W
 from emu.tlb import FILL_WRITE
 from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.emulate import effective_address
@@ -295,14 +295,16 @@ class VtxEngine(EngineBase):
             return super().make_mmu()
         mmu = ShadowMmu(self.vm)
         mmu.on_hidden_fault = self._hidden_page_fault
+        mmu.on_traced_write = lambda page: self._hidden_page_fault(page, FILL_WRITE, PF_P)
         return mmu
 
-    def _hidden_page_fault(self, page: int, access: int) -> None:
+    def _hidden_page_fault(self, page: int, access: int, present: int = 0) -> None:
         """A fill the shadow tables lack, while the guest's own tables map the page: on a CPU
         without EPT the shadow entry is not present, so the access takes #PF, which exits (the
         bitmap has #PF); the VMM fills the shadow entry and resumes without injecting. The
-        qualification is the linear page (the fill is told no offset)."""
-        error = (PF_W if access == FILL_WRITE else 0) | (PF_U if self.cpu.cpl == 3 else 0)
+        qualification is the linear page (the fill is told no offset). A store to a
+        write-protected (traced) guest page table is such an exit too, with P set."""
+        error = present | (PF_W if access == FILL_WRITE else 0) | (PF_U if self.cpu.cpl == 3 else 0)
         exit = self._exit(R.EXCEPTION_NMI, page)
         exit.intr_info = interruption_info(14, EventKind.HARDWARE_EXCEPTION.value, True)
         exit.error_code, exit.hidden_fault = error, True

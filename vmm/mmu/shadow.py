@@ -34,6 +34,8 @@ class ShadowMmu(Mmu):
         self.maybe_writable: set[int] = set()       # frames granted write since our last flush
         self.traced_writes = 0
         self.on_hidden_fault = None  # (linear page, fill access) -> None: an engine that exits
+        self.on_traced_write = None  # (linear page) -> None: likewise, for a traced store
+        self._filling = 0            # the linear page of the fill in progress
 
     def reset(self) -> None:
         self.shadow.clear()
@@ -44,6 +46,10 @@ class ShadowMmu(Mmu):
     def flush(self) -> None:
         self.maybe_writable.clear()
         super().flush()
+
+    def fill(self, page: int, access: int):
+        self._filling = page
+        return super().fill(page, access)
 
     def guest_walk(self, page: int, access: int):
         cr = self.cr
@@ -73,6 +79,8 @@ class ShadowMmu(Mmu):
         if frame in self.traced:
             if access == FILL_WRITE:
                 self._caught(frame)
+                if self.on_traced_write is not None:
+                    self.on_traced_write(self._filling)
             else:
                 grant = super().route(frame, access, writable, dirty)
                 return None if grant is None else (grant[0], grant[1] & ~PROT_W)
