@@ -2,7 +2,8 @@
 
 Registers, segment caches, hflags and the pending-exception fields are ctypes views located by
 emu/qemu_state.py (~0.05 µs per access instead of the binding's ~1.5 µs); hooks, watches and exits
-live in emu/hooks.py. The Cpu composes the two and adds running, control registers and MSRs.
+live in emu/hooks.py, the virtual TLB (whose fill handler is the VMM's MMU) in emu/tlb.py. The Cpu
+composes them and adds running, control registers and MSRs.
 """
 from __future__ import annotations
 
