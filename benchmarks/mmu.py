@@ -28,10 +28,8 @@ def hidden_faults_per_iteration(guest: str, engine: str, cls) -> float:
     """(hidden faults at N high - at N low) / (high - low): exact, the count is deterministic."""
     counts = []
     for n in HIDDEN_N:
-        seen = {}
         run_vm(build(guest, n), engine, cls,
-               check=lambda vm: seen.update(h=vm.vcpu.engine.mmu.stats.hidden_faults))
-        counts.append(seen["h"])
+               check=lambda vm: counts.append(vm.vcpu.engine.mmu.stats.hidden_faults))
     return (counts[1] - counts[0]) / (HIDDEN_N[1] - HIDDEN_N[0])
 
 

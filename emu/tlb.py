@@ -13,11 +13,22 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from typing import Callable
+from collections.abc import Callable
 
-from unicorn import (UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_ERR_EXCEPTION, UC_HOOK_TLB_FILL,
-                     UC_MEM_FETCH, UC_MEM_READ, UC_MEM_WRITE, UC_PROT_EXEC, UC_PROT_READ,
-                     UC_PROT_WRITE, UC_TLB_VIRTUAL, Uc)
+from unicorn import (
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_ERR_EXCEPTION,
+    UC_HOOK_TLB_FILL,
+    UC_MEM_FETCH,
+    UC_MEM_READ,
+    UC_MEM_WRITE,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    UC_TLB_VIRTUAL,
+    Uc,
+)
 from unicorn.unicorn_py3.unicorn import uclib
 
 from emu.qemu_state import NO_UNTIL, CpuError

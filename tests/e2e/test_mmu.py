@@ -6,8 +6,8 @@ working while data pages are granted store-fast) and frames used both ways."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import PROGRAMS, run_guest
+
 from vmm.observers import ExitCallback
 from vmm.vmcs import ExitReason
 

@@ -3,9 +3,29 @@ page tables built in guest RAM, control registers as a plain list."""
 import pytest
 
 from emu.memory import GuestMemory
-from emu.paging import (CR0_PE, CR0_PG, CR0_WP, CR4_PSE, CR4_SMEP, FETCH, PF_I, PF_P, PF_U,
-                        PF_W, PG_A, PG_D, PG_P, PG_PS, PG_RW, PG_US, READ, WRITE, Fault,
-                        LinearMemory, PageWalker)
+from emu.paging import (
+    CR0_PE,
+    CR0_PG,
+    CR0_WP,
+    CR4_PSE,
+    CR4_SMEP,
+    FETCH,
+    PF_I,
+    PF_P,
+    PF_U,
+    PF_W,
+    PG_A,
+    PG_D,
+    PG_P,
+    PG_PS,
+    PG_RW,
+    PG_US,
+    READ,
+    WRITE,
+    Fault,
+    LinearMemory,
+    PageWalker,
+)
 
 PD, PT = 0x10000, 0x11000
 LINEAR = 0x00403123            # PDE 1, PTE 3
@@ -26,7 +46,7 @@ def map_4k(memory, pde_bits=PG_P | PG_RW | PG_US, pte_bits=PG_P | PG_RW | PG_US)
 
 
 def test_a_read_translates_and_sets_only_accessed_bits(machine):
-    memory, cr, walker = machine
+    memory, _, walker = machine
     map_4k(memory)
     walk = walker.walk(LINEAR, READ)
     assert walk.frame == FRAME and walk.writable and not walk.dirty
@@ -35,7 +55,7 @@ def test_a_read_translates_and_sets_only_accessed_bits(machine):
 
 
 def test_a_store_sets_dirty_on_the_leaf_only(machine):
-    memory, cr, walker = machine
+    memory, _, walker = machine
     map_4k(memory)
     assert walker.walk(LINEAR, WRITE).dirty
     assert memory.read_u32(PT + 12) & PG_D
@@ -43,7 +63,7 @@ def test_a_store_sets_dirty_on_the_leaf_only(machine):
 
 
 def test_touch_false_leaves_the_tables_alone(machine):
-    memory, cr, walker = machine
+    memory, _, walker = machine
     map_4k(memory)
     walker.walk(LINEAR, WRITE, touch=False)
     assert memory.read_u32(PT + 12) & (PG_A | PG_D) == 0
@@ -53,7 +73,7 @@ def test_touch_false_leaves_the_tables_alone(machine):
                                               (READ, True, PF_U), (WRITE, True, PF_W | PF_U),
                                               (FETCH, False, 0)])
 def test_not_present_faults_with_p_clear(machine, kind, user, code):
-    memory, cr, walker = machine
+    memory, _, walker = machine
     map_4k(memory, pte_bits=PG_RW | PG_US)        # PTE not present
     with pytest.raises(Fault) as info:
         walker.walk(LINEAR, kind, user)
@@ -61,7 +81,7 @@ def test_not_present_faults_with_p_clear(machine, kind, user, code):
 
 
 def test_a_not_present_directory_entry_faults_too(machine):
-    memory, cr, walker = machine
+    _, _, walker = machine
     with pytest.raises(Fault) as info:
         walker.walk(LINEAR, WRITE, True)
     assert info.value.error_code == PF_W | PF_U
@@ -69,7 +89,7 @@ def test_a_not_present_directory_entry_faults_too(machine):
 
 @pytest.mark.parametrize("level", ["pde", "pte"])
 def test_user_access_to_a_supervisor_page_is_a_protection_fault(machine, level):
-    memory, cr, walker = machine
+    memory, _, walker = machine
     bits = {"pde_bits" if level == "pde" else "pte_bits": PG_P | PG_RW}
     map_4k(memory, **bits)
     walker.walk(LINEAR, READ, user=False)          # the supervisor may
@@ -93,7 +113,7 @@ def test_read_only_page_user_store_faults_supervisor_store_depends_on_wp(machine
 
 
 def test_read_only_directory_entry_makes_the_page_read_only(machine):
-    memory, cr, walker = machine
+    memory, _, walker = machine
     map_4k(memory, pde_bits=PG_P | PG_US)
     assert not walker.walk(LINEAR, READ, user=True).writable
 
@@ -126,7 +146,7 @@ def test_fetches_have_no_execute_disable_and_id_only_under_smep(machine):
 
 
 def test_linear_memory_is_identity_without_paging(machine):
-    memory, cr, walker = machine
+    memory, cr, _ = machine
     cr[0] = CR0_PE
     assert LinearMemory(memory, cr).translate(0x123456) == 0x123456
     cr[0] |= CR0_PG
