@@ -33,6 +33,7 @@ MODULES = [
     "benchmarks.partition",
     "benchmarks.peers",
     "benchmarks.scale",
+    "benchmarks.mmu",
     "benchmarks.scheduling",
     "benchmarks.xv6",
 ]

@@ -2,13 +2,14 @@
 
 Registers, segment caches, hflags and the pending-exception fields are ctypes views located by
 emu/qemu_state.py (~0.05 µs per access instead of the binding's ~1.5 µs); hooks, watches and exits
-live in emu/hooks.py. The Cpu composes the two and adds running, control registers and MSRs.
+live in emu/hooks.py, the virtual TLB (whose fill handler is the VMM's MMU) in emu/tlb.py. The Cpu
+composes them and adds running, control registers and MSRs.
 """
 from __future__ import annotations
 
 import ctypes
 
-from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE
+from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL
 from unicorn import (UC_ERR_EXCEPTION, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID, UC_ERR_READ_UNMAPPED,
                      UC_ERR_WRITE_UNMAPPED)
 from unicorn import x86_const as X
@@ -18,6 +19,7 @@ from emu.divide_guard import DivideGuard
 from emu.hooks import CpuHandler, Hooks
 from emu.memory import GuestMemory
 from emu.qemu_state import NO_UNTIL, QemuState
+from emu.tlb import PROT_ALL, Fill, VirtualTlb
 
 PAGE_MASK = 0xFFF
 
@@ -87,6 +89,8 @@ class Cpu:
         self.hook_error: BaseException | None = None
         self.on_hook_error = None  # called with the exception, inside the failing hook
         self._hooks = Hooks(self._uc, self._hook_failed, self._stop_after_access)
+        self.tlb = VirtualTlb(self._uc, self._hooks.add_hook, self._hook_failed)
+        self.tlb.set_fill(self._physical_fill)
         self.reset_real_mode()
         guard = DivideGuard(self._uch, self._hooks, self.gpr, lambda: self.code_bits, self.stop)
         self._hooks.before_exception = guard.exception_taken
@@ -287,7 +291,21 @@ class Cpu:
 
     def flush_tlb(self) -> None:
         """Drop every cached linear-to-physical translation (INVLPG, host-side page-table edits)."""
-        uclib.uc_ctl(self._uch, UC_CTL_TLB_FLUSH | (UC_CTL_IO_WRITE << 30))
+        self.tlb.flush()
+
+    def set_mmu(self, fill: Fill) -> None:
+        """Make ``fill`` the MMU that answers every TLB miss (see emu/tlb.py)."""
+        self.tlb.set_fill(fill)
+
+    def _physical_fill(self, page: int, _access: int) -> tuple[int, int] | None:
+        """The MMU until a VMM installs its own: linear = physical, RAM and MMIO windows only."""
+        if page < self.memory.size or page in self._mmio_pages:
+            return page, PROT_ALL
+        return None
+
+    def is_mmio_page(self, page: int) -> bool:
+        """A guest-physical page behind which an MMIO window sits (see map_mmio)."""
+        return page in self._mmio_pages
 
     def msr_read(self, index: int) -> int:
         """RDMSR on the real CPU, without the guest's privilege checks."""
@@ -305,6 +323,13 @@ class Cpu:
         becomes #DF and the one after a silent stop (Unicorn issue #1883)."""
         self._old_exception.value = -1
         return self._error_code.value & 0xFFFFFFFF, bool(self._is_int.value)
+
+    def raise_fault(self, error_code: int) -> None:
+        """Make the next take_exception() report a hardware exception with this error code (an
+        exception the MMU raises outside Unicorn: a #PF from a refused TLB fill)."""
+        self._error_code.value = error_code
+        self._is_int.value = 0
+        self._old_exception.value = -1
 
     # ----- segments -----------------------------------------------------------------------------
     def load_segment(self, seg: int, selector: int, base: int, limit: int, flags: int) -> None:

@@ -11,14 +11,11 @@ import ctypes
 from typing import Callable, Protocol
 
 from unicorn import Uc, UcError
-from unicorn import (UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
-                     UC_MEM_WRITE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
-                     UC_HOOK_MEM_WRITE_UNMAPPED, UC_HOOK_MEM_FETCH_UNMAPPED, UC_MEM_READ_UNMAPPED,
-                     UC_MEM_WRITE_UNMAPPED, UC_MEM_FETCH_UNMAPPED)
+from unicorn import (UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_HOOK_INTR, UC_HOOK_MEM_READ,
+                     UC_HOOK_MEM_WRITE, UC_MEM_WRITE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 
-from emu.memory import Access
 
 _INTR_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
 _IN_CB = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
@@ -32,16 +29,11 @@ _EDGE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_voi
                             ctypes.c_void_p)
 _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                             ctypes.c_void_p)
-_UNMAPPED_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
-                                ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
 
 _MMIO_READ_CB = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
                                  ctypes.c_void_p)
 _MMIO_WRITE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
                                   ctypes.c_uint64, ctypes.c_void_p)
-
-UNMAPPED_ACCESS = {UC_MEM_READ_UNMAPPED: Access.READ, UC_MEM_WRITE_UNMAPPED: Access.WRITE,
-                   UC_MEM_FETCH_UNMAPPED: Access.FETCH}
 
 
 class TranslationBlock(ctypes.Structure):
@@ -57,7 +49,6 @@ class CpuHandler(Protocol):
     def on_out(self, port: int, size: int, value: int) -> None: ...
     def on_cpuid(self) -> bool: ...
     def on_invalid_opcode(self) -> bool: ...
-    def on_unmapped(self, access: Access, address: int, size: int, value: int) -> bool: ...
     def on_mmio_read(self, address: int, size: int) -> int: ...
     def on_mmio_write(self, address: int, size: int, value: int) -> None: ...
 
@@ -81,13 +72,11 @@ class Hooks:
         self._exits: dict[str, frozenset[int]] = {}
         self._translation_callbacks: list[Callable[[int, int], None]] = []
         self.before_exception: Callable[[], None] = lambda: None
-        self._hook(UC_HOOK_INTR, _INTR_CB(self._intr_cb))
-        self._hook(UC_HOOK_INSN, _IN_CB(self._in_cb), insn=X.UC_X86_INS_IN)
-        self._hook(UC_HOOK_INSN, _OUT_CB(self._out_cb), insn=X.UC_X86_INS_OUT)
-        self._hook(UC_HOOK_INSN, _BOOL_CB(self._cpuid_cb), insn=X.UC_X86_INS_CPUID)
-        self._hook(UC_HOOK_INSN_INVALID, _BOOL_CB(self._invalid_cb))
-        unmapped = UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED
-        self._hook(unmapped, _UNMAPPED_CB(self._unmapped_cb))
+        self.add_hook(UC_HOOK_INTR, _INTR_CB(self._intr_cb))
+        self.add_hook(UC_HOOK_INSN, _IN_CB(self._in_cb), insn=X.UC_X86_INS_IN)
+        self.add_hook(UC_HOOK_INSN, _OUT_CB(self._out_cb), insn=X.UC_X86_INS_OUT)
+        self.add_hook(UC_HOOK_INSN, _BOOL_CB(self._cpuid_cb), insn=X.UC_X86_INS_CPUID)
+        self.add_hook(UC_HOOK_INSN_INVALID, _BOOL_CB(self._invalid_cb))
         # Exits mode, with no exits: Unicorn ignores `until`, and no longer ends every run by
         # looking up the code page of until-1 (with guest paging on, that lookup page-faults
         # behind our back: CR2 = 0xffffffff and a pending #PF that turns the next fault to #DF).
@@ -144,13 +133,6 @@ class Hooks:
     def _invalid_cb(self, _uc, _ud):
         try:
             return self.handler.on_invalid_opcode()
-        except BaseException as exc:  # noqa: BLE001
-            self._failed(exc)
-            return False
-
-    def _unmapped_cb(self, _uc, access, address, size, value, _ud):
-        try:
-            return self.handler.on_unmapped(UNMAPPED_ACCESS[access], address, size, value)
         except BaseException as exc:  # noqa: BLE001
             self._failed(exc)
             return False
@@ -213,7 +195,7 @@ class Hooks:
         watcher ``run_one_block`` makes that happen. Every translated block is then flushed, so
         that every block passes through the new watcher."""
         if not self._translation_callbacks:
-            self._hook(UC_HOOK_EDGE_GENERATED, _EDGE_CB(self._edge_cb))
+            self.add_hook(UC_HOOK_EDGE_GENERATED, _EDGE_CB(self._edge_cb))
             run_one_block()
         self._translation_callbacks.append(callback)
         self._uc.ctl_flush_tb()
@@ -237,7 +219,7 @@ class Hooks:
                 callback(address & 0xFFFFFFFF)
             except BaseException as exc:  # noqa: BLE001
                 self._failed(exc)
-        self._hook(UC_HOOK_CODE, _CODE_CB(code_cb), linear, linear)
+        self.add_hook(UC_HOOK_CODE, _CODE_CB(code_cb), linear, linear)
 
     def invalidate(self, start: int, end: int) -> None:
         """Drop the translated blocks holding code in linear [start, end)."""
@@ -248,7 +230,7 @@ class Hooks:
         physical [start, end]; return the handle for unhook(). A memory hook slows every load or
         store: debugging only."""
         htype = (UC_HOOK_MEM_READ if reads else 0) | (UC_HOOK_MEM_WRITE if writes else 0)
-        handle = self._hook(htype, _MEM_CB(self._make_memory_cb(callback)), start, end)
+        handle = self.add_hook(htype, _MEM_CB(self._make_memory_cb(callback)), start, end)
         self._uc.ctl_flush_tb()
         return handle
 
@@ -263,7 +245,7 @@ class Hooks:
     def unhook(self, handle: int) -> None:
         uclib.uc_hook_del(self._uch, handle)
 
-    def _hook(self, htype: int, cfunc, begin: int = 1, end: int = 0, insn: int | None = None) -> int:
+    def add_hook(self, htype: int, cfunc, begin: int = 1, end: int = 0, insn: int | None = None) -> int:
         handle = ctypes.c_size_t()
         args = [] if insn is None else [ctypes.c_int(insn)]
         err = uclib.uc_hook_add(self._uch, ctypes.byref(handle), htype,

@@ -1,19 +1,32 @@
-"""Linear-address access as the CPU performs it: 32-bit paging (4 KiB and 4 MiB pages) in Python.
+"""32-bit paging as the CPU's MMU performs it (Intel SDM Vol. 3, 4.3, 4.6, 4.7, 4.8): the page
+walk, in Python, that is both the VMM's view of guest linear memory and the hardware walk behind
+every TLB fill.
 
-Used where the VMM (or the emulated "hardware") touches guest memory through linear addresses:
-IDT/GDT/TSS reads, stack pushes of an event delivery, decoding at the guest's EIP. Faults are
-architectural: a ``Fault`` carrying #PF with the SDM error code and CR2 (Intel SDM Vol. 3, 4.3, 4.7).
+What applies to this CPU (no PAE: CR4.PAE is refused): 4 KiB pages and, with CR4.PSE, 4 MiB
+pages; the accessed bit of every entry used and the dirty bit of the leaf on a store; U/S against
+the access's privilege; R/W for user accesses always and for supervisor ones under CR0.WP; SMEP
+(CR4.SMEP, which the CPU model offers: a supervisor fetch from a user page faults). There is no
+execute-disable bit in 32-bit paging (IA32_EFER.NXE acts only on PAE and 4-level entries), so
+every readable page is executable; the I/D bit of the error code is set only under SMEP, as the
+SDM gives it for 32-bit paging. PSE-36 physical bits and reserved-bit faults are not modelled.
+Faults are architectural: a ``Fault`` carrying #PF with the SDM error code and CR2.
 """
 from __future__ import annotations
 
+import struct
+from typing import NamedTuple
 
 from emu.memory import GuestMemory
 
-PG_P, PG_RW, PG_US, PG_A, PG_D, PG_PS = 1, 2, 4, 0x20, 0x40, 0x80
+PG_P, PG_RW, PG_US, PG_A, PG_D, PG_PS, PG_G = 1, 2, 4, 0x20, 0x40, 0x80, 0x100
 CR0_PE, CR0_WP, CR0_PG = 1, 1 << 16, 1 << 31
-CR4_PSE, CR4_PAE = 1 << 4, 1 << 5
+CR4_PSE, CR4_PAE, CR4_PGE, CR4_SMEP = 1 << 4, 1 << 5, 1 << 7, 1 << 20
 
 PF_P, PF_W, PF_U, PF_I = 1, 2, 4, 0x10
+PF = 14
+READ, WRITE, FETCH = 0, 1, 2  # the kinds of access a walk checks
+
+_U32 = struct.Struct("<I")
 
 
 class Fault(Exception):
@@ -37,58 +50,99 @@ class BusError(Exception):
         self.write = write
 
 
-class LinearMemory:
-    """Reads and writes guest memory by linear address through the guest's current page tables."""
+class Translation(NamedTuple):
+    """What a walk found for one linear address."""
+    frame: int          # physical address of its 4 KiB frame
+    writable: bool      # a store at the same privilege would pass the R/W checks
+    dirty: bool         # the leaf entry's D bit (after this access set it)
+    user: bool          # U/S is set at every level
+    pde_addr: int       # physical addresses of the entries used (the leaf is the last)
+    pte_addr: int | None
+
+
+class PageWalker:
+    """The guest's page tables, walked as the MMU walks them, from the live control registers."""
 
     def __init__(self, memory: GuestMemory, cr):
         self.memory = memory
         self.cr = cr  # live control registers: cr[0], cr[3], cr[4]
 
+    def walk(self, linear: int, kind: int = READ, user: bool = False,
+             touch: bool = True) -> Translation:
+        """Translate a paging-on linear address; ``touch=False`` leaves A/D bits alone (a
+        debugger looking, not the CPU accessing). Raises Fault(#PF) or BusError."""
+        cr4 = self.cr[4]
+        if cr4 & CR4_PAE:
+            raise Fault(13, 0)  # PAE paging is not modelled; refuse rather than mistranslate
+        write = kind == WRITE
+        err = (PF_W if write else 0) | (PF_U if user else 0)
+        if kind == FETCH and cr4 & CR4_SMEP:
+            err |= PF_I
+        pde_addr = (self.cr[3] & 0xFFFFF000) | ((linear >> 20) & 0xFFC)
+        pde = self._entry(pde_addr)
+        if not pde & PG_P:
+            raise Fault(PF, err, linear)
+        if pde & PG_PS and cr4 & CR4_PSE:
+            pte_addr, leaf, frame = None, pde, (pde & 0xFFC00000) | (linear & 0x3FF000)
+        else:
+            pte_addr = (pde & 0xFFFFF000) | ((linear >> 10) & 0xFFC)
+            leaf = self._entry(pte_addr)
+            if not leaf & PG_P:
+                raise Fault(PF, err, linear)
+            frame = leaf & 0xFFFFF000
+        writable = self._check(pde & leaf, kind, user, err, linear)
+        if touch:
+            if pte_addr is None:
+                leaf = self._touch(pde_addr, pde, write)
+            else:
+                self._touch(pde_addr, pde, False)
+                leaf = self._touch(pte_addr, leaf, write)
+        return Translation(frame, writable, bool(leaf & PG_D), bool(pde & leaf & PG_US),
+                           pde_addr, pte_addr)
+
+    def _entry(self, addr: int) -> int:
+        if addr + 4 > self.memory.size:
+            raise BusError(addr, 4)
+        return _U32.unpack_from(self.memory.mmap, addr)[0]
+
+    def _check(self, both: int, kind: int, user: bool, err: int, linear: int) -> bool:
+        """The privilege checks of SDM 4.6 on the combined U/S and R/W bits; returns whether a
+        store would pass them too."""
+        if user:
+            if not both & PG_US:
+                raise Fault(PF, err | PF_P, linear)
+            writable = bool(both & PG_RW)
+        else:
+            if kind == FETCH and both & PG_US and self.cr[4] & CR4_SMEP:
+                raise Fault(PF, err | PF_P, linear)
+            writable = bool(both & PG_RW) or not self.cr[0] & CR0_WP
+        if kind == WRITE and not writable:
+            raise Fault(PF, err | PF_P, linear)
+        return writable
+
+    def _touch(self, addr: int, entry: int, write: bool) -> int:
+        new = entry | PG_A | (PG_D if write else 0)
+        if new != entry:
+            _U32.pack_into(self.memory.mmap, addr, new)
+        return new
+
+
+class LinearMemory:
+    """Reads and writes guest memory by linear address through the guest's current page tables."""
+
+    def __init__(self, memory: GuestMemory, cr):
+        self.memory = memory
+        self.cr = cr
+        self.walker = PageWalker(memory, cr)
+
     def translate(self, linear: int, write: bool = False, user: bool = False,
                   fetch: bool = False, touch: bool = True) -> int:
-        """Linear -> physical as the MMU does it; ``touch=False`` leaves A/D bits alone (a
-        debugger looking, not the CPU accessing)."""
+        """Linear -> physical as the MMU does it (identity while CR0.PG is clear)."""
         linear &= 0xFFFFFFFF
         if not self.cr[0] & CR0_PG:
             return linear
-        if self.cr[4] & CR4_PAE:
-            raise Fault(13, 0)  # PAE paging is not modelled; refuse rather than mistranslate
-        err = (PF_W if write else 0) | (PF_U if user else 0) | (PF_I if fetch else 0)
-        pde_addr = (self.cr[3] & 0xFFFFF000) + ((linear >> 22) << 2)
-        pde = self._entry(pde_addr)
-        if not pde & PG_P:
-            raise Fault(14, err, linear)
-        if pde & PG_PS and self.cr[4] & CR4_PSE:
-            self._check(pde, pde, write, user, err, linear)
-            if touch:
-                self._touch(pde_addr, pde, write)
-            return (pde & 0xFFC00000) | (linear & 0x3FFFFF)
-        pte_addr = (pde & 0xFFFFF000) + (((linear >> 12) & 0x3FF) << 2)
-        pte = self._entry(pte_addr)
-        if not pte & PG_P:
-            raise Fault(14, err, linear)
-        self._check(pde, pte, write, user, err, linear)
-        if touch:
-            self._touch(pde_addr, pde, False)
-            self._touch(pte_addr, pte, write)
-        return (pte & 0xFFFFF000) | (linear & 0xFFF)
-
-    def _entry(self, addr: int) -> int:
-        if not self.memory.contains(addr, 4):
-            raise BusError(addr, 4)
-        return self.memory.read_u32(addr)
-
-    def _check(self, pde: int, pte: int, write: bool, user: bool, err: int, linear: int) -> None:
-        if user and not (pde & pte & PG_US):
-            raise Fault(14, err | PF_P, linear)
-        writable = pde & pte & PG_RW
-        if write and not writable and (user or self.cr[0] & CR0_WP):
-            raise Fault(14, err | PF_P, linear)
-
-    def _touch(self, addr: int, entry: int, write: bool) -> None:
-        new = entry | PG_A | (PG_D if write else 0)
-        if new != entry:
-            self.memory.write_u32(addr, new)
+        kind = FETCH if fetch else WRITE if write else READ
+        return self.walker.walk(linear, kind, user, touch).frame | (linear & 0xFFF)
 
     def _spans(self, linear: int, length: int, write: bool, user: bool, touch: bool = True):
         """Split an access at page boundaries into (physical, length) pieces."""

@@ -109,6 +109,8 @@ SCHED_HELP = {
 
 EXIT_ON_HELP = ("with --engine vtx: extra VM exits to turn on, comma-separated, from "
                 + ", ".join(EXIT_ON_NAMES))
+EPT_HELP = ("with --engine vtx: 'off' models first-generation VT-x without EPT: shadow page "
+            "tables, with CR3-load, INVLPG and #PF exits forced on (default: on)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hypervisor", choices=sorted(HYPERVISORS), default="monolithic")
     run.add_argument("--engine", choices=sorted(ENGINES), default="trap")
     run.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
+    run.add_argument("--ept", choices=("on", "off"), default="on", help=EPT_HELP)
     run.add_argument("--stats", action="store_true", help="print per-exit-reason statistics (per "
                      "VM beside the total with several guests, and the CPU each VM received "
                      "against its entitlement)")
@@ -199,6 +202,7 @@ def add_debug_parser(commands) -> None:
     debug.add_argument("--hypervisor", choices=["monolithic"], default="monolithic")
     debug.add_argument("--engine", choices=sorted(ENGINES), default="trap")
     debug.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
+    debug.add_argument("--ept", choices=("on", "off"), default="on", help=EPT_HELP)
     debug.add_argument("--ram", metavar="SIZE", type=parse_size, default=32 << 20,
                        help="guest RAM (default 32M)")
     debug.add_argument("--input", metavar="TEXT", default="",
@@ -425,6 +429,8 @@ def hypervisor_options(args) -> dict:
                    input_data=args.input.encode().decode("unicode_escape").encode("latin-1"))
     if args.exit_on:
         options["exit_on"] = args.exit_on
+    if args.ept == "off":
+        options["ept"] = False
     return options
 
 

@@ -45,8 +45,10 @@ class ExitStats:
         tables = [self._table("all VMs")]
         tables += [self.per_vm[key]._table(f"VM {key[0]} ({key[1]})")
                    for key in sorted(self.per_vm)]
-        translated = self.engine.translation_report() if self.engine is not None else ""
-        return "\n\n".join(tables + ([translated] if translated else []))
+        if self.engine is not None:
+            tables.append(self.engine.mmu_report())
+            tables += [text for text in (self.engine.translation_report(),) if text]
+        return "\n\n".join(tables)
 
     def _table(self, which: str) -> str:
         total = sum(len(v) for v in self.samples.values())

@@ -129,6 +129,7 @@ class VmExit:
     error_code: int | None = None
     insn = None                        # the decoded instruction (emu.disasm.Insn), if decoded
     plan = None                        # how the engine carries it out (trap/bt emulation plan)
+    hidden_fault = False               # EXCEPTION_NMI #PF on a shadow entry the VMM fills itself
     insn_bytes = b""
     detail = ""
 

@@ -1,5 +1,5 @@
-"""emu.cpu on real guest code: what the CPU reports to its handler (access kinds of unmapped
-accesses, run errors, exceptions raised by hooks), the instruction counter and halted flag found
+"""emu.cpu on real guest code: what the CPU reports to its handler and its MMU (TLB fills and
+refusals, run errors, exceptions raised by hooks), the instruction counter and halted flag found
 in QEMU's state, translation flushes after host writes, and MSR access."""
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 
 from emu.cpu import (CS, DS, EAX, ES, SS, Cpu, DESC_B, DESC_G, DESC_P, DESC_S, DESC_TYPE_SHIFT,
                      describe_run_error)
-from emu.memory import Access, GuestMemory
+from emu.memory import GuestMemory
+from emu.tlb import FILL_FETCH, FILL_READ, FILL_WRITE, PROT_ALL
 
 CODE, OUTSIDE = 0x1000, 0x200000  # RAM is 1 MiB: OUTSIDE has nothing behind it
 FLAT = DESC_P | DESC_S | DESC_B | DESC_G
@@ -35,10 +36,6 @@ class Recorder:
         self.events.append(("invalid",))
         return False
 
-    def on_unmapped(self, access: Access, address: int, size: int, value: int) -> bool:
-        self.events.append((access, address, size))
-        return False
-
 
 @pytest.fixture
 def machine():
@@ -62,16 +59,33 @@ def run_code(memory, cpu, code: bytes, eip: int = CODE, count: int = 100) -> int
     return cpu.run(count)
 
 
-@pytest.mark.parametrize("code, eip, access, error", [
-    ("a1 00 00 20 00", CODE, Access.READ, "read from unmapped memory"),      # mov eax, [OUTSIDE]
-    ("a3 00 00 20 00", CODE, Access.WRITE, "write to unmapped memory"),      # mov [OUTSIDE], eax
-    ("", OUTSIDE, Access.FETCH, "fetch from unmapped memory"),               # execute at OUTSIDE
+@pytest.mark.parametrize("code, eip, access", [
+    ("a1 04 00 20 00", CODE, FILL_READ),         # mov eax, [OUTSIDE + 4]
+    ("a3 04 00 20 00", CODE, FILL_WRITE),        # mov [OUTSIDE + 4], eax
+    ("", OUTSIDE + 4, FILL_FETCH),               # execute at OUTSIDE + 4
 ])
-def test_unmapped_access_kind_and_run_error(machine, code, eip, access, error):
+def test_a_refused_tlb_fill_ends_the_run_with_the_full_address(machine, code, eip, access):
+    """The MMU sees the page and the access kind; refusing ends the run, and the CPU tells the
+    full address (uc->invalid_addr, located by probing)."""
     memory, cpu, handler = machine
+    fills = []
+
+    def fill(page, kind):
+        fills.append((page, kind))
+        return (page, PROT_ALL) if page < memory.size else None
+    cpu.set_mmu(fill)
     err = run_code(memory, cpu, bytes.fromhex(code) + b"\xf4", eip)
-    assert handler.events[0][:2] == (access, OUTSIDE)
-    assert describe_run_error(err) == error
+    assert fills[-1] == (OUTSIDE, access)
+    assert cpu.tlb.refused_address() == OUTSIDE + 4
+    assert describe_run_error(err) == "an unhandled CPU exception"
+    assert cpu.eip == eip  # the CPU stands at the instruction that made the access
+
+
+def test_without_an_mmu_linear_is_physical_and_nothing_else_is_mapped(machine):
+    memory, cpu, handler = machine
+    err = run_code(memory, cpu, bytes.fromhex("a1 00 00 20 00 f4"))
+    assert describe_run_error(err) == "an unhandled CPU exception"
+    assert cpu.tlb.refused_address() == OUTSIDE
 
 
 def test_invalid_instruction_run_error(machine):

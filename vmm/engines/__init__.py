@@ -1,5 +1,5 @@
 """The CPU virtualization engines by name, and how a hypervisor makes one (with VT-x execution
-controls from the --exit-on list). Both hypervisors build their vCPUs through ``make_engine``."""
+controls from the --exit-on list and --ept). Both hypervisors build their vCPUs through ``make_engine``."""
 from __future__ import annotations
 
 from vmm.engines.bt import BtEngine
@@ -11,12 +11,18 @@ from vmm.engines.vtx import VtxEngine
 ENGINES = {"native": NativeEngine, "trap": TrapEngine, "bt": BtEngine, "vtx": VtxEngine}
 
 
-def make_engine(name: str, exit_on: str = ""):
-    """An engine by name; ``exit_on`` (the --exit-on list) turns on VT-x exit controls."""
+def make_engine(name: str, exit_on: str = "", ept: bool = True):
+    """An engine by name; ``exit_on`` (the --exit-on list) turns on VT-x exit controls, and
+    ``ept=False`` (--ept off) models VT-x without EPT (shadow paging)."""
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
     if name == "vtx":
-        return VtxEngine(apply_exit_on(VmxControls(), exit_on))
+        controls = VmxControls()
+        if not ept:
+            controls.without_ept()
+        return VtxEngine(apply_exit_on(controls, exit_on))
+    if not ept:
+        raise ValueError("--ept off models VT-x without EPT: it needs --engine vtx")
     if exit_on:
         raise ValueError("--exit-on sets VT-x execution controls: it needs --engine vtx")
     return ENGINES[name]()

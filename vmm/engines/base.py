@@ -9,6 +9,8 @@ from emu.disasm import Disassembler, Insn
 from emu.events import EventKind
 from emu.memory import Access
 from emu.paging import CR0_PG, BusError, Fault
+from emu.tlb import FILL_FETCH, FILL_WRITE
+from vmm.mmu.mmu import Mmu, PageFault, Unbacked
 from vmm.exits import Outcome
 from vmm.run_state import RunState, outside_ram
 from vmm.vmcs import EPT_WRITE, ExitReason, VmExit, ept_qualification, io_qualification
@@ -20,6 +22,8 @@ IMM_IO_OPCODES = frozenset((0xE4, 0xE5, 0xE6, 0xE7))
 STRING_IO_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F))
 # enum lookups are slow on the exit path
 IO_INSTRUCTION, EPT_VIOLATION = ExitReason.IO_INSTRUCTION, ExitReason.EPT_VIOLATION
+UNBACKED_ACCESS = {FILL_WRITE: Access.WRITE, FILL_FETCH: Access.FETCH}
+PF = 14
 PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
 
 
@@ -39,6 +43,12 @@ class EngineBase:
         self.cpu = vcpu.vm.cpu
         self.lin = vcpu.vm.lin
         self.cpu.attach(self)
+        self.mmu = self.make_mmu()
+        self.mmu.attach()
+
+    def make_mmu(self) -> Mmu:
+        """The engine's MMU: the guest walk (engines with shadow tables override)."""
+        return Mmu(self.vm)
 
     def reset(self) -> None:
         """Called once the guest is loaded and the CPU holds its boot state."""
@@ -171,6 +181,17 @@ class EngineBase:
         """What the engine knows it failed to virtualize in this run; empty if nothing."""
         return ""
 
+    def mmu_report(self) -> str:
+        """The MMU's counts: TLB fills, the guest's #PFs, hidden page faults (shadow paging)."""
+        stats = self.mmu.stats
+        line = (f"MMU: {stats.fills} TLB fills, {stats.page_faults} guest page faults, "
+                f"{len(self.mmu.grants.mixed)} frames holding code and stored data")
+        traced = getattr(self.mmu, "traced_writes", None)
+        if traced is not None:
+            line += (f"; shadow paging: {stats.hidden_faults} hidden page faults, {traced} "
+                     "traced page-table writes")
+        return line
+
     def translation_report(self) -> str:
         """What the engine translated (binary translation's site table); empty for others."""
         return ""
@@ -229,6 +250,30 @@ class EngineBase:
         return False
 
     def machine_error(self, err: int) -> None:
+        """The run ended on an error: a fill the MMU refused (a #PF the guest takes, an access
+        with nothing behind it), or a machine-level failure that ends the run."""
+        refusal = self.mmu.take_refusal()
+        if isinstance(refusal, PageFault):
+            self.cpu.cr[2] = refusal.cr2
+            self.cpu.raise_fault(refusal.error_code)
+            self.on_interrupt(PF)
+            return
+        if isinstance(refusal, Unbacked):
+            self.on_unmapped(UNBACKED_ACCESS.get(refusal.access, Access.READ), refusal.physical,
+                             self._access_size(refusal.access), 0)
+        self.machine_stopped(err)
+
+    def _access_size(self, access: int) -> int:
+        """Bytes of the refused access (the TLB fill is not told): 1 for a fetch, the memory
+        operand's size for an explicit access, 4 for QEMU's implicit descriptor reads (a segment
+        load or far transfer with no memory operand reads its descriptor as two dwords)."""
+        if access == FILL_FETCH:
+            return 1
+        insn = self.current_insn()
+        sizes = [op.size for op in insn.operands if op.kind == "mem"] if insn else []
+        return sizes[0] if sizes else 4
+
+    def machine_stopped(self, err: int) -> None:
         if self.unmapped is not None:
             access, address, size = self.unmapped
             kind = {Access.WRITE: "write", Access.FETCH: "instruction fetch"}.get(access, "read")

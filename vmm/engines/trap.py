@@ -18,6 +18,7 @@ from vmm.engines.emulate import effective_address, emulate_hlt, emulator_for
 from vmm.engines.plans import Plan, make_plan
 from vmm.engines.scanner import CodeScanner
 from vmm.exits import Outcome
+from vmm.mmu.shadow import ShadowMmu
 from vmm.run_state import RunState
 from vmm.vmcs import ExitReason, Vmcs, VmExit, interruption_info
 
@@ -28,6 +29,10 @@ class TrapEngine(EngineBase):
     """Deprivileged guest kernel; privileged instructions and all I/O exit to the VMM."""
     name = "trap"
     guest_class = DeprivilegedGuest
+
+    def make_mmu(self) -> ShadowMmu:
+        """Shadow page tables: the guest runs deprivileged on the VMM's translations."""
+        return ShadowMmu(self.vm)
 
     def attach(self, vcpu) -> None:
         super().attach(vcpu)

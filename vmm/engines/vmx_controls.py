@@ -33,6 +33,7 @@ class VmxControls:
     mov_dr_exiting: bool = False
     wbinvd_exiting: bool = False
     descriptor_table_exiting: bool = False
+    enable_ept: bool = True                 # secondary control; off: shadow paging (see below)
     interrupt_window_exiting: bool = False
     # VM-entry interruption-information field (SDM 24.8.3) and its error code.
     entry_interruption_info: int = 0
@@ -49,6 +50,14 @@ class VmxControls:
             return True
         in_range = msr <= 0x1FFF or 0xC0000000 <= msr <= 0xC0001FFF
         return not in_range or msr in (self.msr_write_bitmap if write else self.msr_read_bitmap)
+
+    def without_ept(self) -> None:
+        """First-generation VT-x (no EPT): the VMM keeps shadow page tables, so it must see
+        every CR3 load and INVLPG (the guest changes address space or drops a translation) and
+        every #PF (a fault on a shadow entry may be the VMM's own, a hidden page fault)."""
+        self.enable_ept = False
+        self.cr3_load_exiting = self.invlpg_exiting = True
+        self.exception_bitmap |= 1 << 14
 
     def exception_exits(self, vector: int) -> bool:
         return bool(self.exception_bitmap >> vector & 1)

@@ -15,12 +15,16 @@ from __future__ import annotations
 from emu.cpu import ECX, FLAG_IF
 from emu.events import ERROR_CODE_VECTORS, UD, EventDelivery, EventKind, GuestView
 from emu.memory import Access
+from emu.paging import PF_P, PF_U, PF_W
+from emu.tlb import FILL_WRITE
 from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.emulate import effective_address
 from vmm.engines.plans import GPR_NUMBER
 from vmm.engines.scanner import IF_SETTERS, CodeScanner, SiteKind
 from vmm.engines.vmx_controls import VmxControls
 from vmm.exits import Outcome
+from vmm.mmu.mmu import Mmu
+from vmm.mmu.shadow import ShadowMmu
 from vmm.vmcs import (
     CR_CLTS,
     CR_LMSW,
@@ -176,9 +180,9 @@ class VtxEngine(EngineBase):
         self.ept_violation = (access, address)
         return super().on_unmapped(access, address, size, value)
 
-    def machine_error(self, err: int) -> None:
+    def machine_stopped(self, err: int) -> None:
         if self.ept_violation is None:
-            super().machine_error(err)
+            super().machine_stopped(err)
             return
         access, address = self.ept_violation
         self.ept_violation = None
@@ -283,8 +287,34 @@ class VtxEngine(EngineBase):
             c.cr4_read_shadow = int(self.cpu.cr[4]) & c.cr4_guest_host_mask
         return Outcome.RESUME
 
+    def make_mmu(self) -> Mmu:
+        """With EPT the guest's own walk (guest-physical = host RAM, MMIO windows, EPT
+        violations beyond); without it (--ept off) shadow page tables whose hidden page faults
+        are #PF exits."""
+        if self.controls.enable_ept:
+            return super().make_mmu()
+        mmu = ShadowMmu(self.vm)
+        mmu.on_hidden_fault = self._hidden_page_fault
+        mmu.on_traced_write = lambda page: self._hidden_page_fault(page, FILL_WRITE, PF_P)
+        return mmu
+
+    def _hidden_page_fault(self, page: int, access: int, present: int = 0) -> None:
+        """A fill the shadow tables lack, while the guest's own tables map the page: on a CPU
+        without EPT the shadow entry is not present, so the access takes #PF, which exits (the
+        bitmap has #PF); the VMM fills the shadow entry and resumes without injecting. The
+        qualification is the linear page (the fill is told no offset). A store to a
+        write-protected (traced) guest page table is such an exit too, with P set."""
+        error = present | (PF_W if access == FILL_WRITE else 0) | (PF_U if self.cpu.cpl == 3 else 0)
+        exit = self._exit(R.EXCEPTION_NMI, page)
+        exit.intr_info = interruption_info(14, EventKind.HARDWARE_EXCEPTION.value, True)
+        exit.error_code, exit.hidden_fault = error, True
+        self.take_exit(exit)
+
     def reflect_exception(self, exit: VmExit) -> Outcome:
-        """Reflect the exception back into the guest by VM-entry event injection."""
+        """Reflect the exception back into the guest by VM-entry event injection; a hidden page
+        fault (shadow paging) is the VMM's own, fixed by filling the shadow entry."""
+        if exit.hidden_fault:
+            return Outcome.RESUME
         info = exit.intr_info
         self.inject(info & 0xFF, EventKind((info >> 8) & 7), exit.error_code)
         return Outcome.RESUME

@@ -1,0 +1,103 @@
+"""The CPU's TLB as a VMM sees it: Unicorn's UC_TLB_VIRTUAL mode, in which QEMU never walks page
+tables itself and every TLB miss asks the VMM's MMU for the page (the hardware half of
+"the VMM owns the MMU"; the walk, shadows and EPT are policy in vmm/mmu/).
+
+On a miss QEMU restores the CPU state to the faulting instruction (EIP points at it) and calls
+the fill hook with the linear page address and the access (read, write, fetch), but not the MMU
+index: the handler reads the CPL itself. The handler answers a grant (physical page, UC_PROT_*
+bits) or refuses; a refusal ends the run with UC_ERR_EXCEPTION, the full linear address in
+``uc->invalid_addr`` (located here by probing, and verified, as emu/qemu_state.py locates QEMU's
+state). Entries granted without execute permission let stores skip QEMU's notdirty slow path.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from collections.abc import Callable
+
+from unicorn import (
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UC_ERR_EXCEPTION,
+    UC_HOOK_TLB_FILL,
+    UC_MEM_FETCH,
+    UC_MEM_READ,
+    UC_MEM_WRITE,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    UC_TLB_VIRTUAL,
+    Uc,
+)
+from unicorn.unicorn_py3.unicorn import uclib
+
+from emu.qemu_state import NO_UNTIL, CpuError
+
+FILL_READ, FILL_WRITE, FILL_FETCH = UC_MEM_READ, UC_MEM_WRITE, UC_MEM_FETCH
+PROT_R, PROT_W, PROT_X = UC_PROT_READ, UC_PROT_WRITE, UC_PROT_EXEC
+PROT_ALL = PROT_R | PROT_W | PROT_X
+
+_FILL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                            ctypes.c_void_p, ctypes.c_void_p)
+PROBE_ADDRESSES = (0x5A5A3F17, 0x2C6D1B3D)  # fetches the probe refuses (odd page offsets)
+UC_STRUCT_WINDOW = 16384  # uc->invalid_addr lies in the first bytes of uc_struct
+
+Fill = Callable[[int, int], "tuple[int, int] | None"]
+
+
+class TlbEntry(ctypes.Structure):
+    """Unicorn's uc_tlb_entry: the grant a fill hook writes."""
+    _fields_ = [("paddr", ctypes.c_uint64), ("perms", ctypes.c_int)]
+
+
+class VirtualTlb:
+    """UC_TLB_VIRTUAL with one fill handler: ``fill(linear_page, FILL_*) -> (physical_page,
+    PROT_*) or None`` (refused). A handler that raises hands the exception to ``failed``."""
+
+    def __init__(self, uc: Uc, add_hook: Callable, failed: Callable[[BaseException], None]):
+        self._uch = uc._uch
+        self._failed = failed
+        self._fill: Fill = lambda page, access: None
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        add_hook(UC_HOOK_TLB_FILL, _FILL_CB(self._fill_cb))
+        self._invalid_addr = self._locate_invalid_addr()
+
+    def set_fill(self, fill: Fill) -> None:
+        """Make ``fill`` the MMU; the cached translations of the previous one are dropped."""
+        self._fill = fill
+        self.flush()
+
+    def _fill_cb(self, _uc, page, access, entry, _ud):
+        try:
+            grant = self._fill(page & 0xFFFFFFFF, access)
+        except BaseException as exc:  # noqa: BLE001
+            self._failed(exc)
+            return False
+        if grant is None:
+            return False
+        tlb_entry = TlbEntry.from_address(entry)
+        tlb_entry.paddr, tlb_entry.perms = grant
+        return True
+
+    def refused_address(self) -> int:
+        """The full linear address of the access whose fill was refused last."""
+        return self._invalid_addr.value & 0xFFFFFFFF
+
+    def flush(self) -> None:
+        """Drop every cached linear-to-physical translation (every MMU index)."""
+        uclib.uc_ctl(self._uch, UC_CTL_TLB_FLUSH | (UC_CTL_IO_WRITE << 30))
+
+    def _locate_invalid_addr(self) -> ctypes.c_uint64:
+        """Refuse instruction fetches at two known addresses and find the field holding them."""
+        uc_struct = self._uch.value
+        offsets = None
+        for address in PROBE_ADDRESSES:
+            if uclib.uc_emu_start(self._uch, address, NO_UNTIL, 0, 1) != UC_ERR_EXCEPTION:
+                raise CpuError("a refused TLB fill did not end the run; this CPU model cannot run")
+            window = ctypes.string_at(uc_struct, UC_STRUCT_WINDOW)
+            found = {off for off in range(0, UC_STRUCT_WINDOW, 8)
+                     if struct.unpack_from("<Q", window, off)[0] == address}
+            offsets = found if offsets is None else offsets & found
+        if not offsets or len(offsets) != 1:
+            raise CpuError("cannot locate Unicorn's invalid_addr; this CPU model cannot run")
+        return ctypes.c_uint64.from_address(uc_struct + offsets.pop())
