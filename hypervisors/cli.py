@@ -19,6 +19,7 @@ from hypervisors.elf_image import elf_executable
 from hypervisors.images import AsmError, GuestImage, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
 from hypervisors.registry import HYPERVISORS
+from hypervisors.snapshot_run import restored, save_run
 from vmm.devices.crtc import COLUMNS, TEXT_BUFFER, TEXT_BYTES, render_text
 from vmm.devices.faults import inject_fault
 from vmm.engines import ENGINES
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "binary or a Multiboot ELF kernel; several run side by side under "
                      "--hypervisor micro; none: boot the first --drive like a PC BIOS")
     run.add_argument("--hypervisor", choices=sorted(HYPERVISORS), default="monolithic")
-    run.add_argument("--engine", choices=sorted(ENGINES), default="trap")
+    run.add_argument("--engine", choices=sorted(ENGINES),
+                     help="the CPU virtualization engine (default trap; with --restore, the "
+                     "snapshot's)")
     run.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
     run.add_argument("--stats", action="store_true", help="print per-exit-reason statistics")
     run.add_argument("--trace", metavar="FILE", help="write one JSON line per exit to FILE")
@@ -112,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inject-device-fault", metavar="DEVICE",
                      help="make the named device model raise on its first access (a driver bug "
                      "on purpose): e.g. uart16550, pit8254, pic-master, debug-console")
+    add_snapshot_options(run)
     add_debug_parser(commands)
     add_asm_parser(commands)
     commands.add_parser("guests", help="list the shipped guests")
@@ -121,6 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("tcb", help="lines and bytes of project code in each process, per "
                         "hypervisor architecture, measured from the modules each one imports")
     return parser
+
+
+def add_snapshot_options(run) -> None:
+    run.add_argument("--save", metavar="FILE", help="stop at --at-exit N (or --at-instruction "
+                     "N) and write the VM's state to FILE; a list of points writes FILE, then "
+                     "diff snapshots FILE.1, FILE.2, ... (monolithic)")
+    run.add_argument("--at-exit", metavar="N[,N...]", help="with --save: after this exit")
+    run.add_argument("--at-instruction", metavar="N[,N...]",
+                     help="with --save: after this many guest instructions (native has no exits)")
+    run.add_argument("--restore", metavar="FILE", help="continue the VM saved in FILE (no "
+                     "GUEST: its RAM holds it; --engine may switch native <-> vtx, trap <-> bt)")
 
 
 def add_bench_parser(commands) -> None:
@@ -219,6 +234,9 @@ def load_image(args, spec: str | None):
 
 
 def run_guest(args) -> int:
+    if args.restore:
+        return restore_guest(args)
+    args.engine = args.engine or "trap"
     if args.hypervisor == "monolithic" and (len(args.guest) > 1 or args.disk):
         print("trapvisor: several guests and --disk need --hypervisor micro", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -239,7 +257,11 @@ def run_guest(args) -> int:
     observers = [o for o in (stats, trace and JsonTrace(trace)) if o]
     try:
         build = hypervisor_factory(args, observers)
-        if args.hypervisor == "micro":
+        if args.save:
+            result = save_run(args, build, image)
+            if result is None:
+                return 0
+        elif args.hypervisor == "micro":
             results = run_micro(args, images, observers)
         elif args.gdb:
             from vmm.debug.gdb import stub as gdbstub  # the stub's modules load only for --gdb
@@ -249,7 +271,7 @@ def run_guest(args) -> int:
             result = hypervisor.run(image)
             if args.vga:
                 show_text_screen(hypervisor.vm.memory.read(TEXT_BUFFER, TEXT_BYTES))
-    except (ValueError, ConnectionError) as exc:
+    except (ValueError, ConnectionError, OSError) as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
@@ -263,6 +285,33 @@ def run_guest(args) -> int:
     if result is None:
         print("trapvisor: gdb killed the guest", file=sys.stderr)
         return EXIT_GUEST_FAILED
+    return exit_status(result, args.qemu_exit_codes)
+
+
+def restore_guest(args) -> int:
+    """`trapvisor run --restore FILE`: the saved VM continues to its end."""
+    if args.guest or args.save or args.hypervisor != "monolithic":
+        print("trapvisor: --restore takes no GUEST, no --save and no --hypervisor micro: the "
+              "snapshot holds a monolithic VM", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    stats = ExitStats() if args.stats else None
+    observers = [stats] if stats else []
+
+    def make(**options):
+        return HYPERVISORS["monolithic"](**options, sink=write_stdout, observers=observers,
+                                         timeout=args.timeout, max_exits=args.max_exits)
+    try:
+        hypervisor = restored(args, make)
+    except (ValueError, OSError) as exc:
+        print(f"trapvisor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        result = hypervisor.vcpu.run()
+    finally:
+        sys.stdout.flush()
+        hypervisor.close()
+    if stats:
+        print(stats.report(), file=sys.stderr)
     return exit_status(result, args.qemu_exit_codes)
 
 
