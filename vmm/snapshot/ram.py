@@ -46,13 +46,14 @@ class PageHashes:
 
 
 def nonzero_pages(memory) -> list[int]:
-    """The pages holding anything but zeros (looked at 1 MiB at a time, then page by page)."""
-    view, found = memory.view, []
+    """The pages holding anything but zeros, looked at 1 MiB at a time, then page by page (bytes
+    compare with memcmp; a memoryview compares item by item, ~100x slower)."""
+    ram, found = memory.mmap, []
     for chunk in range(0, memory.size, CHUNK):
         end = min(chunk + CHUNK, memory.size)
-        if view[chunk:end] != ZERO_CHUNK[:end - chunk]:
+        if ram[chunk:end] != ZERO_CHUNK[:end - chunk]:
             found += [n for n in range(chunk // PAGE, end // PAGE)
-                      if view[n * PAGE:(n + 1) * PAGE] != ZERO_PAGE]
+                      if ram[n * PAGE:(n + 1) * PAGE] != ZERO_PAGE]
     return found
 
 
