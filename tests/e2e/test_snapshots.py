@@ -5,9 +5,9 @@ engine switches that carry over and the ones refused, and damaged files."""
 from __future__ import annotations
 
 import pytest
+from conftest import run_guest, trapvisor
 
 import guests
-from conftest import run_guest, trapvisor
 from hypervisors.images import resolve
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.snapshot import format as snapfile

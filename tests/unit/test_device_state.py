@@ -10,7 +10,7 @@ from vmm.bus import IrqLine
 from vmm.clock import VirtualClock
 from vmm.devices.crtc import Crtc
 from vmm.devices.debug import DebugConsole, DebugExit, NullDevice
-from vmm.devices.i8042 import A20Gate, I8042, SystemControlPortA
+from vmm.devices.i8042 import I8042, A20Gate, SystemControlPortA
 from vmm.devices.ide import DiskImage, IdeChannel
 from vmm.devices.ioapic import IoApic
 from vmm.devices.lapic import LocalApic

@@ -5,6 +5,7 @@ alternate status at 0x3F6), IDENTIFY DEVICE and LBA28/CHS sector reads and write
 from __future__ import annotations
 
 import os
+
 from vmm.bus import IrqLine, all_ones
 from vmm.devices.state import PlainState, StateError
 
