@@ -11,6 +11,8 @@ The section is ``u32 count | count x u32 page numbers | count x 4096 bytes``.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import struct
 from array import array
@@ -19,6 +21,8 @@ PAGE = 0x1000
 ZERO_PAGE = bytes(PAGE)
 CHUNK = 1 << 20
 ZERO_CHUNK = bytes(CHUNK)
+_memcmp = ctypes.CDLL(ctypes.util.find_library("c")).memcmp
+_memcmp.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t)
 DIGEST = 8
 
 
@@ -46,14 +50,15 @@ class PageHashes:
 
 
 def nonzero_pages(memory) -> list[int]:
-    """The pages holding anything but zeros, looked at 1 MiB at a time, then page by page (bytes
-    compare with memcmp; a memoryview compares item by item, ~100x slower)."""
-    ram, found = memory.mmap, []
+    """The pages holding anything but zeros, looked at 1 MiB at a time, then page by page, with
+    libc's memcmp on guest RAM in place (a memoryview compares item by item, ~100x slower, and
+    slicing the mmap copies)."""
+    found = []
     for chunk in range(0, memory.size, CHUNK):
         end = min(chunk + CHUNK, memory.size)
-        if ram[chunk:end] != ZERO_CHUNK[:end - chunk]:
+        if _memcmp(memory.address + chunk, ZERO_CHUNK, end - chunk):
             found += [n for n in range(chunk // PAGE, end // PAGE)
-                      if ram[n * PAGE:(n + 1) * PAGE] != ZERO_PAGE]
+                      if _memcmp(memory.address + n * PAGE, ZERO_CHUNK, PAGE)]
     return found
 
 
