@@ -261,6 +261,11 @@ def run_guest(args) -> int:
             result = save_run(args, build, image)
             if result is None:
                 return 0
+            print(f"trapvisor: the guest ended after {result.exits} exits and "
+                  f"{result.instructions} instructions, before the snapshot point: "
+                  f"{args.save} was not written", file=sys.stderr)
+            if result.ok:
+                return EXIT_GUEST_FAILED
         elif args.hypervisor == "micro":
             results = run_micro(args, images, observers)
         elif args.gdb:

@@ -5,7 +5,7 @@ engine switches that carry over and the ones refused, and damaged files."""
 from __future__ import annotations
 
 import pytest
-from conftest import run_guest, trapvisor
+from conftest import trapvisor
 
 import guests
 from hypervisors.images import resolve
@@ -138,6 +138,23 @@ def test_a_damaged_file_is_one_line_and_status_2(tmp_path, damage, words):
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in refused.stderr
 
 
+def test_a_point_the_guest_never_reaches_writes_nothing(tmp_path):
+    path = tmp_path / "vm.snap"
+    late = trapvisor("run", "hello", "--save", str(path), "--at-exit", "100000")
+    assert late.returncode == 3
+    assert "before the snapshot point" in late.stderr and not path.exists()
+
+
+def test_micro_and_bad_points_are_refused_in_one_line(tmp_path):
+    path = str(tmp_path / "vm.snap")
+    for args, words in ((["--hypervisor", "micro", "--at-exit", "5"], "monolithic only"),
+                        (["--at-exit", "5,3"], "positive and increasing"),
+                        ([], "needs one of --at-exit N or --at-instruction N")):
+        refused = trapvisor("run", "hello", "--save", path, *args)
+        assert refused.returncode == 2 and words in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_diff_holds_only_the_pages_written_since():
     hypervisor = MonolithicHypervisor(engine="trap")
     try:
@@ -150,7 +167,3 @@ def test_diff_holds_only_the_pages_written_since():
     finally:
         hypervisor.close()
     assert diff.raw("ram")[:8] == (1).to_bytes(4, "little") + (0x300).to_bytes(4, "little")
-
-
-def test_guest_output_without_snapshots_is_unchanged():
-    assert run_guest("hello", "trap").result.state is RunState.EXITED
