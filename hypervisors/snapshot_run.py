@@ -8,7 +8,8 @@ snapshot at each later one (FILE.1, FILE.2, ...: the pages written since the one
 by page hashes; vmm/snapshot/ram.py). A diff names the file it is based on; restoring it reads
 the chain back to the full snapshot. The file's "meta" section is the run's configuration, so
 a restore needs no guest: RAM holds it. ``--engine`` may pick another engine where the state
-carries over (native <-> vtx, trap <-> bt).
+carries over (native <-> vtx, trap <-> bt); vtx continuing vtx keeps the saved VMCS controls
+(their CR read shadows are guest state), and ``--exit-on`` at restore adds exits to them.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from hypervisors.monolithic import MonolithicHypervisor
+from vmm.engines.vmx_controls import apply_exit_on
 from vmm.snapshot import format as snapfile
 from vmm.snapshot import machine, ram
 from vmm.snapshot.engine_state import check_engine
@@ -115,6 +117,9 @@ def restored(args, make) -> MonolithicHypervisor:
     hypervisor = make(**options)
     try:
         machine.restore(hypervisor, chain)
+        if engine == "vtx" and args.exit_on:  # more exits than the saved controls had
+            apply_exit_on(hypervisor.vcpu.engine.controls, args.exit_on)
+            hypervisor.vcpu.engine.controls_changed()
     except BaseException:
         hypervisor.close()
         raise

@@ -112,6 +112,18 @@ def test_native_snapshot_by_instruction_count(tmp_path):
     assert save.stdout + resumed.stdout == plain.stdout
 
 
+def test_vtx_controls_and_read_shadows_carry_over(tmp_path):
+    options = ("--engine", "vtx", "--exit-on", "cr3,invlpg,dt,cr0=0x80000000")
+    plain = trapvisor("run", "paging", *options)
+    path = tmp_path / "vm.snap"
+    save = trapvisor("run", "paging", *options, "--save", str(path), "--at-exit", "20")
+    assert save.returncode == 0, save.stderr
+    resumed = trapvisor("run", "--restore", str(path), "--stats")
+    assert resumed.returncode == plain.returncode == 0, resumed.stderr
+    assert save.stdout + resumed.stdout == plain.stdout
+    assert "CR_ACCESS" in resumed.stderr
+
+
 def test_restore_refuses_an_engine_of_the_other_family(tmp_path):
     path = tmp_path / "vm.snap"
     assert trapvisor("run", "hello", "--save", str(path), "--at-exit", "5").returncode == 0

@@ -15,6 +15,8 @@ counts and decoded again on restore, so reports and fidelity audits cover the wh
 """
 from __future__ import annotations
 
+from dataclasses import fields
+
 from emu.cpu import FLAG_IF, IOPL_MASK
 from vmm.devices.state import capture, restore
 from vmm.engines.scanner import Site, SiteKind
@@ -48,7 +50,14 @@ def save_engine(engine) -> dict:
         state["debug_regs"] = list(guest.debug_regs)
     if getattr(engine, "_window_held", None) is not None:
         state["window_held"] = engine._window_held
+    if getattr(engine, "controls", None) is not None:
+        state["controls"] = capture(engine.controls, _control_fields(engine.controls))
     return state
+
+
+def _control_fields(controls) -> tuple[str, ...]:
+    """Every VMCS control, the CR read shadows the guest's MOV CR keep up to date among them."""
+    return tuple(f.name for f in fields(controls))
 
 
 def load_engine(engine, state: dict) -> None:
@@ -58,9 +67,17 @@ def load_engine(engine, state: dict) -> None:
         _load_guest_state(guest.state, state["guest"])
         guest.debug_regs = list(state["debug_regs"])
         _place_virtual_if(engine, guest)
+    _load_controls(engine, state)
     _load_scanner(engine.scanner, engine.disasm, state["scanner"])
     if hasattr(engine, "_window_held"):
         engine._window_held = state.get("window_held", False)
+
+
+def _load_controls(engine, state: dict) -> None:
+    """vtx from vtx: the saved controls, read shadows included (native has none: the run's
+    --exit-on stands)."""
+    if getattr(engine, "controls", None) is not None and "controls" in state:
+        restore(engine.controls, state["controls"], _control_fields(engine.controls))
 
 
 def _place_virtual_if(engine, guest) -> None:
