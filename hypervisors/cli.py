@@ -293,14 +293,30 @@ def run_guest(args) -> int:
     return exit_status(result, args.qemu_exit_codes)
 
 
+RESTORE_FIXED = {"--drive": "drive", "--input": "input", "--stdin": "stdin",
+                 "--wall-clock": "wall_clock", "--gdb": "gdb", "--vga": "vga", "--append": "append",
+                 "--initrd": "initrd", "--disk": "disk",
+                 "--inject-device-fault": "inject_device_fault"}
+
+
 def restore_guest(args) -> int:
     """`trapvisor run --restore FILE`: the saved VM continues to its end."""
     if args.guest or args.save or args.hypervisor != "monolithic":
         print("trapvisor: --restore takes no GUEST, no --save and no --hypervisor micro: the "
               "snapshot holds a monolithic VM", file=sys.stderr)
         return EXIT_BAD_INPUT
+    fixed = [flag for flag, given in RESTORE_FIXED.items() if getattr(args, given)]
+    if fixed:
+        print(f"trapvisor: {', '.join(fixed)} cannot be given with --restore: the snapshot "
+              "holds the run's RAM, disks, input and clock", file=sys.stderr)
+        return EXIT_BAD_INPUT
     stats = ExitStats() if args.stats else None
-    observers = [stats] if stats else []
+    try:
+        trace = open(args.trace, "w") if args.trace else None
+    except OSError as exc:
+        print(f"trapvisor: cannot write the trace to {args.trace}: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    observers = [o for o in (stats, trace and JsonTrace(trace)) if o]
 
     def make(**options):
         return HYPERVISORS["monolithic"](**options, sink=write_stdout, observers=observers,
@@ -315,6 +331,8 @@ def restore_guest(args) -> int:
     finally:
         sys.stdout.flush()
         hypervisor.close()
+        if trace:
+            trace.close()
     if stats:
         print(stats.report(), file=sys.stderr)
     return exit_status(result, args.qemu_exit_codes)

@@ -165,6 +165,10 @@ def test_micro_and_bad_points_are_refused_in_one_line(tmp_path):
         refused = trapvisor("run", "hello", "--save", path, *args)
         assert refused.returncode == 2 and words in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
+    refused = trapvisor("run", "--restore", path, "--input", "x", "--wall-clock")
+    assert refused.returncode == 2
+    assert refused.stderr == ("trapvisor: --input, --wall-clock cannot be given with --restore: "
+                              "the snapshot holds the run's RAM, disks, input and clock\n")
 
 
 def test_diff_holds_only_the_pages_written_since():
