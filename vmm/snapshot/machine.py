@@ -68,17 +68,24 @@ def restore(hypervisor, chain: list[Snapshot]) -> None:
     """Put a snapshot into a fresh hypervisor built like the one that saved it. ``chain`` is
     the full snapshot and the diffs taken after it, oldest first: their pages are applied in
     order, and the machine state is the last one's."""
+    for older, newer in zip(chain, chain[1:]):
+        if newer.kind != DIFF or newer.base != older.ident:
+            raise SnapshotError("a diff snapshot is not based on the snapshot before it")
+    if chain[0].kind != FULL:
+        raise SnapshotError("a diff snapshot needs the full snapshot it is based on")
+    for snapshot in chain[:-1]:
+        _pages(hypervisor, snapshot.raw("ram"))
+    load(hypervisor, chain[-1])
+
+
+def load(hypervisor, snapshot: Snapshot) -> None:
+    """Apply one snapshot's pages onto the RAM as it stands (a diff onto what its base, or a
+    migration's earlier rounds, put there), then its CPU and machine state."""
     vm, vcpu = hypervisor.vm, hypervisor.vcpu
+    _pages(hypervisor, snapshot.raw("ram"))
     try:
-        for older, newer in zip(chain, chain[1:]):
-            if newer.kind != DIFF or newer.base != older.ident:
-                raise SnapshotError("a diff snapshot is not based on the snapshot before it")
-        if chain[0].kind != FULL:
-            raise SnapshotError("a diff snapshot needs the full snapshot it is based on")
-        for snapshot in chain:
-            ram.apply(vm.memory, snapshot.raw("ram"))
-        vm.cpu.load_context(chain[-1].raw("cpu"))
-        _restore_machine(hypervisor, chain[-1].get("machine"))
+        vm.cpu.load_context(snapshot.raw("cpu"))
+        _restore_machine(hypervisor, snapshot.get("machine"))
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, SnapshotError):
             raise
@@ -86,6 +93,13 @@ def restore(hypervisor, chain: list[Snapshot]) -> None:
     for hook in vm.restore_hooks:
         hook()
     vcpu.control.pause_requested = False
+
+
+def _pages(hypervisor, blob: bytes) -> None:
+    try:
+        ram.apply(hypervisor.vm.memory, blob)
+    except (ValueError, IndexError) as exc:
+        raise SnapshotError(f"the snapshot's RAM does not fit this machine: {exc}") from None
 
 
 def _restore_machine(hypervisor, machine: dict) -> None:

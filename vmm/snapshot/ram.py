@@ -70,7 +70,7 @@ def encode(memory, pages: list[int]) -> bytes:
 
 def apply(memory, blob: bytes) -> int:
     """Write the section's pages into guest RAM; return how many there were."""
-    (count,) = struct.unpack_from("<I", blob)
+    count = struct.unpack_from("<I", blob)[0] if len(blob) >= 4 else -1
     if len(blob) != 4 + count * (4 + PAGE):
         raise ValueError(f"the RAM section's length does not match its {count} pages")
     pages = array("I")
