@@ -19,6 +19,7 @@ from hypervisors.elf_image import elf_executable
 from hypervisors.images import AsmError, GuestImage, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
 from hypervisors.registry import HYPERVISORS
+from hypervisors.migration import incoming, migrate_run
 from hypervisors.snapshot_run import restored, save_run
 from vmm.devices.crtc import COLUMNS, TEXT_BUFFER, TEXT_BYTES, render_text
 from vmm.devices.faults import inject_fault
@@ -136,6 +137,11 @@ def add_snapshot_options(run) -> None:
                      help="with --save: after this many guest instructions (native has no exits)")
     run.add_argument("--restore", metavar="FILE", help="continue the VM saved in FILE (no "
                      "GUEST: its RAM holds it; --engine may switch native <-> vtx, trap <-> bt)")
+    run.add_argument("--migrate", metavar="tcp:HOST:PORT", help="at --at-exit N (or "
+                     "--at-instruction N), live-migrate the VM to a trapvisor run --incoming "
+                     "there (pre-copy; monolithic)")
+    run.add_argument("--incoming", metavar="tcp:HOST:PORT", help="wait there for a migrated VM "
+                     "and continue it (no GUEST; port 0 picks a free one, printed on stderr)")
 
 
 def add_bench_parser(commands) -> None:
@@ -234,7 +240,7 @@ def load_image(args, spec: str | None):
 
 
 def run_guest(args) -> int:
-    if args.restore:
+    if args.restore or args.incoming:
         return restore_guest(args)
     args.engine = args.engine or "trap"
     if args.hypervisor == "monolithic" and (len(args.guest) > 1 or args.disk):
@@ -257,13 +263,14 @@ def run_guest(args) -> int:
     observers = [o for o in (stats, trace and JsonTrace(trace)) if o]
     try:
         build = hypervisor_factory(args, observers)
-        if args.save:
-            result = save_run(args, build, image)
+        if args.save or args.migrate:
+            result = (save_run if args.save else migrate_run)(args, build, image)
             if result is None:
                 return 0
+            missed = (f"snapshot point: {args.save} was not written" if args.save
+                      else "migration point: it did not move")
             print(f"trapvisor: the guest ended after {result.exits} exits and "
-                  f"{result.instructions} instructions, before the snapshot point: "
-                  f"{args.save} was not written", file=sys.stderr)
+                  f"{result.instructions} instructions, before the {missed}", file=sys.stderr)
             if result.ok:
                 return EXIT_GUEST_FAILED
         elif args.hypervisor == "micro":
@@ -301,13 +308,16 @@ RESTORE_FIXED = {"--drive": "drive", "--input": "input", "--stdin": "stdin",
 
 def restore_guest(args) -> int:
     """`trapvisor run --restore FILE`: the saved VM continues to its end."""
-    if args.guest or args.save or args.hypervisor != "monolithic":
-        print("trapvisor: --restore takes no GUEST, no --save and no --hypervisor micro: the "
-              "snapshot holds a monolithic VM", file=sys.stderr)
+    flag = "--restore" if args.restore else "--incoming"
+    if args.guest or args.save or args.migrate or args.hypervisor != "monolithic" or (
+            args.restore and args.incoming):
+        print(f"trapvisor: {flag} takes no GUEST, no --save, --migrate, --restore with "
+              "--incoming, nor --hypervisor micro: it continues a monolithic VM",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     fixed = [flag for flag, given in RESTORE_FIXED.items() if getattr(args, given)]
     if fixed:
-        print(f"trapvisor: {', '.join(fixed)} cannot be given with --restore: the snapshot "
+        print(f"trapvisor: {', '.join(fixed)} cannot be given with {flag}: the snapshot "
               "holds the run's RAM, disks, input and clock", file=sys.stderr)
         return EXIT_BAD_INPUT
     stats = ExitStats() if args.stats else None
@@ -322,7 +332,7 @@ def restore_guest(args) -> int:
         return HYPERVISORS["monolithic"](**options, sink=write_stdout, observers=observers,
                                          timeout=args.timeout, max_exits=args.max_exits)
     try:
-        hypervisor = restored(args, make)
+        hypervisor = restored(args, make) if args.restore else incoming(args, make)
     except (ValueError, OSError) as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -37,19 +37,25 @@ def points(text: str) -> list[int]:
     return values
 
 
-def save_run(args, build, image, say=print) -> int | None:
-    """Boot, run to each point, write the snapshots; None when all were written, else the
-    guest's result (it ended before a point)."""
+def trigger(args, flag: str) -> tuple[list[int] | None, list[int] | None]:
+    """(exit numbers, instruction counts) where --save or --migrate acts, one of them None."""
     exits = points(args.at_exit) if args.at_exit else None
     steps = points(args.at_instruction) if args.at_instruction else None
     if (exits is None) == (steps is None):
-        raise ValueError("--save needs one of --at-exit N or --at-instruction N")
+        raise ValueError(f"{flag} needs one of --at-exit N or --at-instruction N")
     if args.hypervisor != "monolithic":
-        raise ValueError("--save and --restore work under --hypervisor monolithic only (the "
-                         "micro hypervisor's devices live in the parent partition process)")
+        raise ValueError(f"{flag} works under --hypervisor monolithic only (the micro "
+                         "hypervisor's devices live in the parent partition process)")
     if args.stdin or args.wall_clock or args.gdb:
-        raise ValueError("--save cannot be combined with --stdin, --wall-clock or --gdb (their "
+        raise ValueError(f"{flag} cannot be combined with --stdin, --wall-clock or --gdb (their "
                          "input and time come from the host, not the guest's execution)")
+    return exits, steps
+
+
+def save_run(args, build, image, say=print) -> int | None:
+    """Boot, run to each point, write the snapshots; None when all were written, else the
+    guest's result (it ended before a point)."""
+    exits, steps = trigger(args, "--save")
     hypervisor = build([])
     try:
         hypervisor.boot(image)
@@ -69,7 +75,7 @@ def _save_points(args, hypervisor, exits, steps, say):
             return hypervisor.vcpu.result()
         snapshot = machine.capture(hypervisor, base, hashes)
         path = args.save if index == 0 else f"{args.save}.{index}"
-        snapshot.put("meta", _meta(args, base and _previous(args.save, index)))
+        snapshot.put("meta", meta(args, base and _previous(args.save, index)))
         size = snapfile.write(path, snapshot)
         say(f"trapvisor: saved {snapfile.KINDS[snapshot.kind]} snapshot at exit "
             f"{hypervisor.vcpu.exit_count}, {done} instructions, to {path} ({size} bytes)",
@@ -84,7 +90,7 @@ def _previous(save: str, index: int) -> str:
     return os.path.basename(save if index == 1 else f"{save}.{index - 1}")
 
 
-def _meta(args, based_on: str | None) -> dict:
+def meta(args, based_on: str | None = None) -> dict:
     return {"hypervisor": "monolithic", "engine": args.engine, "exit_on": args.exit_on,
             "ram": args.ram, "drives": [str(Path(d).resolve()) for d in args.drive],
             "input": args.input, "based_on": based_on}
@@ -105,22 +111,27 @@ def restored(args, make) -> MonolithicHypervisor:
     """A hypervisor built as the snapshot's run was (``make(**options)``), its state loaded.
     ``args.engine`` None keeps the saved engine."""
     chain = load_chain(args.restore)
-    meta = chain[-1].get("meta")
-    if meta.get("hypervisor") != "monolithic" or not all(k in meta for k in META_KEYS):
-        raise snapfile.SnapshotError(f"{args.restore}: the snapshot's meta section is incomplete")
-    engine = args.engine or meta["engine"]
-    check_engine(meta["engine"], engine)
-    options = dict(engine=engine, ram_size=meta["ram"], drives=meta["drives"],
-                   input_data=meta["input"].encode().decode("unicode_escape").encode("latin-1"))
-    if engine == "vtx" and (args.exit_on or meta["exit_on"]):
-        options["exit_on"] = args.exit_on or meta["exit_on"]
-    hypervisor = make(**options)
+    hypervisor = built(chain[-1].get("meta"), args, make)
     try:
         machine.restore(hypervisor, chain)
-        if engine == "vtx" and args.exit_on:  # more exits than the saved controls had
+        if hypervisor.vcpu.engine.name == "vtx" and args.exit_on:  # more exits than saved
             apply_exit_on(hypervisor.vcpu.engine.controls, args.exit_on)
             hypervisor.vcpu.engine.controls_changed()
     except BaseException:
         hypervisor.close()
         raise
     return hypervisor
+
+
+def built(meta: dict, args, make) -> MonolithicHypervisor:
+    """A fresh hypervisor configured as the saved run's ``meta`` says (the engine may be
+    switched within its family by ``args.engine``)."""
+    if meta.get("hypervisor") != "monolithic" or not all(k in meta for k in META_KEYS):
+        raise snapfile.SnapshotError("the snapshot's meta section is incomplete")
+    engine = args.engine or meta["engine"]
+    check_engine(meta["engine"], engine)
+    options = {"engine": engine, "ram_size": meta["ram"], "drives": meta["drives"],
+               "input_data": meta["input"].encode().decode("unicode_escape").encode("latin-1")}
+    if engine == "vtx" and (args.exit_on or meta["exit_on"]):
+        options["exit_on"] = args.exit_on or meta["exit_on"]
+    return make(**options)
