@@ -19,9 +19,9 @@ from vmm.devices.pc_testdev import TestdevFlush, TestdevIomem, TestdevIoport, Te
 from vmm.devices.pci_host import PciHostNoDevices
 from vmm.devices.pic8259 import Pic8259Pair
 from vmm.devices.pit8254 import Pit8254
-from vmm.devices.state import StateError
 from vmm.devices.uart16550 import Uart16550
 from vmm.snapshot.format import Snapshot
+from vmm.snapshot.state import StateError
 
 
 class Rig:

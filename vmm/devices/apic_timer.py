@@ -6,7 +6,7 @@ timer. The local APIC (vmm.devices.lapic) owns the LVT entry that says where exp
 from __future__ import annotations
 
 from vmm.clock import Clock
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 NS_PER_S = 1_000_000_000
 BUS_HZ = NS_PER_S          # the timer's input clock: 1 GHz, as QEMU and KVM count it

@@ -4,7 +4,7 @@ IBM VGA CRTC registers 0x00-0x18) at index/data ports 0x3D4/0x3D5, and a rendere
 """
 from __future__ import annotations
 
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 TEXT_BUFFER = 0xB8000
 COLUMNS, ROWS = 80, 25

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from vmm.bus import all_ones
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 DEBUG_CONSOLE_ID = 0xE9
 

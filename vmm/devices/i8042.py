@@ -8,7 +8,7 @@ from collections import deque
 from typing import Callable
 
 from vmm.bus import IrqLine
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 DATA_PORT, STATUS_PORT = 0, 4          # offsets in a window based at 0x60
 

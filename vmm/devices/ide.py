@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from vmm.bus import IrqLine, all_ones
-from vmm.devices.state import PlainState, StateError
+from vmm.snapshot.state import PlainState, StateError
 
 SECTOR = 512
 LBA28_LIMIT = 1 << 28

@@ -8,7 +8,7 @@ from typing import Callable
 
 from vmm.bus import IrqLine
 from vmm.devices.lapic import ApicMessage
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 IOAPIC_DEFAULT_BASE = 0xFEC00000
 IOAPIC_WINDOW = 0x20

@@ -9,7 +9,7 @@ from typing import Callable, NamedTuple
 from vmm.bus import IrqLine, all_ones
 from vmm.clock import Clock
 from vmm.devices.apic_timer import BUS_HZ, ApicTimer
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 MSR_IA32_APIC_BASE = 0x1B
 APIC_DEFAULT_BASE = 0xFEE00000

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from vmm.bus import IrqLine
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 IOPORT_BASE, FLUSH_PORT, IOPORT_BYTE_BASE = 0xE0, 0xE4, 0xE8
 IRQ_PORT_BASE, IRQ_LINES = 0x2000, 24

@@ -5,7 +5,7 @@ device" (all ones), as a master abort does.
 from __future__ import annotations
 
 from vmm.bus import all_ones
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 CONFIG_ADDRESS, CONFIG_DATA = 0, 4     # offsets in a window based at 0xCF8
 CONFIG_ENABLE = 1 << 31

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from vmm.bus import IrqLine
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 CASCADE_IR = 2
 SPURIOUS_IR = 7

@@ -10,7 +10,7 @@ from typing import Callable
 
 from vmm.bus import IrqLine
 from vmm.clock import Clock
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 PIT_HZ = 1_193_182
 NS_PER_S = 1_000_000_000

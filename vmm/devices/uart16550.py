@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from vmm.bus import IrqLine
-from vmm.devices.state import PlainState
+from vmm.snapshot.state import PlainState
 
 RBR = THR = DLL = 0
 IER = DLM = 1

@@ -9,8 +9,8 @@ import threading
 from collections import deque
 from typing import BinaryIO, Callable
 
-from vmm.devices.state import capture, restore
 from vmm.devices.uart16550 import IER_ERBFI
+from vmm.snapshot.state import capture, restore
 
 # How long (virtual time) an interrupt-driven console must have printed nothing before the next
 # line is typed: its prompt is then on the screen. Longer than the quiet stretches of a boot

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import fields
 
 from emu.cpu import FLAG_IF, IOPL_MASK
-from vmm.devices.state import capture, restore
 from vmm.engines.scanner import Site, SiteKind
+from vmm.snapshot.state import capture, restore
 from vmm.vmcs import ActivityState, GuestState, SegmentRegister, TableRegister
 
 FAMILY = {"native": "real", "vtx": "real", "trap": "deprivileged", "bt": "deprivileged"}

@@ -11,10 +11,10 @@ whatever registered itself in ``vm.restore_hooks`` (an MMU's shadow, event deliv
 from __future__ import annotations
 
 from vmm.clock import InstructionClock
-from vmm.devices.state import StateError
 from vmm.snapshot import ram
 from vmm.snapshot.engine_state import load_engine, save_engine
 from vmm.snapshot.format import DIFF, FULL, Snapshot, SnapshotError
+from vmm.snapshot.state import StateError
 
 VCPU_STATE = ("instructions", "uncounted", "halted", "interrupt_shadow", "_window_step")
 

@@ -1,4 +1,4 @@
-"""Device state as plain data, for snapshots (vmm/snapshot/): a device lists the attributes that
+"""Device state as plain data, for snapshots: a device lists the attributes that
 make up its state in ``STATE`` and gets ``save_state()``/``load_state()`` from ``capture`` and
 ``restore`` here.
 
