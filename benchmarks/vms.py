@@ -8,6 +8,11 @@ the full one after 1 MiB (256 pages) more has been written. Save is capture + wr
 restore is read + parse + load into a freshly built VM (its construction not included). The
 baseline, measured in the same run, is reading all of guest RAM once (``bytes(memory.mmap)``):
 every time is also given as a ratio to it.
+
+The debugger's jump back: `nano-in` (trap) is run to exit JUMP_FROM under the debugger, then
+reverse-exit and goto-exit JUMP_FROM/2 are timed, once replaying from boot (automatic snapshots
+off: the debugger before snapshots) and once from the nearest automatic snapshot; the ratio is
+from-boot over from-snapshot.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from benchmarks.loops import Context
 from benchmarks.records import Section, ratio, record, with_spread
 from hypervisors.images import resolve
 from hypervisors.monolithic import MonolithicHypervisor
+from vmm.debug import debuggee
 from vmm.snapshot import format as snapfile
 from vmm.snapshot import machine, ram
 
@@ -26,6 +32,8 @@ NAME = "vms"
 TITLE = "Snapshots: save and restore time and size (interrupts, trap, after exit 200)"
 SIZES = {"32MiB": 32 << 20, "256MiB": 256 << 20}
 DIFF_BYTES = 1 << 20
+JUMP_FROM = {True: 10_000, False: 60_000}   # --quick, full
+NEVER = 1 << 62
 ENGINE = "trap"
 
 
@@ -87,7 +95,43 @@ def run(ctx: Context) -> Section:
                 ctx.progress(f"{label} {state}")
                 samples = [_one(size, state == "half-written", folder) for _ in range(ctx.reps)]
                 _report(section, f"{label}/{state}", samples)
+    ctx.progress("debugger jumps")
+    _report_jumps(section, JUMP_FROM[ctx.quick], [_jumps(JUMP_FROM[ctx.quick])
+                                                  for _ in range(ctx.reps)])
     return section
+
+
+def _jumps(target: int) -> dict[str, float]:
+    """reverse-exit and goto-exit target/2 after goto-exit target, from boot and from snapshots."""
+    image = resolve("nano-in", 32 << 20)
+    times = {}
+    for how, every in (("from_boot", NEVER), ("from_snapshot", debuggee.CHECKPOINT_EVERY)):
+        saved, debuggee.CHECKPOINT_EVERY = debuggee.CHECKPOINT_EVERY, every
+        try:
+            d = debuggee.Debuggee(lambda observers: MonolithicHypervisor(
+                engine=ENGINE, observers=observers), image)
+            d.goto_exit(target)
+            times[f"reverse_exit_{how}_s"], _ = _timed(d.reverse_exit)
+            times[f"goto_half_{how}_s"], _ = _timed(lambda: d.goto_exit(target // 2))
+            d.close()
+        finally:
+            debuggee.CHECKPOINT_EVERY = saved
+    return times
+
+
+def _report_jumps(section: Section, target: int, samples: list[dict]) -> None:
+    where = f"debugger/nano-in-{target}"
+    for jump in ("reverse_exit", "goto_half"):
+        figures = {how: with_spread(NAME, ENGINE, "monolithic", f"{where}/{jump}_{how}_s",
+                                    [s[f"{jump}_{how}_s"] for s in samples], "s")
+                   for how in ("from_boot", "from_snapshot")}
+        faster = ratio(figures["from_boot"]["value"], figures["from_snapshot"]["value"])
+        section.records += [*figures.values(), record(
+            NAME, ENGINE, "monolithic", f"{where}/{jump}_boot_over_snapshot", faster, "ratio")]
+        section.lines.append(f"    {where + ' ' + jump:<36} from boot "
+                             f"{figures['from_boot']['value'] or 0:7.3f} s, from a snapshot "
+                             f"{figures['from_snapshot']['value'] or 0:7.3f} s "
+                             f"({faster or 0:5.1f}x faster)")
 
 
 def _report(section: Section, where: str, samples: list[dict]) -> None:
