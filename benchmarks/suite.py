@@ -36,6 +36,7 @@ MODULES = [
     "benchmarks.mmu",
     "benchmarks.scheduling",
     "benchmarks.xv6",
+    "benchmarks.vms",
 ]
 BENCHMARKS = {module.NAME: module for module in map(importlib.import_module, MODULES)}
 REPS = {True: 1, False: 7}

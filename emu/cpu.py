@@ -82,6 +82,7 @@ class Cpu:
         self._old_exception = state.old_exception
         self._counter, self._halted = state.counter, state.halted
         self._count_limit = state.count_limit
+        self._env, self._dr_offset = state.env, state.dr_offset
         self._budget = self._limit = 0
         self._counting = True
         self.mmio_retry = False
@@ -314,6 +315,39 @@ class Cpu:
     def msr_write(self, index: int, value: int) -> None:
         """WRMSR on the real CPU (with its side effects), without the guest's privilege checks."""
         self._uc.msr_write(index, value)
+
+    # ----- the whole state (snapshots) ----------------------------------------------------------
+    def save_context(self) -> bytes:
+        """QEMU's CPUX86State up to ``end_reset_fields``, as Unicorn's uc_context_save copies it:
+        general, segment (with hidden caches), descriptor-table, control and debug registers,
+        EFLAGS with the lazy condition codes, hflags/hflags2 (the interrupt shadow among them),
+        the FPU/MMX/SSE file, the MSRs QEMU keeps (EFER, SYSENTER, STAR, PAT, TSC, ...) and the
+        exception in flight. The DR0-3 breakpoint pointers that share it are host addresses:
+        they are zeroed here and never restored."""
+        data = bytearray(self._context_bytes())
+        pointers = self._dr_offset + 16  # dr[0..7] then cpu_breakpoint[4], DR6 at dr[6]
+        data[pointers:pointers + 32] = bytes(32)
+        return bytes(data)
+
+    def _context_bytes(self) -> bytes:
+        """uc_context_save's copy of CPUX86State: the context's data[], whose length is the
+        context's first field (context_size)."""
+        raw = bytes(self._uc.context_save())
+        return raw[-int.from_bytes(raw[:8], "little"):]
+
+    def load_context(self, data: bytes) -> None:
+        """Put back what save_context returned (in this process or another with the same
+        Unicorn build), keeping this process's breakpoint pointers, then drop every cached
+        translation and TLB entry: they were made for the state replaced."""
+        size = len(self._context_bytes())
+        if len(data) != size:
+            raise ValueError(f"the saved CPU state is {len(data)} bytes; this Unicorn build's "
+                             f"CPUX86State is {size}: it was saved by a different build")
+        pointers = self._dr_offset + 16
+        live = ctypes.string_at(self._env + pointers, 32)
+        ctypes.memmove(self._env, data[:pointers] + live + data[pointers + 32:], size)
+        self.flush_translations()
+        self.flush_tlb()
 
     # ----- exceptions ---------------------------------------------------------------------------
     def take_exception(self) -> tuple[int, bool]:

@@ -42,6 +42,7 @@ class QemuState:
 
     def __init__(self, uc: Uc):
         env, dr = _locate_env(uc)
+        self.env, self.dr_offset = env, dr
         self.gpr = (ctypes.c_uint64 * 8).from_address(env)
         self.eip = ctypes.c_uint64.from_address(env + OFF_EIP)
         self.eflags = ctypes.c_uint64.from_address(env + OFF_EFLAGS)

@@ -28,6 +28,8 @@ from hypervisors.registry import HYPERVISORS
 from vmm.cpusched.policy import CAPACITY_MHZ, DEFAULT_SHARES, Controls
 from vmm.cpusched.report import share_report
 from vmm.cpusched.scheduler import ProportionalShare
+from hypervisors.migration import incoming, migrate_run
+from hypervisors.snapshot_run import restored, save_run
 from vmm.devices.crtc import COLUMNS, TEXT_BUFFER, TEXT_BYTES, render_text
 from vmm.devices.faults import inject_fault
 from vmm.engines import ENGINES
@@ -127,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", metavar="MHZ,...", type=per_guest(float, "a rate in MHz"),
                      help=SCHED_HELP["limit"])
     run.add_argument("--hypervisor", choices=sorted(HYPERVISORS), default="monolithic")
-    run.add_argument("--engine", choices=sorted(ENGINES), default="trap")
+    run.add_argument("--engine", choices=sorted(ENGINES),
+                     help="the CPU virtualization engine (default trap; with --restore, the "
+                     "snapshot's)")
     run.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
     run.add_argument("--ept", choices=("on", "off"), default="on", help=EPT_HELP)
     run.add_argument("--stats", action="store_true", help="print per-exit-reason statistics (per "
@@ -164,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inject-device-fault", metavar="DEVICE",
                      help="make the named device model raise on its first access (a driver bug "
                      "on purpose): e.g. uart16550, pit8254, pic-master, debug-console")
+    add_snapshot_options(run)
     add_debug_parser(commands)
     add_asm_parser(commands)
     commands.add_parser("guests", help="list the shipped guests")
@@ -173,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("tcb", help="lines and bytes of project code in each process, per "
                         "hypervisor architecture, measured from the modules each one imports")
     return parser
+
+
+def add_snapshot_options(run) -> None:
+    run.add_argument("--save", metavar="FILE", help="stop at --at-exit N (or --at-instruction "
+                     "N) and write the VM's state to FILE; a list of points writes FILE, then "
+                     "diff snapshots FILE.1, FILE.2, ... (monolithic)")
+    run.add_argument("--at-exit", metavar="N[,N...]", help="with --save: after this exit")
+    run.add_argument("--at-instruction", metavar="N[,N...]",
+                     help="with --save: after this many guest instructions (native has no exits)")
+    run.add_argument("--restore", metavar="FILE", help="continue the VM saved in FILE (no "
+                     "GUEST: its RAM holds it; --engine may switch native <-> vtx, trap <-> bt)")
+    run.add_argument("--migrate", metavar="tcp:HOST:PORT", help="at --at-exit N (or "
+                     "--at-instruction N), live-migrate the VM to a trapvisor run --incoming "
+                     "there (pre-copy; monolithic)")
+    run.add_argument("--incoming", metavar="tcp:HOST:PORT", help="wait there for a migrated VM "
+                     "and continue it (no GUEST; port 0 picks a free one, printed on stderr)")
 
 
 def add_bench_parser(commands) -> None:
@@ -294,6 +315,9 @@ def make_scheduler(args, images) -> ProportionalShare | None:
 
 
 def run_guest(args) -> int:
+    if args.restore or args.incoming:
+        return restore_guest(args)
+    args.engine = args.engine or "trap"
     if args.hypervisor == "monolithic" and args.disk:
         print("trapvisor: --disk needs --hypervisor micro", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -320,7 +344,19 @@ def run_guest(args) -> int:
     try:
         build = hypervisor_factory(args, observers)
         shares = ""
-        if args.hypervisor == "micro":
+        if args.save or args.migrate:
+            if scheduler is not None:
+                raise ValueError("--save and --migrate act on one guest alone on the CPU")
+            result = (save_run if args.save else migrate_run)(args, build, image)
+            if result is None:
+                return 0
+            missed = (f"snapshot point: {args.save} was not written" if args.save
+                      else "migration point: it did not move")
+            print(f"trapvisor: the guest ended after {result.exits} exits and "
+                  f"{result.instructions} instructions, before the {missed}", file=sys.stderr)
+            if result.ok:
+                return EXIT_GUEST_FAILED
+        elif args.hypervisor == "micro":
             results, shares = run_micro(args, images, observers, scheduler)
         elif scheduler is not None:
             results, shares = run_monolithic(args, images, observers, scheduler)
@@ -332,7 +368,7 @@ def run_guest(args) -> int:
             result = hypervisor.run(image)
             if args.vga:
                 show_text_screen(hypervisor.vm.memory.read(TEXT_BUFFER, TEXT_BYTES))
-    except (ValueError, ConnectionError) as exc:
+    except (ValueError, ConnectionError, OSError) as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
@@ -348,6 +384,54 @@ def run_guest(args) -> int:
     if result is None:
         print("trapvisor: gdb killed the guest", file=sys.stderr)
         return EXIT_GUEST_FAILED
+    return exit_status(result, args.qemu_exit_codes)
+
+
+RESTORE_FIXED = {"--drive": "drive", "--input": "input", "--stdin": "stdin",
+                 "--wall-clock": "wall_clock", "--gdb": "gdb", "--vga": "vga", "--append": "append",
+                 "--initrd": "initrd", "--disk": "disk",
+                 "--inject-device-fault": "inject_device_fault"}
+
+
+def restore_guest(args) -> int:
+    """`trapvisor run --restore FILE`: the saved VM continues to its end."""
+    flag = "--restore" if args.restore else "--incoming"
+    if args.guest or args.save or args.migrate or args.hypervisor != "monolithic" or (
+            args.restore and args.incoming):
+        print(f"trapvisor: {flag} takes no GUEST, no --save, --migrate, --restore with "
+              "--incoming, nor --hypervisor micro: it continues a monolithic VM",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    fixed = [flag for flag, given in RESTORE_FIXED.items() if getattr(args, given)]
+    if fixed:
+        print(f"trapvisor: {', '.join(fixed)} cannot be given with {flag}: the snapshot "
+              "holds the run's RAM, disks, input and clock", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    stats = ExitStats() if args.stats else None
+    try:
+        trace = open(args.trace, "w") if args.trace else None
+    except OSError as exc:
+        print(f"trapvisor: cannot write the trace to {args.trace}: {exc.strerror}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    observers = [o for o in (stats, trace and JsonTrace(trace)) if o]
+
+    def make(**options):
+        return HYPERVISORS["monolithic"](**options, sink=write_stdout, observers=observers,
+                                         timeout=args.timeout, max_exits=args.max_exits)
+    try:
+        hypervisor = restored(args, make) if args.restore else incoming(args, make)
+    except (ValueError, OSError) as exc:
+        print(f"trapvisor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        result = hypervisor.vcpu.run()
+    finally:
+        sys.stdout.flush()
+        hypervisor.close()
+        if trace:
+            trace.close()
+    if stats:
+        print(stats.report(), file=sys.stderr)
     return exit_status(result, args.qemu_exit_codes)
 
 

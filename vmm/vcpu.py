@@ -226,10 +226,12 @@ class Vcpu:
         if self._window_step is not None:
             self.interrupt_shadow, self._window_step = self._window_step, None
             return 1
-        stepping = self.control.slice_limit()
-        if stepping is not None:
-            return stepping
         self.engine.hold_interrupt(self.vm.irq_chip.has_interrupt())
+        budget = self._timer_budget()
+        stepping = self.control.slice_limit()  # a debugger's steps, still stopped by timers
+        return budget if stepping is None else min(stepping, budget or stepping)
+
+    def _timer_budget(self) -> int:
         if self.wall_clock:
             return WALL_SLICE
         if self.quantum_end is not None:   # scheduled: counted, and never past the grant

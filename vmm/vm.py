@@ -45,6 +45,9 @@ class Vm:
         self.timers: list[Timer] = []
         self.input_sources: list = []
         self.identity: tuple[int, str] | None = None  # (id, name) when several VMs share the CPU
+        # called after a snapshot is restored into this VM: caches of guest state kept outside
+        # the CPU (an MMU's shadow, event delivery's) must be dropped (vmm/snapshot/machine.py)
+        self.restore_hooks: list[Callable[[], None]] = []
 
     def read_msr(self, index: int) -> int:
         """RDMSR as the platform answers it: a device's MSR, else the CPU's own."""

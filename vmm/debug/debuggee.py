@@ -2,8 +2,12 @@
 write watchpoints, breakpoints on VM exits, instruction stepping and deterministic replay.
 
 ``Debuggee`` drives a hypervisor's vCPU in precise (always counted) mode and records every exit.
-Going back to an earlier exit replays the run from boot: virtual time comes from executed
-instructions, so the same guest with the same input takes the same exits in the same order.
+Going back to an earlier exit restores the nearest snapshot at or before it and replays from
+there: virtual time comes from executed instructions, so the same guest with the same input takes
+the same exits in the same order. Snapshots are taken automatically every CHECKPOINT_EVERY exits
+while the guest runs, and by name (``savevm``/``loadvm``); they hold the whole machine
+(vmm/snapshot/), so a jump back costs at most CHECKPOINT_EVERY exits of replay, not the run
+from boot.
 The interactive debugger (vmm/debug/repl.py) and the GDB stub (vmm/debug/gdb/stub.py) sit on this.
 """
 from __future__ import annotations
@@ -15,9 +19,12 @@ from typing import Callable
 
 from emu.cpu import GPR_NAMES, SEG_NAMES
 from vmm.run_state import RunResult, RunState
+from vmm.snapshot import machine as snapshots
+from vmm.snapshot.format import Snapshot
 from vmm.vmcs import ExitReason, VmExit
 
 WATCH_ACCESS = ("write", "read", "access")
+CHECKPOINT_EVERY = 500  # exits between automatic snapshots
 
 
 class StopKind(enum.Enum):
@@ -56,6 +63,15 @@ class Stop:
         if self.kind is StopKind.ENDED:
             return f"the guest ended: {self.result.state.value}: {self.result.message}"
         return self.kind.value
+
+
+@dataclass
+class Checkpoint:
+    """A snapshot of the debuggee after exit ``exit_number``; ``extra`` is what the front end
+    kept with it (``Debuggee.on_checkpoint``), handed back when it is restored."""
+    exit_number: int
+    snapshot: Snapshot
+    extra: object = None
 
 
 @dataclass(frozen=True)
@@ -121,16 +137,25 @@ class _ExitRecorder:
 class Debuggee:
     """A guest run under control; see the module docstring."""
 
-    def __init__(self, build: Callable[[list], object], image):
+    def __init__(self, build: Callable[[list], object], image,
+                 on_checkpoint: Callable[[], object] = lambda: None,
+                 on_restart: Callable[[Checkpoint | None], None] = lambda checkpoint: None):
+        """``on_checkpoint()`` returns what the front end keeps with a snapshot;
+        ``on_restart(checkpoint)`` is told before the guest runs again, from boot (None) or
+        from a snapshot."""
         self.build = build
         self.image = image
+        self.on_checkpoint, self.on_restart = on_checkpoint, on_restart
         self.table: dict[int, Breakpoint] = {}
         self._next_id = 1
+        self.history: list[VmExit] = []
+        self.checkpoints: dict[int, Checkpoint] = {}
+        self.named: dict[str, Checkpoint] = {}
+        self.replayed = 0    # exits the last goto-exit replayed to reach its target
         self._boot()
 
     # ----- lifecycle ----------------------------------------------------------------------------
-    def _boot(self) -> None:
-        self.history: list[VmExit] = []
+    def _boot(self, checkpoint: Checkpoint | None = None) -> None:
         self.hypervisor = self.build([_ExitRecorder(self)])
         self.vm = self.hypervisor.vm
         self.vcpu = self.hypervisor.vcpu
@@ -138,14 +163,24 @@ class Debuggee:
         self.engine = self.vcpu.engine
         self.control = self.vcpu.control
         self.control.precise = True
-        self.hypervisor.boot(self.image)
+        self.on_restart(checkpoint)
+        if checkpoint is None:
+            self.history = []
+            self.hypervisor.boot(self.image)
+        else:
+            snapshots.restore(self.hypervisor, [checkpoint.snapshot])
+            del self.history[checkpoint.exit_number:]
+        self._checkpoint_due = False
         self.ended: RunResult | None = None
         self._pending: Stop | None = None
         self._interrupted = False
         self._unwatched = False
         self._stop_at_exit: int | None = None
         self._lock = threading.Lock()
-        self.stop = Stop(StopKind.ENTRY, 0)
+        number = self.exit_number
+        self.stop = (Stop(StopKind.EXIT, number, exit=self.history[number - 1])
+                     if checkpoint is not None and 0 < number <= len(self.history)
+                     else Stop(StopKind.ENTRY, number))
         for bp in self.table.values():
             self._arm(bp)
 
@@ -220,13 +255,42 @@ class Debuggee:
         self._stop_at_exit = self.exit_number + 1
         return self._go(None)
 
+    # ----- snapshots ----------------------------------------------------------------------------
+    def save(self, name: str) -> Checkpoint:
+        """savevm: the machine as it stands, kept under ``name`` for this session."""
+        if self.ended is not None:
+            raise ValueError("the guest has ended: there is no running machine to save")
+        self.named[name] = self._checkpoint()
+        return self.named[name]
+
+    def load(self, name: str) -> Stop:
+        """loadvm: put back the machine saved under ``name``."""
+        if name not in self.named:
+            known = ", ".join(sorted(self.named)) or "none yet (savevm NAME)"
+            raise KeyError(f"no snapshot named {name!r}; saved: {known}")
+        self.close()
+        self._boot(self.named[name])
+        return self.stop
+
+    def _checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.exit_number, snapshots.capture(self.hypervisor),
+                          self.on_checkpoint())
+
+    def _nearest(self, n: int) -> Checkpoint | None:
+        before = [c for c in (*self.checkpoints.values(), *self.named.values())
+                  if c.exit_number <= n]
+        return max(before, key=lambda c: c.exit_number, default=None)
+
     def goto_exit(self, n: int) -> Stop:
-        """Replay from boot and stop right after exit ``n`` was handled (0: at the entry)."""
+        """Restore the nearest snapshot at or before exit ``n`` (else boot), replay from there
+        and stop right after exit ``n`` was handled (0: at the entry)."""
         if n < 0:
             raise ValueError("exit numbers start at 1 (0 is the entry)")
         self.close()
-        self._boot()
-        if n == 0:
+        checkpoint = self._nearest(n) if n else None
+        self._boot(checkpoint)
+        self.replayed = n - self.exit_number
+        if n == self.exit_number:
             return self.stop
         self._stop_at_exit = n
         saved, self.table = self.table, {}
@@ -266,11 +330,22 @@ class Debuggee:
         return self.stop
 
     def _run(self, steps: int | None) -> None:
+        """Run; a pause that only takes an automatic snapshot resumes at once."""
         self.control.step(steps)
         try:
             self.vcpu.resume()
+            while self._checkpoint_due and self._only_checkpoint_due(steps):
+                self._checkpoint_due = False
+                self.checkpoints[self.exit_number] = self._checkpoint()
+                self.vcpu.resume()
         finally:
+            self._checkpoint_due = False
             self.control.step(None)
+
+    def _only_checkpoint_due(self, steps: int | None) -> bool:
+        stepped_out = steps is not None and self.control.steps_left is None
+        return (self._pending is None and not self._interrupted and not stepped_out
+                and self.vcpu.state is RunState.RUNNING and self.control.breakpoint_hit is None)
 
     def _step_over_breakpoint(self) -> int:
         """Resuming at a breakpoint's address: execute that instruction with it disarmed."""
@@ -313,6 +388,10 @@ class Debuggee:
         self.control.request_pause()
 
     def exit_handled(self, exit: VmExit) -> None:
+        number = self.exit_number
+        if number % CHECKPOINT_EVERY == 0 and number not in self.checkpoints:
+            self._checkpoint_due = True
+            self.control.request_pause()
         if self._stop_at_exit is not None and self.exit_number >= self._stop_at_exit:
             self._stop_at_exit = None
             self._request(Stop(StopKind.EXIT, self.exit_number, exit=exit))

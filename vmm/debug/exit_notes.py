@@ -103,6 +103,12 @@ class ExitNotes:
         self.places.clear()
         self.actions.clear()
 
+    def forget_after(self, number: int) -> None:
+        """A snapshot taken after exit ``number`` was restored: later notes are of the future."""
+        for notes in (self.instructions, self.places, self.actions):
+            for later in [n for n in notes if n > number]:
+                del notes[later]
+
     def on_exit(self, vcpu, exit: VmExit) -> None:
         self._before = self.registers()
         number = vcpu.exit_count

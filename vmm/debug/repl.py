@@ -92,13 +92,21 @@ class Debugger(cmd.Cmd):
         self.make = make
         self.failed = False
         self.interactive = False
-        self.debuggee = Debuggee(self._build, image)
+        self.debuggee = Debuggee(self._build, image, on_checkpoint=lambda: self.echo.produced,
+                                 on_restart=self._restart)
         self.report_stop()
 
     def _build(self, observers):
-        self.echo.rebooted()
-        self.notes.reset()
         return self.make(self.echo.write, [self.notes, *observers])
+
+    def _restart(self, checkpoint) -> None:
+        """The guest runs again from boot (None) or from a snapshot: output and notes rewind."""
+        if checkpoint is None:
+            self.echo.rebooted()
+            self.notes.reset()
+        else:
+            self.echo.produced = checkpoint.extra
+            self.notes.forget_after(checkpoint.exit_number)
 
     # ----- output -------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -263,8 +271,26 @@ class Debugger(cmd.Cmd):
                                 "continue, stepi or break ADDR")
         self.go(self.debuggee.next_exit)
 
+    def do_savevm(self, arg: str) -> None:
+        """savevm NAME: snapshot the whole machine (CPU, devices, RAM, time) under NAME for this
+        session; loadvm NAME comes back to it, and goto-exit replays from it."""
+        name = arg.strip()
+        if not name or " " in name:
+            raise DebuggerError("usage: savevm NAME")
+        checkpoint = self.debuggee.save(name)
+        self.say(f"Saved {name!r} at exit #{checkpoint.exit_number}")
+
+    def do_loadvm(self, arg: str) -> None:
+        """loadvm NAME: put the machine back as savevm NAME left it."""
+        if not arg.strip():
+            raise DebuggerError("usage: loadvm NAME")
+        self.debuggee.load(arg.strip())
+        self.report_stop()
+
     def do_goto_exit(self, arg: str) -> None:
-        """goto-exit N: go to just after exit N was handled (0: the entry), by replay from boot.
+        """goto-exit N: go to just after exit N was handled (0: the entry): the nearest snapshot
+        at or before N is restored (one is taken every 500 exits, and by savevm), else the
+        guest boots again, and the run is replayed from there.
 
         Replay is deterministic: virtual time comes from executed instructions, so the same
         exits happen in the same order with the same state. Breakpoints do not stop a replay."""

@@ -6,6 +6,7 @@ timer. The local APIC (vmm.devices.lapic) owns the LVT entry that says where exp
 from __future__ import annotations
 
 from vmm.clock import Clock
+from vmm.snapshot.state import PlainState
 
 NS_PER_S = 1_000_000_000
 BUS_HZ = NS_PER_S          # the timer's input clock: 1 GHz, as QEMU and KVM count it
@@ -18,10 +19,11 @@ def timer_divisor(dcr: int) -> int:
     return 1 << ((code + 1) & 7)
 
 
-class ApicTimer:
+class ApicTimer(PlainState):
     """Initial count, divide configuration and the running state. The count is loaded at the
     instant the initial count is written; ``periodic`` is the LVT timer mode, passed in by the
     caller at each question (a mode change restarts from the count reached, see ``restart``)."""
+    STATE = ("initial_count", "dcr", "_start", "_from", "expiries_taken")
 
     def __init__(self, clock: Clock, bus_hz: int = BUS_HZ) -> None:
         self._clock = clock

@@ -4,6 +4,8 @@ IBM VGA CRTC registers 0x00-0x18) at index/data ports 0x3D4/0x3D5, and a rendere
 """
 from __future__ import annotations
 
+from vmm.snapshot.state import PlainState
+
 TEXT_BUFFER = 0xB8000
 COLUMNS, ROWS = 80, 25
 TEXT_BYTES = COLUMNS * ROWS * 2
@@ -25,12 +27,13 @@ _LOW_GLYPHS = (" ☺☻♥♦♣♠•◘○◙♂♀♪♫☼►◄↕‼¶§�
 _GLYPHS = _LOW_GLYPHS + bytes(range(0x20, 0x100)).decode("cp437").replace("\x7f", "⌂")
 
 
-class Crtc:
+class Crtc(PlainState):
     """Index register at offset 0 (readable, as on the VGA; the CGA's 6845 index is write-only),
     data at offset 1 for the selected register. All 256 indices store what is written; only the
     cursor and start-address registers mean anything to this model (the VGA's CR11 write
     protection of CR0-CR7 is not enforced). A 16-bit write to the index port sets the index from
     the low byte and writes the high byte to that register (``out dx, ax``)."""
+    STATE = ("index", "registers")
 
     name = "crtc"
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 from typing import Callable
 
 from vmm.bus import all_ones
+from vmm.snapshot.state import PlainState
 
 DEBUG_CONSOLE_ID = 0xE9
 
 
-class DebugExit:
+class DebugExit(PlainState):
     """isa-debug-exit: a write ends the run with a status. The value is passed raw (QEMU would
     turn it into the process exit code (v << 1) | 1); a 1-byte write passes only its low byte."""
+    STATE = ()
 
     name = "debug-exit"
 
@@ -26,8 +28,9 @@ class DebugExit:
         self._on_exit(value & 0xFF if size == 1 else value)
 
 
-class DebugConsole:
+class DebugConsole(PlainState):
     """Port 0xE9 console: each write emits one byte; a read returns 0xE9 so guests can detect it."""
+    STATE = ()
 
     name = "debug-console"
 
@@ -41,8 +44,9 @@ class DebugConsole:
         self._sink(bytes((value & 0xFF,)))
 
 
-class NullDevice:
+class NullDevice(PlainState):
     """Reads 0, ignores writes, counts both: the cheapest possible device for exit benchmarks."""
+    STATE = ("reads", "writes")
 
     def __init__(self, name: str = "null") -> None:
         self.name = name

@@ -8,6 +8,7 @@ from collections import deque
 from typing import Callable
 
 from vmm.bus import IrqLine
+from vmm.snapshot.state import PlainState
 
 DATA_PORT, STATUS_PORT = 0, 4          # offsets in a window based at 0x60
 
@@ -33,9 +34,10 @@ PORT_A_RESET, PORT_A_A20 = 0x01, 0x02
 _TAKES_DATA = {CMD_WRITE_OUTPORT, CMD_WRITE_KBD_OUT, CMD_WRITE_AUX_OUT, CMD_WRITE_AUX}
 
 
-class A20Gate:
+class A20Gate(PlainState):
     """A20 as the OR of its two drivers, the keyboard controller output port bit 1 and port
     0x92 bit 1. ``on_change(enabled)`` tells the CPU side whenever the combined state changes."""
+    STATE = ("drivers",)
 
     def __init__(self, on_change: Callable[[bool], None] | None = None,
                  enabled: bool = True) -> None:
@@ -53,7 +55,7 @@ class A20Gate:
             self.on_change(self.enabled)
 
 
-class I8042:
+class I8042(PlainState):
     """Keyboard controller behind a 5-port window at 0x60 (offset 0 data, offset 4 status and
     command; 0x61-0x63 are not the controller's and read all-ones).
 
@@ -63,6 +65,15 @@ class I8042:
     buffer is always empty (IBF 0): every write is taken at once. No mouse is attached: aux
     writes (0xD4) are dropped; 0xD3 loops a byte back as aux data (IRQ 12 when enabled).
     """
+    STATE = ("ram", "status", "outport", "_controller", "_keyboard", "_output",
+             "_pending_command", "_kbd_pending", "_levels", "_last", "scanning")
+
+    def save_state(self) -> dict:
+        return {**super().save_state(), "a20": self.a20.save_state()}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.a20.load_state(state["a20"])
 
     name = "i8042"
 
@@ -231,9 +242,10 @@ class I8042:
         line.raise_() if level else line.lower()
 
 
-class SystemControlPortA:
+class SystemControlPortA(PlainState):
     """Port 0x92: bit 1 fast A20 (through the shared ``A20Gate``), bit 0 fast reset (a 0 -> 1
     write pulses the CPU reset line). The other bits are stored and read back."""
+    STATE = ("value",)
 
     name = "port92"
 

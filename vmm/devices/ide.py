@@ -5,7 +5,9 @@ alternate status at 0x3F6), IDENTIFY DEVICE and LBA28/CHS sector reads and write
 from __future__ import annotations
 
 import os
+
 from vmm.bus import IrqLine, all_ones
+from vmm.snapshot.state import PlainState, StateError
 
 SECTOR = 512
 LBA28_LIMIT = 1 << 28
@@ -72,9 +74,11 @@ def default_geometry(sectors: int) -> tuple[int, int, int]:
     return min(sectors // (16 * 63), 16383), 16, 63
 
 
-class IdeDrive:
+class IdeDrive(PlainState):
     """One ATA device: its image, identity and per-device registers (both devices of a channel
     latch every command block write; reads come from the selected one)."""
+    STATE = ("heads", "spt", "multiple", "regs", "error", "status", "buffer", "position",
+             "writing", "remaining", "lba", "block")
 
     def __init__(self, image, model: str = "TRAPVISOR HARDDISK", serial: str = "TV0001") -> None:
         self.image = image
@@ -123,7 +127,7 @@ class IdeDrive:
         return bytes(data)
 
 
-class IdeChannel:
+class IdeChannel(PlainState):
     """One channel: the 8-port command block window (this object) and the 1-port control block
     window (``self.control``). INTRQ goes to ``irq`` (IRQ 14 on the primary channel) as a level:
     raised when a device requests an interrupt and nIEN is clear, lowered by a status read.
@@ -136,6 +140,8 @@ class IdeChannel:
 
     name = "ide"
 
+    STATE = ("device_control", "selected", "_intrq", "_irq_level")
+
     def __init__(self, irq: IrqLine, master=None, slave=None) -> None:
         self._irq = irq
         self.drives = [None if image is None else IdeDrive(image) for image in (master, slave)]
@@ -144,6 +150,18 @@ class IdeChannel:
         self.selected = 0
         self._intrq = False
         self._irq_level = False
+
+    def save_state(self) -> dict:
+        return {**super().save_state(),
+                "drives": [None if d is None else d.save_state() for d in self.drives]}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        for drive, saved in zip(self.drives, state["drives"], strict=True):
+            if (drive is None) != (saved is None):
+                raise StateError("the saved IDE channel has other drives attached")
+            if drive is not None:
+                drive.load_state(saved)
 
     def drive(self) -> IdeDrive | None:
         return self.drives[self.selected]
@@ -363,9 +381,10 @@ class IdeChannel:
                  **dict.fromkeys(range(0x10, 0x20), _accept)}      # RECALIBRATE
 
 
-class IdeControl:
+class IdeControl(PlainState):
     """The control block window (0x3F6): alternate status (no interrupt side effect) on read,
     device control on write."""
+    STATE = ()
 
     name = "ide-control"
 

@@ -8,6 +8,7 @@ from typing import Callable
 
 from vmm.bus import IrqLine
 from vmm.devices.lapic import ApicMessage
+from vmm.snapshot.state import PlainState
 
 IOAPIC_DEFAULT_BASE = 0xFEC00000
 IOAPIC_WINDOW = 0x20
@@ -26,7 +27,7 @@ RTE_LOW_WRITABLE = 0x1AFFF             # all but delivery status (12) and remote
 RTE_HIGH_WRITABLE = 0xFF000000         # destination field, bits 63:56
 
 
-class IoApic:
+class IoApic(PlainState):
     """One I/O APIC with 24 pins. ``deliver(message)`` is the APIC bus: it receives an
     ``ApicMessage`` (vector, delivery mode, trigger, destination, logical) for each interrupt.
 
@@ -37,6 +38,7 @@ class IoApic:
     Delivery is instantaneous, so delivery status always reads idle. IOWIN accepts 32-bit
     accesses; IOREGSEL keeps the low byte of any write.
     """
+    STATE = ("id", "arbitration_id", "select", "redirection", "levels")
 
     name = "ioapic"
 

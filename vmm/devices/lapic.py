@@ -9,6 +9,7 @@ from typing import Callable, NamedTuple
 from vmm.bus import IrqLine, all_ones
 from vmm.clock import Clock
 from vmm.devices.apic_timer import BUS_HZ, ApicTimer
+from vmm.snapshot.state import PlainState
 
 MSR_IA32_APIC_BASE = 0x1B
 APIC_DEFAULT_BASE = 0xFEE00000
@@ -71,7 +72,7 @@ def _highest(bits: int) -> int:
     return bits.bit_length() - 1
 
 
-class LocalApic:
+class LocalApic(PlainState):
     """One xAPIC. Power-on state per SDM 11.4.7.1: ID from ``apic_id``, every LVT masked, SVR
     0xFF (software disabled), DFR all ones, everything else 0. ``bsp`` marks the bootstrap
     processor in IA32_APIC_BASE and, as QEMU's board firmware does, leaves LINT0 in ExtINT mode
@@ -90,6 +91,8 @@ class LocalApic:
     """
 
     name = "lapic"
+    STATE = ("base", "hw_enabled", "_lint_levels", "id", "tpr", "ldr", "icr_low", "icr_high",
+             "dfr", "svr", "irr", "isr", "tmr", "esr", "_errors", "lvt", "_int_output")
 
     def __init__(self, clock: Clock, apic_id: int = 0, bsp: bool = True, *,
                  extint=None, bus_hz: int = BUS_HZ, phys_addr_bits: int = 36,
@@ -115,6 +118,13 @@ class LocalApic:
         self._initial_id = apic_id
         self._lint_levels = [False, False]
         self._power_on()
+
+    def save_state(self) -> dict:
+        return {**super().save_state(), "timer": self.timer.save_state()}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.timer.load_state(state["timer"])
 
     def _power_on(self) -> None:
         self.id = self._initial_id << 24

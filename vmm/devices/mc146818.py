@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
+from vmm.snapshot.state import PlainState
+
 SECONDS, SECONDS_ALARM, MINUTES, MINUTES_ALARM, HOURS, HOURS_ALARM = 0, 1, 2, 3, 4, 5
 DAY_OF_WEEK, DAY_OF_MONTH, MONTH, YEAR = 6, 7, 8, 9
 REG_A, REG_B, REG_C, REG_D = 0x0A, 0x0B, 0x0C, 0x0D
@@ -53,7 +55,7 @@ def memory_bytes(ram_size: int) -> dict[int, int]:
     return values
 
 
-class Mc146818:
+class Mc146818(PlainState):
     """RTC + CMOS behind a 2-port window (offset 0 index, offset 1 data).
 
     The time registers show ``wall_time()`` plus the offset the guest set by writing them;
@@ -65,6 +67,7 @@ class Mc146818:
     the square wave, daylight saving, the second 128-byte bank (0x72/0x73).
     The index port is write-only and reads 0xFF, as on the PC/AT.
     """
+    STATE = ("index", "nmi_disabled", "ram", "offset")
 
     name = "mc146818"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from vmm.bus import IrqLine
+from vmm.snapshot.state import PlainState
 
 IOPORT_BASE, FLUSH_PORT, IOPORT_BYTE_BASE = 0xE0, 0xE4, 0xE8
 IRQ_PORT_BASE, IRQ_LINES = 0x2000, 24
@@ -14,12 +15,13 @@ IOMEM_BASE, IOMEM_LEN = 0xFF000000, 0x10000
 PAGE_MASK = ~0xFFF
 
 
-class TestdevIoport:
+class TestdevIoport(PlainState):
     """The 32-bit read-back register behind a 4-port window (QEMU maps the same register at
     0xE0 and, split into byte accesses, at 0xE8: to this model both are one window each, on one
     shared value). An access of ``size`` bytes at offset ``k`` reads or replaces bytes
     k..k+size-1 of the register (bits past byte 3 are dropped). A device may be put on the bus
     twice (0xE0 and 0xE8), since it holds no per-window state."""
+    STATE = ("value",)
 
     __test__ = False                   # not a pytest class despite the name
     name = "pc-testdev-ioport"
@@ -40,10 +42,11 @@ def _mask(size: int, offset: int) -> int:
     return (1 << 8 * min(size, 4 - (offset & 3))) - 1
 
 
-class TestdevFlush:
+class TestdevFlush(PlainState):
     """Port 0xE4: a 32-bit write names a guest-physical page whose host mapping QEMU drops and
     re-creates (mprotect), to test that the guest sees the same memory afterwards. Here the page
     address goes to ``on_flush`` (None: nothing to do). Reads are 0."""
+    STATE = ()
 
     __test__ = False
     name = "pc-testdev-flush"
@@ -59,11 +62,12 @@ class TestdevFlush:
             self.on_flush(value & PAGE_MASK)
 
 
-class TestdevIrq:
+class TestdevIrq(PlainState):
     """Ports 0x2000 + n (n = 0..23): a byte write sets ISA IRQ line n to the truth of the value
     (raise on non-zero, lower on 0), as ``qemu_set_irq(isa_get_irq(n), !!data)``. Reads are 0.
     ``lines`` maps n to the IrqLine to drive (on a PC, to both the 8259 and the IOAPIC pin);
     a line missing from the map is not wired and writes to it are dropped."""
+    STATE = ()
 
     __test__ = False
     name = "pc-testdev-irq"
@@ -84,9 +88,10 @@ class TestdevIrq:
             line.lower()
 
 
-class TestdevIomem:
+class TestdevIomem(PlainState):
     """64 KiB of scratch memory behind an MMIO window: little-endian accesses of any size read
     back what was written (0 until then); an access running past the end is cut there."""
+    STATE = ("buffer",)
 
     __test__ = False
     name = "pc-testdev-iomem"

@@ -5,6 +5,7 @@ device" (all ones), as a master abort does.
 from __future__ import annotations
 
 from vmm.bus import all_ones
+from vmm.snapshot.state import PlainState
 
 CONFIG_ADDRESS, CONFIG_DATA = 0, 4     # offsets in a window based at 0xCF8
 CONFIG_ENABLE = 1 << 31
@@ -16,13 +17,14 @@ def config_fields(address: int) -> tuple[bool, int, int, int, int]:
             address >> 8 & 7, address & 0xFC)
 
 
-class PciHostNoDevices:
+class PciHostNoDevices(PlainState):
     """An 8-port window at 0xCF8. CONFIG_ADDRESS is a dword register: a 32-bit access at
     0xCF8 reads back exactly what was written (as QEMU's host bridge does; Linux's type-1 probe
     writes 0x80000000 and expects it back). Narrower accesses to 0xCF8-0xCFB are not this
     register (mechanism #2 and ISA use those bytes): they read all ones and are dropped.
     CONFIG_DATA (0xCFC-0xCFF, any width) reads all ones; writes are dropped. ``accesses``
     records the (bus, device, function, register) of each data access, for tracing."""
+    STATE = ("address", "accesses")
 
     name = "pci-host"
 

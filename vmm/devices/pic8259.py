@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from vmm.bus import IrqLine
+from vmm.snapshot.state import PlainState
 
 CASCADE_IR = 2
 SPURIOUS_IR = 7
@@ -38,7 +39,7 @@ def _lowest_bit(mask: int) -> int:
     return (mask & -mask).bit_length() - 1
 
 
-class Pic8259:
+class Pic8259(PlainState):
     """One 8259A. Port offset 0 is the even address (ICW1, OCW2, OCW3), offset 1 the odd one.
 
     Power-on state (undefined in the datasheet, chosen here): IMR = 0xFF (everything masked),
@@ -46,6 +47,9 @@ class Pic8259:
     byte of a wider access is used. ICW3, ICW4 uPM/BUF/SFNM are stored but do not change the
     behaviour: the cascade is hard-wired as on the PC/AT and vectors are always 8086 style.
     """
+    STATE = ("irr", "isr", "imr", "lines", "vector_base", "icw3", "icw4", "level_triggered",
+             "auto_eoi", "special_mask", "initialized", "_init_step", "_icw1", "_read_isr",
+             "_poll")
 
     def __init__(self, name: str, on_change: Callable[[], None]) -> None:
         self.name = name
@@ -196,6 +200,15 @@ class Pic8259Pair:
         self._int_output = False
         self.master = Pic8259("pic-master", self._update)
         self.slave = Pic8259("pic-slave", self._update)
+
+    def save_state(self) -> dict:
+        return {"int_output": self._int_output, "master": self.master.save_state(),
+                "slave": self.slave.save_state()}
+
+    def load_state(self, state: dict) -> None:
+        self._int_output = state["int_output"]
+        self.master.load_state(state["master"])
+        self.slave.load_state(state["slave"])
 
     def set_irq(self, irq: int, level: bool) -> None:
         self._check_irq(irq)

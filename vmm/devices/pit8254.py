@@ -10,6 +10,7 @@ from typing import Callable
 
 from vmm.bus import IrqLine
 from vmm.clock import Clock
+from vmm.snapshot.state import PlainState
 
 PIT_HZ = 1_193_182
 NS_PER_S = 1_000_000_000
@@ -46,7 +47,7 @@ def _square_wave_count(n: int, phase: int) -> int:
     return n - 1 - 2 * elapsed if low_half else n + 1 - 2 * elapsed
 
 
-class PitCounter:
+class PitCounter(PlainState):
     """One 8254 counter with GATE held high (GATE2 would come from port 0x61, not modelled).
 
     The count register is loaded into the counting element at the instant the count is written
@@ -56,6 +57,8 @@ class PitCounter:
     Modes 1 and 5 wait for a GATE trigger that never comes: their count holds, OUT stays high.
     A new count in mode 2 or 3 restarts the period at once instead of at the next reload.
     """
+    STATE = ("control", "initial", "start_ns", "edges_taken", "_held", "_low_byte", "_read_high",
+             "_count_latch", "_status_latch")
 
     def __init__(self) -> None:
         self.control = ACCESS_LOHI << 4
@@ -202,6 +205,13 @@ class Pit8254:
         self._irq0 = irq0
         self.counters = (PitCounter(), PitCounter(), PitCounter())
         self.on_reconfigure: Callable[[], None] | None = None  # told after every programming write
+
+    def save_state(self) -> dict:
+        return {"counters": [counter.save_state() for counter in self.counters]}
+
+    def load_state(self, state: dict) -> None:
+        for counter, saved in zip(self.counters, state["counters"], strict=True):
+            counter.load_state(saved)
 
     def counting(self) -> bool:
         """Whether any counter is running, i.e. whether the guest could observe time passing."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from vmm.bus import IrqLine
+from vmm.snapshot.state import PlainState
 
 RBR = THR = DLL = 0
 IER = DLM = 1
@@ -44,7 +45,7 @@ def _loopback_inputs(mcr: int) -> int:
             | (MSR_RI if mcr & MCR_OUT1 else 0) | (MSR_DCD if mcr & MCR_OUT2 else 0))
 
 
-class Uart16550:
+class Uart16550(PlainState):
     """One 16550A behind an 8-port window.
 
     Power-on (master reset) state per the datasheet: IER 0, IIR 0x01, FCR 0, LCR 0, MCR 0,
@@ -54,6 +55,8 @@ class Uart16550:
     SIN pin is disconnected) and RBR reads 0 when empty. Only the low byte of a wider access is
     used; LSR writes (factory test) are ignored.
     """
+    STATE = ("ier", "lcr", "mcr", "scr", "fcr", "divisor", "_rx", "_overrun", "_thr_interrupt",
+             "_modem_inputs", "_modem_deltas", "_irq_level")
 
     def __init__(self, irq: IrqLine, sink: Callable[[bytes], None],
                  name: str = "uart16550", out2_gates_irq: bool = True) -> None:

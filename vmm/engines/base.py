@@ -45,6 +45,7 @@ class EngineBase:
         self.cpu.attach(self)
         self.mmu = self.make_mmu()
         self.mmu.attach()
+        self.vm.restore_hooks.append(self.mmu.reset)   # a snapshot restored: nothing cached holds
 
     def make_mmu(self) -> Mmu:
         """The engine's MMU: the guest walk (engines with shadow tables override)."""

@@ -65,8 +65,8 @@ class PcBoard:
         self.a20 = A20Gate()
         self.keyboard = I8042(self.isa_line(KEYBOARD_IRQ), self.isa_line(MOUSE_IRQ), a20=self.a20,
                               on_reset=on_reset)
-        started = time.time()
-        self.rtc = Mc146818(lambda: started + clock.now_ns() / 1e9, ram_size)
+        self.started = time.time()    # the host time the RTC shows at virtual time 0
+        self.rtc = Mc146818(lambda: self.started + clock.now_ns() / 1e9, ram_size)
         self.crtc = Crtc()
         self.disks = [DiskImage(path) for path in drives]
         self.ide = IdeChannel(self.isa_line(IDE_PRIMARY_IRQ), *self.disks) if self.disks else None
@@ -92,6 +92,15 @@ class PcBoard:
             self.last_output_ns = self.clock.now_ns()
             sink(data)
         return write
+
+    def save_state(self) -> dict:
+        """The board's own state (its devices save theirs on the bus)."""
+        return {"started": self.started, "last_output_ns": self.last_output_ns,
+                "pic": self.pic.save_state()}   # the pair's INT output; each 8259 is on the bus
+
+    def load_state(self, state: dict) -> None:
+        self.started, self.last_output_ns = state["started"], state["last_output_ns"]
+        self.pic.load_state(state["pic"])
 
     def isa_line(self, irq: int) -> IrqLine:
         return IrqLine(self._set_isa_irq, irq)

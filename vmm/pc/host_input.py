@@ -10,6 +10,7 @@ from collections import deque
 from typing import BinaryIO, Callable
 
 from vmm.devices.uart16550 import IER_ERBFI
+from vmm.snapshot.state import capture, restore
 
 # How long (virtual time) an interrupt-driven console must have printed nothing before the next
 # line is typed: its prompt is then on the screen. Longer than the quiet stretches of a boot
@@ -38,6 +39,13 @@ class ScriptedInput:
         self.lines = deque(bytes(data).splitlines(keepends=True))
         self.typing = bytearray()
         self.done = not self.lines
+
+    def save_state(self) -> dict:
+        """What remains to be typed (the script itself is the run's configuration)."""
+        return capture(self, ("lines", "typing", "done"))
+
+    def load_state(self, state: dict) -> None:
+        restore(self, state, ("lines", "typing", "done"))
 
     def poll(self) -> None:
         """The guest reads a UART register (or idles): keep typing the line under way, or start
