@@ -15,7 +15,7 @@ from vmm.engines import ENGINES
 
 pytestmark = pytest.mark.bench
 
-BENCHMARKS = ("exits", "nano", "cpu", "micro", "peers", "scale")
+BENCHMARKS = ("exits", "events", "nano", "cpu", "micro", "peers", "scale")
 MEASURED = {   # benchmark -> metric suffixes that every engine that exists must have a figure for
     "exits": ("_us_per_iteration",),
     "nano": ("_us_per_iteration",),
