@@ -11,8 +11,8 @@ from __future__ import annotations
 import struct
 from enum import Enum
 
-from emu.cpu import (CS, DS, ES, FS, GS, SS, ESP, FLAG_AC, FLAG_IF, FLAG_NT, FLAG_RF, FLAG_TF,
-                     FLAG_VM, Cpu)
+from emu.cpu import (CS, DESC_B, DS, ES, FS, GS, SS, ESP, FLAG_AC, FLAG_IF, FLAG_NT, FLAG_RF,
+                     FLAG_TF, FLAG_VM, Cpu)
 from emu.event_plans import DeliveryPlans
 from emu.paging import Fault, LinearMemory
 from emu.segments import NP, SS_FAULT, TS, Descriptor, DescriptorTables
@@ -37,7 +37,8 @@ class EventKind(Enum):
     SOFTWARE_EXCEPTION = 6
 
 
-SOFTWARE = frozenset({EventKind.SOFTWARE_INTERRUPT, EventKind.SOFTWARE_EXCEPTION})
+HARDWARE, INT_N, SOFTWARE_EXCEPTION = (EventKind.HARDWARE_EXCEPTION, EventKind.SOFTWARE_INTERRUPT,
+                                       EventKind.SOFTWARE_EXCEPTION)  # enum hashing is slow
 
 
 class TripleFault(Exception):
@@ -60,7 +61,7 @@ def vector_name(vector: int) -> str:
 def pushed_error_code(vector: int, kind: EventKind, error_code: int | None) -> int | None:
     """The error code a protected-mode delivery pushes: only hardware exceptions of the vectors
     that have one push it (0 if none was given)."""
-    if vector not in ERROR_CODE_VECTORS or kind != EventKind.HARDWARE_EXCEPTION:
+    if kind is not HARDWARE or vector not in ERROR_CODE_VECTORS:
         return None
     return 0 if error_code is None else error_code
 
@@ -132,7 +133,15 @@ class GuestView:
         self.cpu.set_system_flags(0, clear)
 
     def load_code(self, selector: int, desc: Descriptor, cpl: int) -> None:
-        self.cpu.load_segment(CS, (selector & ~3) | cpl, desc.base, desc.limit, desc.flags)
+        """CS with RPL = CPL. QEMU's hflags depend on CS only through its B bit (CS32, and
+        ADDSEG through it): with that bit unchanged, the segment cache alone changes."""
+        cpu = self.cpu
+        cache = cpu.segs[CS]
+        if (cache.flags ^ desc.flags) & DESC_B:
+            cpu.load_segment(CS, (selector & ~3) | cpl, desc.base, desc.limit, desc.flags)
+            return
+        cache.selector = (selector & ~3 | cpl) & 0xFFFF
+        cache.base, cache.limit, cache.flags = desc.base, desc.limit, desc.flags
 
     def load_stack(self, selector: int, desc: Descriptor) -> None:
         self.cpu.load_segment(SS, selector, desc.base, desc.limit, desc.flags)
@@ -157,7 +166,8 @@ class EventDelivery:
     def deliver(self, vector: int, kind: EventKind, error_code: int | None = None) -> None:
         """Deliver by a cached plan when the event is the common case (emu/event_plans.py),
         else architecturally, step by step."""
-        if self.plans.deliver(vector, kind in SOFTWARE, pushed_error_code(vector, kind, error_code)):
+        software = kind is INT_N or kind is SOFTWARE_EXCEPTION
+        if self.plans.deliver(vector, software, pushed_error_code(vector, kind, error_code)):
             return
         chain = [vector]  # the events attempted, in order; a triple fault names the last fault too
         while True:

@@ -57,10 +57,10 @@ def flat(kind: int, dpl: int) -> int:
     return DESC_P | DESC_S | DESC_B | (dpl << DESC_DPL_SHIFT) | (kind << 8) | (1 << 23)
 
 
-def enter(cpu: Cpu, ring: int, esp: int = USTACK, eip: int = 0x4000) -> None:
+def enter(cpu: Cpu, ring: int, esp: int = USTACK, eip: int = 0x4000, code32: bool = True) -> None:
     cs, ds = (U_CS, U_DS) if ring == 3 else (K_CS, K_DS)
     cpu.load_segment(SS, ds, 0, 0xFFFFFFFF, flat(0x3, ring))
-    cpu.load_segment(CS, cs, 0, 0xFFFFFFFF, flat(0xB, ring))
+    cpu.load_segment(CS, cs, 0, 0xFFFFFFFF, flat(0xB, ring) & ~(0 if code32 else DESC_B))
     cpu.gpr[ESP] = esp
     cpu.eip = eip
     cpu.eflags = 0x202
@@ -243,19 +243,22 @@ SCENARIOS = {
     "#PF from ring 3 with error code": (3, USTACK, PF, HARD, 6, 0x8E),
     "external interrupt from ring 3, 16-bit trap gate": (3, USTACK, 0x20, EventKind.EXTERNAL,
                                                          None, 0xE7),
+    "interrupt gate from 16-bit code at ring 0": (0, KSTACK, 0x21, EventKind.EXTERNAL, None,
+                                                  0x8E, False),
 }
 
 
 def deliver_twice(machine, scenario, planned: bool) -> tuple:
     memory, cpu, events = machine
-    ring, esp, vector, kind, error_code, attributes = scenario
+    ring, esp, vector, kind, error_code, attributes = scenario[:6]
+    code32 = scenario[6] if len(scenario) > 6 else True
     if not planned:
         events.plans.deliver = lambda *args: False
     set_gate(memory, vector, 0x12345, attributes)
     for _ in range(2):
-        enter(cpu, ring, esp)
+        enter(cpu, ring, esp, code32=code32)
         events.deliver(vector, kind, error_code)
-    registers = (cpu.eip, cpu.gpr[ESP], cpu.eflags, cpu.cpl, cpu.stack_bits,
+    registers = (cpu.eip, cpu.gpr[ESP], cpu.eflags, cpu.cpl, cpu.stack_bits, cpu.code_bits,
                  *((s.selector, s.base, s.limit, s.flags) for s in cpu.segs))
     return registers, memory.read(0, 0x20000)
 
@@ -266,6 +269,7 @@ def test_a_plan_delivers_what_the_full_path_delivers(name):
     for planned in (True, False):
         memory, cpu, events = new_machine()
         results.append(deliver_twice((memory, cpu, events), SCENARIOS[name], planned))
+        assert cpu.code_bits == 32              # every handler runs in K_CS, a 32-bit segment
         assert events.plans.hits == (1 if planned else 0)
         cpu.close()
         memory.close()
