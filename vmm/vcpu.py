@@ -62,6 +62,9 @@ class Vcpu:
         self.uncounted = False      # some slice ran uncounted: `instructions` is not all of it
         self.failed_at: tuple[int, str] | None = None  # where a failure ended the run
         self.run_seconds = 0.0
+        self._deadline_epoch: int | None = None   # vm.reconfigurations when _deadline was found
+        self._deadline: int | None = None
+        self._deadline_exact = False
         vm.cpu.on_hook_error = self.fail
         engine.attach(self)
 
@@ -166,7 +169,7 @@ class Vcpu:
             clock.retire(self.cpu.executed())
         self.instructions += self.cpu.executed()
         self.control.count_steps(self.cpu.executed())
-        self.vm.update_timers()
+        self._update_timers()
         if self.cpu.hook_error is not None:
             self.fail(self.cpu.hook_error)
             return
@@ -206,7 +209,7 @@ class Vcpu:
         precise = self.control.precise
         if self.vm.quiescent() and not precise and not self.cpu.mmio_retry:
             return 0  # nothing can interrupt or observe time: uncounted, full speed
-        deadline = self.vm.next_deadline_ns()
+        deadline = self._timer_deadline()
         limit = DEBUG_SLICE if precise else MAX_SLICE
         return limit if deadline is None else min(limit, self.vm.clock.budget_until(deadline))
 
@@ -236,7 +239,7 @@ class Vcpu:
         if not self.engine.interrupt_window():
             self.finish(RunState.HALTED, "HLT with interrupts disabled: nothing can wake the CPU")
             return
-        deadline = self.vm.next_deadline_ns()
+        deadline = self._timer_deadline()
         if deadline is None and not self.vm.input_pending():
             self.finish(RunState.HALTED, "HLT with no timer armed and no input: the CPU sleeps forever")
             return
@@ -246,6 +249,35 @@ class Vcpu:
             self.vm.clock.skip_to(deadline)
         self.vm.poll_input()
         self.vm.update_timers()
+        self._deadline_epoch = None
+
+    def _timer_deadline(self) -> int | None:
+        """The next timer deadline (vm.next_deadline_ns), recomputed only when a device was
+        reprogrammed or timers were updated since: a deadline moves only then. It is *exact*
+        (no timer can act before it) unless a timer counts without a deadline (a masked APIC
+        timer still takes its expiries). With host input attached (micro always has the
+        parent's) it is recomputed every time and never exact: the pause before each typed line
+        follows the console, not a device register."""
+        vm = self.vm
+        if vm.input_sources:
+            self._deadline_exact = False
+            return vm.next_deadline_ns()
+        if vm.reconfigurations != self._deadline_epoch:
+            self._deadline_epoch = vm.reconfigurations
+            timers = [(timer, timer.next_deadline_ns()) for timer in vm.timers]
+            self._deadline = min((d for _, d in timers if d is not None), default=None)
+            self._deadline_exact = all(d is not None or not timer.counting()
+                                       for timer, d in timers)
+        return self._deadline
+
+    def _update_timers(self) -> None:
+        """After a slice: fire the timers whose deadline passed. A slice that ended before an
+        exact deadline (an exit, HLT, a kick) leaves every timer as it is, with no device work."""
+        deadline = self._timer_deadline()
+        if self._deadline_exact and (deadline is None or self.vm.clock.now_ns() < deadline):
+            return
+        self.vm.update_timers()
+        self._deadline_epoch = None
 
     def fail(self, exc: BaseException) -> None:
         """The one error boundary of everything the VMM does for this vCPU (its hooks, callouts
