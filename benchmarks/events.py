@@ -41,6 +41,8 @@ EVENTS = {
     "pf": ("nano-pgfault", "#PF on a not-present page, handler maps it; unmap + INVLPG"),
     "timer_hlt": ("exit-hlt", "PIT tick wakes STI; HLT -> interrupt gate, EOI"),
 }
+# the goal is for guest exceptions; a wake-up from HLT also ends and restarts the CPU's run
+NO_GOAL = {"timer_hlt": "no goal: a wake-up also ends and restarts the CPU's run"}
 
 
 def run(ctx: Context) -> Section:
@@ -53,7 +55,7 @@ def run(ctx: Context) -> Section:
     section.records.append(floor_record)
     floor_us = floor_record["value"]
     section.lines.append(f"  floor: {fmt(floor_us)} µs  {floor.description}; goal: "
-                         f"{GOAL_ENGINE} <= {GOAL_X_FLOOR:g}x floor")
+                         f"{GOAL_ENGINE} <= {GOAL_X_FLOOR:g}x floor for exceptions")
     section.lines.append(f"    {'engine':<8} {'µs/iter':>8} {'p10':>8} {'p90':>8} "
                          f"{'exits/it':>8} {'x floor':>8}  goal")
     for event, (guest, what) in EVENTS.items():
@@ -82,8 +84,8 @@ def row(ctx: Context, event: str, guest: str, engine: str,
                              "the event or the floor has no positive figure")]
     if us is None:
         return f"    {engine:<8} not measured: {main['reason']}", records
-    verdict = ""
-    if engine == GOAL_ENGINE and x_floor is not None:
+    verdict = NO_GOAL.get(event, "") if engine == GOAL_ENGINE else ""
+    if engine == GOAL_ENGINE and x_floor is not None and event not in NO_GOAL:
         met = x_floor <= GOAL_X_FLOOR
         records[1].update(goal=GOAL_X_FLOOR, meets_goal=met)
         verdict = f"<= {GOAL_X_FLOOR:g}x {'ok' if met else 'MISSED'}"
