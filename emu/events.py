@@ -11,8 +11,9 @@ from __future__ import annotations
 import struct
 from enum import Enum
 
-from emu.cpu import (CS, DS, ES, FS, GS, SS, ESP, FLAG_AC, FLAG_IF, FLAG_NT, FLAG_RF, FLAG_TF,
-                     FLAG_VM, Cpu)
+from emu.cpu import (CS, DESC_B, DS, ES, FS, GS, SS, ESP, FLAG_AC, FLAG_IF, FLAG_NT, FLAG_RF,
+                     FLAG_TF, FLAG_VM, Cpu)
+from emu.event_plans import DeliveryPlans
 from emu.paging import Fault, LinearMemory
 from emu.segments import NP, SS_FAULT, TS, Descriptor, DescriptorTables
 
@@ -36,6 +37,10 @@ class EventKind(Enum):
     SOFTWARE_EXCEPTION = 6
 
 
+HARDWARE, INT_N, SOFTWARE_EXCEPTION = (EventKind.HARDWARE_EXCEPTION, EventKind.SOFTWARE_INTERRUPT,
+                                       EventKind.SOFTWARE_EXCEPTION)  # enum hashing is slow
+
+
 class TripleFault(Exception):
     """A fault while delivering #DF: the processor shuts down."""
 
@@ -51,6 +56,14 @@ class UnsupportedEvent(Exception):
 
 def vector_name(vector: int) -> str:
     return EXCEPTION_NAMES.get(vector, f"vector {vector:#x}")
+
+
+def pushed_error_code(vector: int, kind: EventKind, error_code: int | None) -> int | None:
+    """The error code a protected-mode delivery pushes: only hardware exceptions of the vectors
+    that have one push it (0 if none was given)."""
+    if kind is not HARDWARE or vector not in ERROR_CODE_VECTORS:
+        return None
+    return 0 if error_code is None else error_code
 
 
 def is_double_fault(first: int, second: int) -> bool:
@@ -94,14 +107,41 @@ class GuestView:
     def selector(self, seg: int) -> int:
         return self.cpu.segs[seg].selector
 
+    def event_context(self) -> tuple | None:
+        """What a cached delivery plan depends on besides guest memory (emu/event_plans.py):
+        (CR0, CR3, CR4, CPL, IDTR base, limit, GDTR base, limit, TR base, limit, type); None
+        outside protected mode, and in virtual-8086 mode."""
+        cpu = self.cpu
+        cr = cpu.cr
+        cr0 = cr[0]
+        if not cr0 & 1 or cpu.vm86:
+            return None
+        idtr, gdtr, tr = cpu.idtr, cpu.gdtr, cpu.tr
+        return (cr0, cr[3], cr[4], cpu.cpl, idtr.base, idtr.limit, gdtr.base, gdtr.limit,
+                tr.base, tr.limit, (tr.flags >> 8) & 0xF)
+
     def flags(self) -> int:
         return self.cpu.eflags
 
     def set_flags(self, value: int) -> None:
         self.cpu.eflags = value
 
+    def enter_handler_flags(self, saved: int, clear: int) -> None:
+        """EFLAGS on entry to a handler through a gate: ``saved`` (read by ``flags()``) with
+        ``clear`` (TF, NT, RF, VM, and IF for an interrupt gate) cleared. Every one of those
+        bits lives in QEMU's env->eflags, so they are cleared there, with no API call."""
+        self.cpu.set_system_flags(0, clear)
+
     def load_code(self, selector: int, desc: Descriptor, cpl: int) -> None:
-        self.cpu.load_segment(CS, (selector & ~3) | cpl, desc.base, desc.limit, desc.flags)
+        """CS with RPL = CPL. QEMU's hflags depend on CS only through its B bit (CS32, and
+        ADDSEG through it): with that bit unchanged, the segment cache alone changes."""
+        cpu = self.cpu
+        cache = cpu.segs[CS]
+        if (cache.flags ^ desc.flags) & DESC_B:
+            cpu.load_segment(CS, (selector & ~3) | cpl, desc.base, desc.limit, desc.flags)
+            return
+        cache.selector = (selector & ~3 | cpl) & 0xFFFF
+        cache.base, cache.limit, cache.flags = desc.base, desc.limit, desc.flags
 
     def load_stack(self, selector: int, desc: Descriptor) -> None:
         self.cpu.load_segment(SS, selector, desc.base, desc.limit, desc.flags)
@@ -121,8 +161,14 @@ class EventDelivery:
         self.lin = lin
         self.view = view
         self.tables = DescriptorTables(lin)
+        self.plans = DeliveryPlans(cpu, lin.memory, view)
 
     def deliver(self, vector: int, kind: EventKind, error_code: int | None = None) -> None:
+        """Deliver by a cached plan when the event is the common case (emu/event_plans.py),
+        else architecturally, step by step."""
+        software = kind is INT_N or kind is SOFTWARE_EXCEPTION
+        if self.plans.deliver(vector, software, pushed_error_code(vector, kind, error_code)):
+            return
         chain = [vector]  # the events attempted, in order; a triple fault names the last fault too
         while True:
             try:
@@ -144,11 +190,7 @@ class EventDelivery:
         if not self.view.protected():
             self._deliver_real(vector)
             return
-        if vector not in ERROR_CODE_VECTORS or kind != EventKind.HARDWARE_EXCEPTION:
-            error_code = None
-        elif error_code is None:
-            error_code = 0
-        self._deliver_protected(vector, kind, error_code)
+        self._deliver_protected(vector, kind, pushed_error_code(vector, kind, error_code))
 
     # ----- real mode ----------------------------------------------------------------------------
     def _deliver_real(self, vector: int) -> None:

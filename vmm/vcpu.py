@@ -64,7 +64,11 @@ class Vcpu:
         self.run_seconds = 0.0
         self.quantum_end: int | None = None    # vmm/cpusched's grant: run to this many instructions
         self.sleep_until: int | None = None    # scheduled and halted: the virtual time it waits for
+        self._deadline_epoch: int | None = None   # vm.reconfigurations when _deadline was found
+        self._deadline: int | None = None
+        self._deadline_exact = False
         vm.cpu.on_hook_error = self.fail
+        vm.restore_hooks.append(self._forget_deadline)   # restored devices: deadlines moved
         engine.attach(self)
 
     @property
@@ -130,6 +134,7 @@ class Vcpu:
             self.sleep_until = None
             self.vm.poll_input()
             self.vm.update_timers()
+            self._forget_deadline()
         if self.timeout and self.run_seconds >= self.timeout:
             self.finish(RunState.TIMEOUT, f"--timeout {self.timeout:g} s expired")
         self.quantum_end = self.instructions + instructions
@@ -195,7 +200,7 @@ class Vcpu:
             clock.retire(self.cpu.executed())
         self.instructions += self.cpu.executed()
         self.control.count_steps(self.cpu.executed())
-        self.vm.update_timers()
+        self._update_timers()
         if self.cpu.hook_error is not None:
             self.fail(self.cpu.hook_error)
             return
@@ -241,7 +246,7 @@ class Vcpu:
         precise = self.control.precise
         if self.vm.quiescent() and not precise and not self.cpu.mmio_retry:
             return 0  # nothing can interrupt or observe time: uncounted, full speed
-        deadline = self.vm.next_deadline_ns()
+        deadline = self._timer_deadline()
         limit = DEBUG_SLICE if precise else MAX_SLICE
         return limit if deadline is None else min(limit, self.vm.clock.budget_until(deadline))
 
@@ -271,7 +276,7 @@ class Vcpu:
         if not self.engine.interrupt_window():
             self.finish(RunState.HALTED, "HLT with interrupts disabled: nothing can wake the CPU")
             return
-        deadline = self.vm.next_deadline_ns()
+        deadline = self._timer_deadline()
         if deadline is None and not self.vm.input_pending():
             self.finish(RunState.HALTED, "HLT with no timer armed and no input: the CPU sleeps forever")
             return
@@ -284,6 +289,38 @@ class Vcpu:
             self.vm.clock.skip_to(deadline)
         self.vm.poll_input()
         self.vm.update_timers()
+        self._forget_deadline()
+
+    def _forget_deadline(self) -> None:
+        self._deadline_epoch = None
+
+    def _timer_deadline(self) -> int | None:
+        """The next timer deadline (vm.next_deadline_ns), recomputed only when a device was
+        reprogrammed or timers were updated since: a deadline moves only then. It is *exact*
+        (no timer can act before it) unless a timer counts without a deadline (a masked APIC
+        timer still takes its expiries). With host input attached (micro always has the
+        parent's) it is recomputed every time and never exact: the pause before each typed line
+        follows the console, not a device register."""
+        vm = self.vm
+        if vm.input_sources:
+            self._deadline_exact = False
+            return vm.next_deadline_ns()
+        if vm.reconfigurations != self._deadline_epoch:
+            self._deadline_epoch = vm.reconfigurations
+            timers = [(timer, timer.next_deadline_ns()) for timer in vm.timers]
+            self._deadline = min((d for _, d in timers if d is not None), default=None)
+            self._deadline_exact = all(d is not None or not timer.counting()
+                                       for timer, d in timers)
+        return self._deadline
+
+    def _update_timers(self) -> None:
+        """After a slice: fire the timers whose deadline passed. A slice that ended before an
+        exact deadline (an exit, HLT, a kick) leaves every timer as it is, with no device work."""
+        deadline = self._timer_deadline()
+        if self._deadline_exact and (deadline is None or self.vm.clock.now_ns() < deadline):
+            return
+        self.vm.update_timers()
+        self._forget_deadline()
 
     def fail(self, exc: BaseException) -> None:
         """The one error boundary of everything the VMM does for this vCPU (its hooks, callouts

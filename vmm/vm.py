@@ -43,6 +43,7 @@ class Vm:
         # MSRs the platform answers (IA32_APIC_BASE): index -> (read(), write(value))
         self.msrs: dict[int, tuple[Callable[[], int], Callable[[int], None]]] = {}
         self.timers: list[Timer] = []
+        self.reconfigurations = 0
         self.input_sources: list = []
         self.identity: tuple[int, str] | None = None  # (id, name) when several VMs share the CPU
         # called after a snapshot is restored into this VM: caches of guest state kept outside
@@ -71,7 +72,9 @@ class Vm:
 
     def reconfigured(self) -> None:
         """A device changed how it can interrupt or observe time. An uncounted run must then
-        end (synchronously, from the hook that programmed the device) so that counting starts."""
+        end (synchronously, from the hook that programmed the device) so that counting starts.
+        Counted in ``reconfigurations``: a timer deadline known before stays good until then."""
+        self.reconfigurations += 1
         if not self.cpu.counting and not self.quiescent():
             self.cpu.stop()
 

@@ -76,6 +76,17 @@ class TrapView(GuestView):
             return (value & ~3) | GUEST_RING[value & 3]
         return value
 
+    def event_context(self) -> tuple | None:
+        """GuestView.event_context from the shadow tables and the guest's ring; CR0/CR3/CR4 are
+        the real ones, through which guest memory is read."""
+        state = self.state
+        if not state.cr0 & CR0_PE:
+            return None
+        cr = self.cpu.cr
+        idtr, gdtr, tr = state.idtr, state.gdtr, state.tr
+        return (cr[0], cr[3], cr[4], GUEST_RING[self.cpu.cpl], idtr.base, idtr.limit,
+                gdtr.base, gdtr.limit, tr.base, tr.limit, tr.type)
+
     def returned_selector(self, selector: int) -> int:
         """The code selector a far RET/IRET pops, as the guest means it. What the real CPU
         stored itself at real ring 1 (PUSH CS, and a far CALL to a conforming segment of DPL 0 or
@@ -95,6 +106,10 @@ class TrapView(GuestView):
         self.state.iopl = (value >> IOPL_SHIFT) & 3
         real = (value & ~(IOPL_MASK | FLAG_VM)) | FLAG_IF
         self.cpu.eflags = real | (0 if self.protected() else FLAG_VM)
+
+    def enter_handler_flags(self, saved: int, clear: int) -> None:
+        """The shadow IF and IOPL and the real EFLAGS follow, as for any guest EFLAGS write."""
+        self.set_flags(saved & ~clear)
 
     def load_code(self, selector: int, desc: Descriptor, cpl: int) -> None:
         ring = REAL_RING[cpl]

@@ -10,12 +10,13 @@ MSRs (IA32_APIC_BASE) reach their device.
 from __future__ import annotations
 
 from emu.cpu import FLAG_IF
-from emu.events import UD, EventDelivery, EventKind, GuestView
+from emu.events import BP, OF, UD, EventDelivery, EventKind, GuestView
 from vmm.engines.base import EngineBase
 from vmm.engines.scanner import IF_SETTERS, CodeScanner, SiteKind
 from vmm.run_state import RunState
 
 RUNNING = RunState.RUNNING
+HARDWARE, INT_N = EventKind.HARDWARE_EXCEPTION, EventKind.SOFTWARE_INTERRUPT
 
 
 class NativeEngine(EngineBase):
@@ -39,8 +40,15 @@ class NativeEngine(EngineBase):
 
     # ----- CpuHandler ---------------------------------------------------------------------------
     def on_interrupt(self, intno: int) -> None:
+        """A vector other than 3 and 4 raised by an instruction can only be INT n's (CD nn);
+        INT3/INTO and INT 3/INT 4 differ in kind, so those are looked up."""
         error_code, software = self.cpu.take_exception()
-        kind = self.software_event(intno)[0] if software else EventKind.HARDWARE_EXCEPTION
+        if not software:
+            kind = HARDWARE
+        elif intno == BP or intno == OF:
+            kind = self.software_event(intno)[0]
+        else:
+            kind = INT_N
         self.events.deliver(intno, kind, error_code)
 
     def on_in(self, port: int, size: int) -> int:

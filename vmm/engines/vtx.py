@@ -13,7 +13,7 @@ real CPU (one instruction, with that stop lifted): the guest-state area is the C
 from __future__ import annotations
 
 from emu.cpu import ECX, FLAG_IF
-from emu.events import ERROR_CODE_VECTORS, UD, EventDelivery, EventKind, GuestView
+from emu.events import BP, ERROR_CODE_VECTORS, OF, UD, EventDelivery, EventKind, GuestView
 from emu.memory import Access
 from emu.paging import PF_P, PF_U, PF_W
 from emu.tlb import FILL_WRITE
@@ -150,6 +150,9 @@ class VtxEngine(EngineBase):
 
     def on_interrupt(self, intno: int) -> None:
         error_code, software = self.cpu.take_exception()
+        if software and intno != BP and intno != OF:
+            self.events.deliver(intno, EventKind.SOFTWARE_INTERRUPT)  # INT n: only CD nn raises it
+            return
         if software:
             kind, raw = self.software_event(intno)
             if kind is EventKind.SOFTWARE_EXCEPTION and self.controls.exception_exits(intno):
