@@ -5,8 +5,10 @@ channel round trip with no CPU involved.
 
 Per-exit cost = (time of an N-pass real-mode `in al, 0x80` loop - time of the same loop with a
 NOP instead) / N, under the trap engine, median over the repetitions, N per placement
-(ITERATIONS); the ratio is taken against the monolithic figure measured in the same run (goal:
-at most 3x).
+(ITERATIONS). Only the guest's run is timed: the micro child partition and its devices in the
+parent are built first (harness.run_vm). Each repetition measures both placements back to back
+and the ratio is taken per repetition (median and spread of those ratios; goal: at most 3x, the
+issue's target 8x). The channel round trip is timed after a warm-up.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ HYPERVISORS = {"monolithic": MonolithicHypervisor, "micro": MicroHypervisor}
 ITERATIONS = {True: {"monolithic": 10_000, "micro": 1_000},
               False: {"monolithic": 50_000, "micro": 10_000}}
 GOAL = 3.0
+WARM_UP = 200             # channel calls before the timed ones (the parent's code paths get hot)
 KVM_2012 = 20574 / 7237      # inl_from_qemu / inl_from_kernel, cycles
 
 
@@ -56,6 +59,8 @@ def channel_round_trip_us(iterations: int) -> float:
     hypervisor = MicroHypervisor(engine="trap")
     try:
         channel = hypervisor.create_partition().channel
+        for _ in range(WARM_UP):
+            channel.call(Op.IO_READ, 1, 0x80)
         started = time.perf_counter()
         for _ in range(iterations):
             channel.call(Op.IO_READ, 1, 0x80)
@@ -70,15 +75,24 @@ def bench_records(quick: bool) -> list[dict]:
     images = {kind: {flag: guest(n, flag) for flag in (True, False)}
               for kind, n in iterations.items()}
     samples: dict[str, list[float]] = {kind: [] for kind in (*HYPERVISORS, "channel")}
+    ratios = []
     for _ in range(reps):
         for kind, cls in HYPERVISORS.items():
             samples[kind].append(per_exit_us(cls, images[kind], iterations[kind]))
+        ratios.append(ratio(samples["micro"][-1], samples["monolithic"][-1]))
         samples["channel"].append(channel_round_trip_us(iterations["micro"]))
     records = {kind: with_spread(NAME, "trap", kind, "io_exit_us", samples[kind], "us",
                                  iterations=iterations[kind]) for kind in HYPERVISORS}
-    forwarded = ratio(records["micro"]["value"], records["monolithic"]["value"])
     return [*records.values(),
             with_spread(NAME, "-", "micro", "channel_round_trip_us", samples["channel"], "us"),
-            derived(NAME, "trap", "micro", "forwarded_io_x_in_process", forwarded, "ratio",
-                    "an I/O exit cost above is not measured", target=GOAL,
-                    kvm_2012=round(KVM_2012, 2))]
+            forwarded_ratio(ratios)]
+
+
+def forwarded_ratio(ratios: list[float | None]) -> dict:
+    """The per-repetition ratios' median and spread, or null if any repetition lacks one."""
+    if None in ratios:
+        return derived(NAME, "trap", "micro", "forwarded_io_x_in_process", None, "ratio",
+                       "an I/O exit cost above is not measured in every repetition",
+                       target=GOAL, kvm_2012=round(KVM_2012, 2))
+    return with_spread(NAME, "trap", "micro", "forwarded_io_x_in_process", ratios, "ratio",
+                       target=GOAL, kvm_2012=round(KVM_2012, 2))

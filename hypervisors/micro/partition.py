@@ -8,7 +8,6 @@ sees is composite: SynIC vectors first, then the mirrored 8259 pair in the paren
 """
 from __future__ import annotations
 
-import socket
 import struct
 from typing import Callable
 
@@ -22,6 +21,7 @@ from hypervisors.micro.proxy import (
     TimerMirror,
     install_proxies,
 )
+from hypervisors.micro.slot import SlotEnd
 from hypervisors.micro.synic import SYNIC_MSRS, SynIC
 from hypervisors.micro.wire import RAISED, RECONFIGURED, Message, Op, Record
 from vmm.exits import EXIT_HANDLERS, Outcome, handle_emulated
@@ -56,7 +56,7 @@ class ChildPartition:
     """One guest VM: built by MicroHypervisor, which supplies the channel to the parent."""
 
     def __init__(self, partition_id: int, name: str, vm: Vm, engine, sink: Callable[[bytes], None],
-                 channel: socket.socket, layout: bytes, **vcpu_options):
+                 channel: SlotEnd, layout: bytes, **vcpu_options):
         self.partition_id = partition_id
         self.name = name
         self.vm = vm
