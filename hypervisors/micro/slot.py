@@ -5,10 +5,12 @@ One sealed memfd, mapped by both processes, holds a request area and a reply are
 one wire record (wire.py) written into the request area, then its length and the next sequence
 number; the answer is the parent's records (notifications, then one REPLY) written into the reply
 area, then their length and the request's sequence number. Each direction has an eventfd
-doorbell that is rung after every publication. The waiting side reads the sequence number for a
-short spin, then sleeps in poll() on its doorbell *and* the partition's stream socket, which
-carries no record but stays open while the peer lives: its EOF is the peer's death. No record is
-framed on a socket; the socket and the doorbells are never read on the spin path.
+doorbell that is rung after every publication. The waiting side polls the sequence number for
+up to SPIN_SECONDS, then sleeps in poll() on its doorbell *and* the partition's stream socket,
+which carries no record but stays open while the peer lives: its EOF is the peer's death. A side
+spins only while its last wait ended within the spin window (on a machine whose cores are all
+busy the peer is not running while we spin, and every wait sleeps at once). No record is framed
+on a socket; the socket and the doorbells are never read on the spin path.
 
 Stores are published in program order (the sequence number last), which x86's total store order
 keeps visible in that order to the other process; the doorbell system calls are full barriers.
@@ -22,6 +24,7 @@ import mmap
 import os
 import select
 import socket
+import time
 
 from hypervisors.micro.wire import HEADER, MAX_PAYLOAD, MalformedRecord
 
@@ -34,7 +37,7 @@ REQUEST_CAPACITY = HEADER.size + MAX_PAYLOAD
 REPLY_OFFSET = REQUEST_OFFSET + -(-REQUEST_CAPACITY // PAGE) * PAGE
 REPLY_CAPACITY = MAX_PAYLOAD + PAGE  # the largest record, a REPLY and room to spare
 SLOT_SIZE = REPLY_OFFSET + -(-REPLY_CAPACITY // PAGE) * PAGE
-SPIN = 50                      # sequence-number reads before sleeping on the doorbell
+SPIN_SECONDS = 20e-6   # how long a waiter polls the sequence number before it sleeps
 SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 
 
@@ -81,6 +84,7 @@ class SlotEnd:
         self.poller.register(wait_fd, select.POLLIN)
         self.poller.register(liveness, select.POLLIN)
         self.peer_gone = False
+        self.spinning = True   # whether answers come fast enough for polling to catch them
 
     def publish(self, seq: int, length: int) -> None:
         """The outgoing area holds ``length`` bytes: make them visible, then ring."""
@@ -93,20 +97,28 @@ class SlotEnd:
         """Return once ``word`` holds ``seq``; PeerGone if the peer closed its socket first,
         TimeoutError if ``timeout`` seconds of sleep pass without it."""
         words = self.words
-        for _ in range(SPIN):
-            if words[word] == seq:
-                return
+        started = time.perf_counter()
+        if self.spinning:
+            until = started + SPIN_SECONDS
+            while time.perf_counter() < until:
+                if words[word] == seq:
+                    return
         while words[word] != seq:
             self._sleep(timeout)
+        self.spinning = time.perf_counter() - started < SPIN_SECONDS
 
     def wait_for_change(self, word: int, seen: int) -> int:
         """Return ``word``'s new value once it differs from ``seen``; PeerGone as above."""
         words = self.words
-        for _ in range(SPIN):
-            if words[word] != seen:
-                return words[word]
+        started = time.perf_counter()
+        if self.spinning:
+            until = started + SPIN_SECONDS
+            while time.perf_counter() < until:
+                if words[word] != seen:
+                    return words[word]
         while words[word] == seen:
             self._sleep()
+        self.spinning = time.perf_counter() - started < SPIN_SECONDS
         return words[word]
 
     def _sleep(self, timeout: float | None = None) -> None:

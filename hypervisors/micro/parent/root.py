@@ -160,6 +160,10 @@ class PartitionWorker:
     def _request(self) -> Message:
         """The one record in the request area (copied out: the child may rewrite the slot)."""
         start, end = self.link.incoming(REQ_LEN)
+        if end - start == HEADER.size:   # most requests: a header alone, no payload
+            fields = HEADER.unpack_from(self.link.map, start)
+            if not fields[5]:
+                return Message(*fields[:5], b"")
         message, after = unpack_record(self.link.map, start, end)
         if after != end:
             raise MalformedRecord(f"{end - after} bytes follow the record")
@@ -204,7 +208,7 @@ class PartitionWorker:
 
     def _reply(self, seq: int, value: int) -> None:
         """The notifications that fit, then the REPLY with the mirrored state, into the slot."""
-        state, deadline = self._state(), self._deadline()
+        state, deadline = self._state_and_deadline()
         lines = b""
         if self.isa_rises or self.isa_levels != self.isa_sent:
             lines = ISA_LINES.pack(self.isa_levels, self.isa_rises)
@@ -216,18 +220,22 @@ class PartitionWorker:
         self._put(offset, Record.REPLY, state, 0, value, deadline, lines)
         self.link.publish(seq, offset + HEADER.size + len(lines) - start)
 
-    def _state(self) -> int:
-        board, flags = self.board, self.flags
-        self.flags = 0
-        return (flags | (INT_OUTPUT if board.pic.has_interrupt() else 0)
-                | (ALL_MASKED if board.pic.all_masked() else 0)
-                | (COUNTING if board.pit.counting() or self.input.counting() else 0)
-                | (INPUT_ALIVE if self.input.alive() else 0))
-
-    def _deadline(self) -> int:
-        deadlines = [d for d in (self.board.pit.next_deadline_ns(), self.input.next_deadline_ns())
-                     if d is not None]
-        return min(deadlines, default=NO_DEADLINE)
+    def _state_and_deadline(self) -> tuple[int, int]:
+        """The wire.State bits and the next timer deadline (NO_DEADLINE if none) to mirror."""
+        pic, pit, host_input = self.board.pic, self.board.pit, self.input
+        state, self.flags = self.flags, 0
+        input_deadline, deadline = host_input.next_deadline_ns(), pit.next_deadline_ns()
+        if pic.has_interrupt():
+            state |= INT_OUTPUT
+        if pic.all_masked():
+            state |= ALL_MASKED
+        if input_deadline is not None or pit.counting():
+            state |= COUNTING
+        if host_input.alive():
+            state |= INPUT_ALIVE
+        if input_deadline is not None and (deadline is None or input_deadline < deadline):
+            deadline = input_deadline
+        return state, NO_DEADLINE if deadline is None else deadline
 
     def _put_notifications(self, offset: int) -> int:
         """Write queued notifications while they fit; the rest wait for the next reply."""
