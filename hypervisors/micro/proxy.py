@@ -78,12 +78,8 @@ class ParentChannel:
         link.wait_for(REP_SEQ, seq)
         offset, end = link.incoming(REP_LEN)
         reply, offset = unpack_record(link.map, offset, end)
-        notifications = []
-        while reply.op != Record.REPLY:
-            notifications.append(reply)
-            reply, offset = unpack_record(link.map, offset, end)
-        for record in notifications:
-            self.on_record(record)
+        if reply.op != Record.REPLY:
+            reply = self._notifications(reply, offset, end)
         self.round_trips += 1
         self.state = reply.size
         self.deadline = None if reply.time == NO_DEADLINE else reply.time
@@ -91,6 +87,18 @@ class ParentChannel:
             self.on_isa_lines(*ISA_LINES.unpack(reply.payload))
         self.on_state(self.state)
         return reply.value
+
+    def _notifications(self, first: Message, offset: int, end: int) -> Message:
+        """Hand ``first`` and the records after it to ``on_record``, all read out of the slot
+        before the first is handled; the REPLY that ends them."""
+        records = [first]
+        reply, offset = unpack_record(self.link.map, offset, end)
+        while reply.op != Record.REPLY:
+            records.append(reply)
+            reply, offset = unpack_record(self.link.map, offset, end)
+        for record in records:
+            self.on_record(record)
+        return reply
 
     def _lose(self, exc: BaseException) -> None:
         detail = str(exc) or type(exc).__name__
