@@ -3,9 +3,9 @@ each case opens a fresh partition and sends it seeded random intercept records (
 writes of any port, size and value, INTA, timer updates, input polls, posted messages and
 events with random payloads, unknown ops, absurd times), written into the partition's shared
 channel slot as the hypervisor writes them, and malformed ones (a truncated header, a length past
-the limit, a payload cut short, a published length past the request area), then checks that the parent is still up, that a
-bystander partition it serves still answers, and that not a byte of child RAM changed and none
-of it is mapped in the parent (no GPADL was ever granted).
+the limit, a payload cut short, a published length past the request area), then checks that the
+parent is still up, that a bystander partition it serves still answers, and that not a byte of
+child RAM changed and none of it is mapped in the parent (no GPADL was ever granted).
 
 Per record the parent either replies (REPLY, after any notifications), contains a device
 failure (a FAULT record: the partition stops, the parent goes on), refuses the request (a FAULT
@@ -25,8 +25,17 @@ from dataclasses import dataclass, field
 from emu.memory import GuestMemory
 from hypervisors.micro.hypervisor import ParentProcess
 from hypervisors.micro.slot import REP_LEN, REP_SEQ, REQUEST_CAPACITY, PeerGone
-from hypervisors.micro.wire import (HEADER, MAX_PAYLOAD, MalformedRecord, Message, Op,
-                                    PartitionConfig, Record, pack, unpack_record)
+from hypervisors.micro.wire import (
+    HEADER,
+    MAX_PAYLOAD,
+    MalformedRecord,
+    Message,
+    Op,
+    PartitionConfig,
+    Record,
+    pack,
+    unpack_record,
+)
 
 RAM_SIZE = 1 << 20
 CANARY = 0xA5

@@ -1,10 +1,11 @@
 """The hypervisor's side of devices that live in the parent partition (crosvm's ProxyDevice).
 
 ``ParentChannel`` sends one intercept message per port access through the partition's
-shared-memory slot (slot.py) and waits for the reply, applying the notifications that precede it. Each reply carries the parent's interrupt-controller and
-timer state, which ``PicMirror``, ``TimerMirror`` and ``InputMirror`` present to the vCPU loop as
-its ``InterruptController``, ``Timer`` and input source: the loop queries them between slices
-without a round trip; only INTA, due timer edges and input polls travel.
+shared-memory slot (slot.py) and waits for the reply, applying the notifications that precede
+it. Each reply carries the parent's interrupt-controller and timer state, which ``PicMirror``,
+``TimerMirror`` and ``InputMirror`` present to the vCPU loop as its ``InterruptController``,
+``Timer`` and input source: the loop queries them between slices without a round trip; only
+INTA, due timer edges and input polls travel.
 """
 from __future__ import annotations
 

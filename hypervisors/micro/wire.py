@@ -62,7 +62,8 @@ class Record(enum.IntEnum):
 
 class Control(enum.IntEnum):
     """Requests on the control socket, hypervisor -> parent."""
-    CREATE_PARTITION = 1  # value = partition id, payload = PartitionConfig; fds: channel, RAM
+    CREATE_PARTITION = 1  # value = partition id, payload = PartitionConfig; fds: socket, RAM,
+                          # slot, doorbell to the parent, doorbell to the hypervisor (slot.py)
     MODULES = 2           # -> REPLY payload: modules loaded in the parent process
 
 

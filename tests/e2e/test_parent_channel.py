@@ -24,7 +24,8 @@ def parent():
     process.close()
 
 
-def answers(child: HostileChild, record: bytes, length: int | None = None) -> list[tuple[int, bytes]]:
+def answers(child: HostileChild, record: bytes,
+            length: int | None = None) -> list[tuple[int, bytes]]:
     """The records of one answer, up to and including its REPLY: (op, payload)."""
     records = child.exchange(record, length)
     assert not isinstance(records, str), records

@@ -3,8 +3,18 @@ from __future__ import annotations
 
 import pytest
 
-from hypervisors.micro.wire import (HEADER, MAX_PAYLOAD, MalformedRecord, Op, OversizedRecord,
-                                    PartitionConfig, Record, State, pack, unpack_record)
+from hypervisors.micro.wire import (
+    HEADER,
+    MAX_PAYLOAD,
+    MalformedRecord,
+    Op,
+    OversizedRecord,
+    PartitionConfig,
+    Record,
+    State,
+    pack,
+    unpack_record,
+)
 
 
 def test_records_follow_each_other_in_a_buffer():

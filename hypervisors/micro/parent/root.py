@@ -4,11 +4,11 @@ providers (VSPs).
 
 The hypervisor starts it as ``python -m hypervisors.micro.parent CONTROL_FD``. For each child
 partition it receives the channel (a socket that only says the hypervisor lives, a shared-memory
-slot and its two eventfd doorbells, slot.py) and the child's RAM memfd (SCM_RIGHTS) and runs a
-worker thread that serves that child's intercept messages with the same device classes the monolithic
-hypervisor runs in-process (crosvm's ProxyDevice pattern: one implementation, two placements),
-and its VMBus messages with the VMBus server. Child RAM is touched only through the GPADL-granted
-accessor; a child with no VMBus traffic never has any of its pages mapped here.
+slot and its two eventfd doorbells, slot.py) and the child's RAM memfd (SCM_RIGHTS) and runs
+a worker thread that serves that child's intercept messages with the same device classes the
+monolithic hypervisor runs in-process (crosvm's ProxyDevice pattern: one implementation, two
+placements), and its VMBus messages with the VMBus server. Child RAM is touched only through the
+GPADL-granted accessor; a child with no VMBus traffic never has any of its pages mapped here.
 """
 from __future__ import annotations
 
