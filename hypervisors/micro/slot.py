@@ -7,10 +7,10 @@ number; the answer is the parent's records (notifications, then one REPLY) writt
 area, then their length and the request's sequence number. Each direction has an eventfd
 doorbell that is rung after every publication. The waiting side polls the sequence number for
 up to SPIN_SECONDS, then sleeps in poll() on its doorbell *and* the partition's stream socket,
-which carries no record but stays open while the peer lives: its EOF is the peer's death. A side
-spins only while its last wait ended within the spin window (on a machine whose cores are all
-busy the peer is not running while we spin, and every wait sleeps at once). No record is framed
-on a socket; the socket and the doorbells are never read on the spin path.
+which carries no record but stays open while the peer lives: its EOF is the peer's death. After
+a spin that failed (the peer was not running meanwhile: all cores busy, or both ends on one
+core) the next 1, 2, 4 ... 1024 waits sleep at once; a spin that succeeds resets that. No record
+is framed on a socket; the socket and the doorbells are never read on the spin path.
 
 Stores are published in program order (the sequence number last), which x86's total store order
 keeps visible in that order to the other process; the doorbell system calls are full barriers.
@@ -38,6 +38,7 @@ REPLY_OFFSET = REQUEST_OFFSET + -(-REQUEST_CAPACITY // PAGE) * PAGE
 REPLY_CAPACITY = MAX_PAYLOAD + PAGE  # the largest record, a REPLY and room to spare
 SLOT_SIZE = REPLY_OFFSET + -(-REPLY_CAPACITY // PAGE) * PAGE
 SPIN_SECONDS = 20e-6   # how long a waiter polls the sequence number before it sleeps
+MAX_BACKOFF = 1024     # at most this many waits sleep at once after a spin that failed
 SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 
 
@@ -84,7 +85,7 @@ class SlotEnd:
         self.poller.register(wait_fd, select.POLLIN)
         self.poller.register(liveness, select.POLLIN)
         self.peer_gone = False
-        self.spinning = True   # whether answers come fast enough for polling to catch them
+        self.skip, self.backoff = 0, 1   # waits to sleep through before the next spin
 
     def publish(self, seq: int, length: int) -> None:
         """The outgoing area holds ``length`` bytes: make them visible, then ring."""
@@ -97,29 +98,40 @@ class SlotEnd:
         """Return once ``word`` holds ``seq``; PeerGone if the peer closed its socket first,
         TimeoutError if ``timeout`` seconds of sleep pass without it."""
         words = self.words
-        started = time.perf_counter()
-        if self.spinning:
-            until = started + SPIN_SECONDS
+        if self._spin_due():
+            until = time.perf_counter() + SPIN_SECONDS
             while time.perf_counter() < until:
                 if words[word] == seq:
+                    self.backoff = 1
                     return
+            self._spin_failed()
         while words[word] != seq:
             self._sleep(timeout)
-        self.spinning = time.perf_counter() - started < SPIN_SECONDS
 
     def wait_for_change(self, word: int, seen: int) -> int:
         """Return ``word``'s new value once it differs from ``seen``; PeerGone as above."""
         words = self.words
-        started = time.perf_counter()
-        if self.spinning:
-            until = started + SPIN_SECONDS
+        if self._spin_due():
+            until = time.perf_counter() + SPIN_SECONDS
             while time.perf_counter() < until:
                 if words[word] != seen:
+                    self.backoff = 1
                     return words[word]
+            self._spin_failed()
         while words[word] == seen:
             self._sleep()
-        self.spinning = time.perf_counter() - started < SPIN_SECONDS
         return words[word]
+
+    def _spin_due(self) -> bool:
+        if self.skip:
+            self.skip -= 1
+            return False
+        return True
+
+    def _spin_failed(self) -> None:
+        """Sleep through the next ``backoff`` waits before spinning again (doubling up to
+        MAX_BACKOFF): a peer that is not running while we spin costs little."""
+        self.skip, self.backoff = self.backoff, min(2 * self.backoff, MAX_BACKOFF)
 
     def _sleep(self, timeout: float | None = None) -> None:
         """Sleep until the doorbell rings; PeerGone once the socket said so on an earlier sleep
