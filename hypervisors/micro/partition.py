@@ -175,8 +175,9 @@ class ChildPartition:
         """Boot and run to the end. This is the vCPU thread's boundary: whatever fails in it
         ends this VM alone (VMM_ERROR, with a report naming the VM); other VMs go on."""
         try:
-            self.boot(image)
-            return self.vcpu.run()
+            with self.channel.link.pinned():   # beside this partition's worker in the parent
+                self.boot(image)
+                return self.vcpu.run()
         except Exception as exc:  # noqa: BLE001 - one VM's failure, never the thread's death
             return self.failed(exc)
 

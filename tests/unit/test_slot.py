@@ -1,7 +1,7 @@
 """The shared-memory channel (hypervisors/micro/slot.py) between a ParentChannel and a parent's
 PartitionWorker, both ends in this process: requests and replies through the slot, notifications
 that overflow a reply arriving whole and in order through DRAINs, a peer's death seen as the
-end of the channel, and slots the parent must refuse."""
+end of the channel, both ends' threads on the slot's CPU, and slots the parent must refuse."""
 from __future__ import annotations
 
 import fcntl
@@ -14,7 +14,15 @@ import pytest
 from emu.memory import GuestMemory
 from hypervisors.micro.parent.root import PartitionWorker
 from hypervisors.micro.proxy import ALL_ONES, ParentChannel
-from hypervisors.micro.slot import SLOT_SIZE, Side, SlotEnd, check_slot, create_slot
+from hypervisors.micro.slot import (
+    CPU,
+    SLOT_SIZE,
+    Side,
+    SlotEnd,
+    check_slot,
+    cpu_for,
+    create_slot,
+)
 from hypervisors.micro.wire import MAX_PAYLOAD, Op, PartitionConfig, Record
 from vmm.clock import VirtualClock
 
@@ -27,7 +35,7 @@ class Pair:
 
     def __init__(self, tmp_path):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        slot = create_slot()
+        slot = create_slot(cpu_for(1))
         to_parent, to_us = os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC)
         parent_end = SlotEnd(Side.PARENT, os.dup(slot), os.dup(to_us), os.dup(to_parent), theirs)
         self.ram = GuestMemory(1 << 20)
@@ -81,6 +89,21 @@ def test_a_dead_peer_ends_the_channel_and_every_later_call_answers_all_ones(pair
     assert pair.channel.call(Op.IO_READ, 1, POST_CODE) == ALL_ONES
     assert pair.lost and "stopped answering" in pair.lost[0]
     assert pair.channel.call(Op.IO_READ, 1, POST_CODE) == ALL_ONES and len(pair.lost) == 1
+
+
+def test_the_worker_and_a_pinned_caller_share_the_slots_cpu(pair):
+    cpu, before = cpu_for(1), os.sched_getaffinity(0)
+    pair.channel.call(Op.IO_READ, 1, POST_CODE)             # the worker is serving by now
+    assert os.sched_getaffinity(pair.thread.native_id) == {cpu}
+    with pair.channel.link.pinned():
+        assert os.sched_getaffinity(0) == {cpu}
+    assert os.sched_getaffinity(0) == before
+
+
+def test_a_cpu_number_that_cannot_be_had_leaves_the_thread_where_it_was(pair):
+    before = os.sched_getaffinity(0)
+    pair.channel.link.words[CPU] = 0xFFFFFFFF
+    assert pair.channel.link.pin() is None and os.sched_getaffinity(0) == before
 
 
 def test_the_parent_refuses_a_slot_it_could_be_made_to_fault_on():

@@ -141,6 +141,7 @@ class PartitionWorker:
         framed (garbage or an oversized record): a FAULT and a REPLY say why, and the channel
         ends."""
         seen = 0
+        self.link.pin()
         try:
             while True:
                 seen = self.link.wait_for_change(REQ_SEQ, seen)
