@@ -5,8 +5,10 @@ channel round trip with no CPU involved.
 
 Per-exit cost = (time of an N-pass real-mode `in al, 0x80` loop - time of the same loop with a
 NOP instead) / N, under the trap engine, median over the repetitions, N per placement
-(ITERATIONS); the ratio is taken against the monolithic figure measured in the same run (goal:
-at most 3x).
+(ITERATIONS). Only the guest's run is timed: the micro child partition and its devices in the
+parent are built first (harness.run_vm). Each repetition measures both placements back to back
+and the ratio is taken per repetition (median and spread of those ratios; goal: at most 8x,
+issue 12's target; KVM's 2012 figure for the same split is ~2.8x). The channel round trip is timed after a warm-up.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ HYPERVISORS = {"monolithic": MonolithicHypervisor, "micro": MicroHypervisor}
 # quick -> loop passes per placement: an in-process exit costs ~100x less, so it needs more
 ITERATIONS = {True: {"monolithic": 10_000, "micro": 1_000},
               False: {"monolithic": 50_000, "micro": 10_000}}
-GOAL = 3.0
+GOAL = 8.0
+WARM_UP = 200             # channel calls before the timed ones (the parent's code paths get hot)
 KVM_2012 = 20574 / 7237      # inl_from_qemu / inl_from_kernel, cycles
 
 
@@ -57,10 +60,13 @@ def channel_round_trip_us(iterations: int) -> float:
     hypervisor = MicroHypervisor(engine="trap")
     try:
         channel = hypervisor.create_partition().channel
-        started = time.perf_counter()
-        for _ in range(iterations):
-            channel.call(Op.IO_READ, 1, 0x80)
-        return (time.perf_counter() - started) / iterations * 1e6
+        with channel.link.pinned():     # where the vCPU thread runs: beside the parent's worker
+            for _ in range(WARM_UP):
+                channel.call(Op.IO_READ, 1, 0x80)
+            started = time.perf_counter()
+            for _ in range(iterations):
+                channel.call(Op.IO_READ, 1, 0x80)
+            return (time.perf_counter() - started) / iterations * 1e6
     finally:
         hypervisor.close()
 

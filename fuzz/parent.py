@@ -1,22 +1,22 @@
 """A hostile child against a real parent partition process (hypervisors/micro/parent/root.py):
 each case opens a fresh partition and sends it seeded random intercept records (port reads and
 writes of any port, size and value, INTA, timer updates, input polls, posted messages and
-events with random payloads, unknown ops, absurd times) and malformed ones (a truncated header,
-a length past the limit, a payload cut short), then checks that the parent is still up, that a
-bystander partition it serves still answers, and that not a byte of child RAM changed and none
-of it is mapped in the parent (no GPADL was ever granted).
+events with random payloads, unknown ops, absurd times), written into the partition's shared
+channel slot as the hypervisor writes them, and malformed ones (a truncated header, a length past
+the limit, a payload cut short, a published length past the request area), then checks that the
+parent is still up, that a bystander partition it serves still answers, and that not a byte of
+child RAM changed and none of it is mapped in the parent (no GPADL was ever granted).
 
 Per record the parent either replies (REPLY, after any notifications), contains a device
 failure (a FAULT record: the partition stops, the parent goes on), refuses the request (a FAULT
 record saying so: an unknown op, Op.MODULES, which only the control socket answers, a port access
-of a size IN/OUT cannot make) or ends the channel (a record past the length limit: FAULT, REPLY,
-close). Generated ops leave MODULES out so cases get past it.
+of a size IN/OUT cannot make) or ends the channel (a record it cannot frame: FAULT, REPLY, and
+the partition's socket closes). Generated ops leave MODULES out so cases get past it.
 """
 from __future__ import annotations
 
 import os
 import random
-import socket
 import struct
 import time
 from collections import Counter
@@ -24,7 +24,18 @@ from dataclasses import dataclass, field
 
 from emu.memory import GuestMemory
 from hypervisors.micro.hypervisor import ParentProcess
-from hypervisors.micro.wire import HEADER, MAX_PAYLOAD, Op, PartitionConfig, Record, pack
+from hypervisors.micro.slot import REP_LEN, REP_SEQ, REQUEST_CAPACITY, PeerGone
+from hypervisors.micro.wire import (
+    HEADER,
+    MAX_PAYLOAD,
+    MalformedRecord,
+    Message,
+    Op,
+    PartitionConfig,
+    Record,
+    pack,
+    unpack_record,
+)
 
 RAM_SIZE = 1 << 20
 CANARY = 0xA5
@@ -65,56 +76,61 @@ def random_record(rng: random.Random) -> bytes:
     return pack(op, size, port, rng.getrandbits(32), when, payload)
 
 
-def malformed_record(rng: random.Random) -> bytes:
-    """A record the channel cannot frame: the last thing sent before closing."""
-    choice = rng.randrange(3)
+def malformed_record(rng: random.Random) -> tuple[bytes, int]:
+    """A record the channel cannot frame, and the length published for it: the last thing sent."""
+    choice = rng.randrange(4)
     if choice == 0:
-        return pack(Op.IO_READ, 1, DEBUG_CONSOLE)[:rng.randrange(1, HEADER.size)]
-    if choice == 1:
-        return HEADER.pack(Op.POST_MESSAGE, 0, 0, 0, 0, MAX_PAYLOAD + rng.randrange(1, 1 << 20))
-    return HEADER.pack(Op.POST_MESSAGE, 0, 0, 0, 0, 64) + rng.randbytes(rng.randrange(64))
-
-
-def read_answer(stream) -> str:
-    """'reply' or 'fault' (after any notifications), 'dropped' if the channel closed."""
-    fault = False
-    while True:
-        header = stream.read(HEADER.size)
-        if len(header) < HEADER.size:
-            return "dropped"
-        op, _size, _aux, _value, _time, length = HEADER.unpack(header)
-        if length and len(stream.read(length)) < length:
-            return "dropped"
-        fault |= op == Record.FAULT
-        if op == Record.REPLY:
-            return "fault" if fault else "reply"
+        record = pack(Op.IO_READ, 1, DEBUG_CONSOLE)[:rng.randrange(1, HEADER.size)]
+    elif choice == 1:
+        record = HEADER.pack(Op.POST_MESSAGE, 0, 0, 0, 0, MAX_PAYLOAD + rng.randrange(1, 1 << 20))
+    elif choice == 2:
+        record = HEADER.pack(Op.POST_MESSAGE, 0, 0, 0, 0, 64) + rng.randbytes(rng.randrange(64))
+    else:
+        record = pack(Op.IO_READ, 1, DEBUG_CONSOLE)
+        return record, REQUEST_CAPACITY + rng.randrange(1, 1 << 31)
+    return record, len(record)
 
 
 class HostileChild:
-    """A partition of the parent, driven over its raw channel socket."""
+    """A partition of the parent, driven through its raw channel slot."""
 
     def __init__(self, parent: ParentProcess, partition_id: int, memory: GuestMemory):
-        self.channel, _layout = parent.create_partition(
+        self.link, _layout = parent.create_partition(
             partition_id, PartitionConfig(RAM_SIZE, b"", "", ""), memory.fd)
-        self.channel.settimeout(REPLY_TIMEOUT)
-        self.stream = self.channel.makefile("rb")
+        self.seq = 0
 
-    def send(self, record: bytes, last: bool = False) -> str:
-        """Send a record and read the answer; ``last``: then close our side of the channel
-        (a record that cannot be framed is never answered: the parent must see EOF and let go)."""
+    def exchange(self, record: bytes, length: int | None = None) -> list[Message] | str:
+        """Write ``record`` into the request area, publish ``length`` (default: the record's)
+        and return the answer's records; 'dropped' if the parent let go of the channel, 'no
+        answer' or 'garbled answer' if it misbehaved."""
+        link = self.link
+        link.map[link.out_offset:link.out_offset + len(record)] = record
+        self.seq = (self.seq + 1) & 0xFFFFFFFF
+        link.publish(self.seq, len(record) if length is None else length)
         try:
-            self.channel.sendall(record)
-            if last:
-                self.channel.shutdown(socket.SHUT_WR)
-            return read_answer(self.stream)
-        except (BrokenPipeError, ConnectionResetError):
+            link.wait_for(REP_SEQ, self.seq, REPLY_TIMEOUT)
+            offset, end = link.incoming(REP_LEN)
+            records = []
+            while offset < end:
+                answer, offset = unpack_record(link.map, offset, end)
+                records.append(answer)
+        except PeerGone:
             return "dropped"
-        except socket.timeout:
+        except TimeoutError:
             return "no answer"
+        except MalformedRecord:
+            return "garbled answer"
+        return records if records and records[-1].op == Record.REPLY else "garbled answer"
+
+    def send(self, record: bytes, length: int | None = None) -> str:
+        """'reply' or 'fault' (a FAULT among the notifications), or what went wrong."""
+        answer = self.exchange(record, length)
+        if isinstance(answer, str):
+            return answer
+        return "fault" if any(r.op == Record.FAULT for r in answer) else "reply"
 
     def close(self) -> None:
-        self.stream.close()
-        self.channel.close()
+        self.link.close()
 
 
 def memfd_mapped_in(pid: int, memory: GuestMemory) -> list[str]:
@@ -145,7 +161,7 @@ def run(cases: int, seed: int) -> ParentTally:
                     break
             else:
                 if rng.random() < 0.3:
-                    tally.answers[f"malformed: {child.send(malformed_record(rng), last=True)}"] += 1
+                    tally.answers[f"malformed: {child.send(*malformed_record(rng))}"] += 1
             child.close()
             tally.cases += 1
             problem = check(parent, bystander, victim_ram)

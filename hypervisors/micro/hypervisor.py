@@ -10,6 +10,7 @@ ranges of it. If the parent dies, the VMs that were running stop with RunState.D
 """
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from typing import Callable
 
 from hypervisors.images import GuestImage
 from hypervisors.micro.partition import ChildPartition
+from hypervisors.micro.slot import Side, SlotEnd, cpu_for, create_slot
 from hypervisors.micro.wire import HEADER, Control, PartitionConfig, Record, pack
 from vmm.cpusched.dispatch import ThreadedClient, VcpuClient, dispatch
 from vmm.cpusched.policy import Controls
@@ -74,18 +76,24 @@ class ParentProcess:
         return reply[HEADER.size:]
 
     def create_partition(self, partition_id: int, config: PartitionConfig,
-                         ram_fd: int) -> tuple[socket.socket, bytes]:
-        """A channel socket for the new child and its device layout in the parent."""
+                         ram_fd: int) -> tuple[SlotEnd, bytes]:
+        """The new child's end of its channel and its device layout in the parent. The parent
+        gets the other end of a stream socket (kept open only to tell each side the other
+        lives), the RAM, the shared slot and its two doorbells (to the parent, to us)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        slot = create_slot(cpu_for(partition_id))
+        to_parent, to_us = (os.eventfd(0, os.EFD_CLOEXEC) for _ in range(2))
         try:
             layout = self.request(Control.CREATE_PARTITION, partition_id, config.encode(),
-                                  (theirs.fileno(), ram_fd))
+                                  (theirs.fileno(), ram_fd, slot, to_parent, to_us))
         except (ValueError, ConnectionError):
             ours.close()
+            for fd in (slot, to_parent, to_us):
+                os.close(fd)
             raise
         finally:
             theirs.close()
-        return ours, layout
+        return SlotEnd(Side.HYPERVISOR, slot, to_parent, to_us, ours), layout
 
     def describe_exit(self) -> str:
         code = self.process.poll()

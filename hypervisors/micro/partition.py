@@ -8,7 +8,6 @@ sees is composite: SynIC vectors first, then the mirrored 8259 pair in the paren
 """
 from __future__ import annotations
 
-import socket
 import struct
 from typing import Callable
 
@@ -22,6 +21,7 @@ from hypervisors.micro.proxy import (
     TimerMirror,
     install_proxies,
 )
+from hypervisors.micro.slot import SlotEnd
 from hypervisors.micro.synic import SYNIC_MSRS, SynIC
 from hypervisors.micro.wire import RAISED, RECONFIGURED, Message, Op, Record
 from vmm.exits import EXIT_HANDLERS, Outcome, handle_emulated
@@ -56,7 +56,7 @@ class ChildPartition:
     """One guest VM: built by MicroHypervisor, which supplies the channel to the parent."""
 
     def __init__(self, partition_id: int, name: str, vm: Vm, engine, sink: Callable[[bytes], None],
-                 channel: socket.socket, layout: bytes, **vcpu_options):
+                 channel: SlotEnd, layout: bytes, **vcpu_options):
         self.partition_id = partition_id
         self.name = name
         self.vm = vm
@@ -175,8 +175,9 @@ class ChildPartition:
         """Boot and run to the end. This is the vCPU thread's boundary: whatever fails in it
         ends this VM alone (VMM_ERROR, with a report naming the VM); other VMs go on."""
         try:
-            self.boot(image)
-            return self.vcpu.run()
+            with self.channel.link.pinned():   # beside this partition's worker in the parent
+                self.boot(image)
+                return self.vcpu.run()
         except Exception as exc:  # noqa: BLE001 - one VM's failure, never the thread's death
             return self.failed(exc)
 

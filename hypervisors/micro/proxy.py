@@ -1,28 +1,30 @@
 """The hypervisor's side of devices that live in the parent partition (crosvm's ProxyDevice).
 
-``ParentChannel`` sends one intercept message per port access and waits for the reply, applying
-the notifications that precede it. Each reply carries the parent's interrupt-controller and
-timer state, which ``PicMirror``, ``TimerMirror`` and ``InputMirror`` present to the vCPU loop as
-its ``InterruptController``, ``Timer`` and input source: the loop queries them between slices
-without a round trip; only INTA, due timer edges and input polls travel.
+``ParentChannel`` sends one intercept message per port access through the partition's
+shared-memory slot (slot.py) and waits for the reply, applying the notifications that precede
+it. Each reply carries the parent's interrupt-controller and timer state, which ``PicMirror``,
+``TimerMirror`` and ``InputMirror`` present to the vCPU loop as its ``InterruptController``,
+``Timer`` and input source: the loop queries them between slices without a round trip; only
+INTA, due timer edges and input polls travel.
 """
 from __future__ import annotations
 
-import socket
 from typing import Callable
 
+from hypervisors.micro.slot import REP_LEN, REP_SEQ, SlotEnd
 from hypervisors.micro.wire import (
     ALL_MASKED,
     COUNTING,
+    HEADER,
     INPUT_ALIVE,
     INT_OUTPUT,
     ISA_LINES,
+    MORE,
     NO_DEADLINE,
     Message,
     Op,
     Record,
-    pack,
-    read_message,
+    unpack_record,
 )
 from vmm.bus import Bus
 
@@ -36,11 +38,10 @@ class ParentChannel:
     faults) in order, before the reply's state is mirrored. If the parent is gone, ``on_lost``
     is told once and every later request answers all-ones without touching the socket."""
 
-    def __init__(self, sock: socket.socket, clock, on_record: Callable[[Message], None],
+    def __init__(self, link: SlotEnd, clock, on_record: Callable[[Message], None],
                  on_lost: Callable[[str], None], on_state: Callable[[int], None],
                  on_isa_lines: Callable[[int, int], None]):
-        self.sock = sock
-        self.rfile = sock.makefile("rb")
+        self.link = link
         self.clock = clock
         self.on_record = on_record
         self.on_lost = on_lost
@@ -49,6 +50,7 @@ class ParentChannel:
         self.state = ALL_MASKED   # wire.State bits, as an int
         self.deadline: int | None = None
         self.lost: str | None = None
+        self.seq = 0
         self.round_trips = 0
 
     def call(self, op: Op, size: int = 0, aux: int = 0, value: int = 0,
@@ -56,14 +58,29 @@ class ParentChannel:
         if self.lost is not None:
             return ALL_ONES
         try:
-            self.sock.sendall(pack(op, size, aux, value, self.clock.now_ns(), payload))
-            reply = read_message(self.rfile)
-            while reply.op != Record.REPLY:
-                self.on_record(reply)
-                reply = read_message(self.rfile)
+            result = self._round_trip(op, size, aux, value, payload)
+            while self.state & MORE:
+                self._round_trip(Op.DRAIN)
         except (OSError, EOFError, ValueError) as exc:
             self._lose(exc)
             return ALL_ONES
+        return result
+
+    def _round_trip(self, op: int, size: int = 0, aux: int = 0, value: int = 0,
+                    payload: bytes = b"") -> int:
+        """One request through the slot; the reply's value, after its notifications."""
+        link, start = self.link, self.link.out_offset
+        HEADER.pack_into(link.map, start, op, size, aux, value & 0xFFFFFFFF, self.clock.now_ns(),
+                         len(payload))
+        if payload:
+            link.map[start + HEADER.size:start + HEADER.size + len(payload)] = payload
+        self.seq = seq = (self.seq + 1) & 0xFFFFFFFF
+        link.publish(seq, HEADER.size + len(payload))
+        link.wait_for(REP_SEQ, seq)
+        offset, end = link.incoming(REP_LEN)
+        reply, offset = unpack_record(link.map, offset, end)
+        if reply.op != Record.REPLY:
+            reply = self._notifications(reply, offset, end)
         self.round_trips += 1
         self.state = reply.size
         self.deadline = None if reply.time == NO_DEADLINE else reply.time
@@ -71,6 +88,18 @@ class ParentChannel:
             self.on_isa_lines(*ISA_LINES.unpack(reply.payload))
         self.on_state(self.state)
         return reply.value
+
+    def _notifications(self, first: Message, offset: int, end: int) -> Message:
+        """Hand ``first`` and the records after it to ``on_record``, all read out of the slot
+        before the first is handled; the REPLY that ends them."""
+        records = [first]
+        reply, offset = unpack_record(self.link.map, offset, end)
+        while reply.op != Record.REPLY:
+            records.append(reply)
+            reply, offset = unpack_record(self.link.map, offset, end)
+        for record in records:
+            self.on_record(record)
+        return reply
 
     def _lose(self, exc: BaseException) -> None:
         detail = str(exc) or type(exc).__name__
@@ -80,8 +109,7 @@ class ParentChannel:
         self.on_lost(self.lost)
 
     def close(self) -> None:
-        self.rfile.close()
-        self.sock.close()
+        self.link.close()
 
 
 class ProxyDevice:

@@ -1,15 +1,17 @@
 """The message protocol between the micro hypervisor and its parent (root) partition.
 
-One stream socket per child partition carries intercept messages (Hyper-V's "intercept" of a
-port access, forwarded to the root) and their replies; a control socket carries partition
-creation with the child's RAM memfd as SCM_RIGHTS. Every record is one fixed 20-byte
-little-endian header (struct-packed, no pickling on the exit path) plus ``length`` payload bytes:
+Each child partition's channel carries intercept messages (Hyper-V's "intercept" of a port
+access, forwarded to the root) and their replies through a shared-memory slot (slot.py); a
+control socket carries partition creation with the child's RAM memfd, the slot and its doorbells
+as SCM_RIGHTS. Every record is one fixed 20-byte little-endian header (struct-packed, no pickling
+on the exit path) plus ``length`` payload bytes:
 
     op u8 | size u8 | aux u16 | value u32 | time i64 | length u32 | payload[length]
 
 The parent only ever speaks in answer to a request: zero or more notification records (console
 bytes, a guest exit, an hv_message or event for the child) and then one REPLY, whose ``size``
 field carries the mirrored interrupt-controller state and ``time`` the next timer deadline.
+Notifications that do not fit in one reply wait for the next (State.MORE asks for a DRAIN).
 """
 from __future__ import annotations
 
@@ -24,8 +26,12 @@ MAX_PAYLOAD = 1 << 20
 PORT_SIZES = frozenset((1, 2, 4))  # the sizes of IN and OUT
 
 
-class OversizedRecord(ValueError):
-    """A header announcing more than MAX_PAYLOAD bytes: the stream cannot be framed past it."""
+class MalformedRecord(ValueError):
+    """Bytes that are not one record: the channel cannot be framed past them."""
+
+
+class OversizedRecord(MalformedRecord):
+    """A header announcing more than MAX_PAYLOAD bytes."""
 
 
 class Op(enum.IntEnum):
@@ -39,6 +45,7 @@ class Op(enum.IntEnum):
     POST_MESSAGE = 6     # value = connection id, payload = message type u32 + message
     SIGNAL_EVENT = 7     # value = connection id, aux = flag number -> value = HV status
     MODULES = 8          # -> payload: the project modules loaded in the parent, one a line
+    DRAIN = 9            # nothing to do: the notifications the last reply had no room for
 
 
 class Record(enum.IntEnum):
@@ -55,7 +62,8 @@ class Record(enum.IntEnum):
 
 class Control(enum.IntEnum):
     """Requests on the control socket, hypervisor -> parent."""
-    CREATE_PARTITION = 1  # value = partition id, payload = PartitionConfig; fds: channel, RAM
+    CREATE_PARTITION = 1  # value = partition id, payload = PartitionConfig; fds: socket, RAM,
+                          # slot, doorbell to the parent, doorbell to the hypervisor (slot.py)
     MODULES = 2           # -> REPLY payload: modules loaded in the parent process
 
 
@@ -67,12 +75,13 @@ class State(enum.IntFlag):
     INPUT_ALIVE = 8       # host input may still arrive
     RAISED = 16           # INT rose during this request (the vCPU must leave the guest)
     RECONFIGURED = 32     # a device changed how it interrupts or observes time
+    MORE = 64             # notifications remain that did not fit: send DRAIN for them
 
 
 # The flags as plain ints for the exit path (IntFlag arithmetic costs a microsecond per operation).
-INT_OUTPUT, ALL_MASKED, COUNTING, INPUT_ALIVE, RAISED, RECONFIGURED = (
+INT_OUTPUT, ALL_MASKED, COUNTING, INPUT_ALIVE, RAISED, RECONFIGURED, MORE = (
     int(flag) for flag in (State.INT_OUTPUT, State.ALL_MASKED, State.COUNTING, State.INPUT_ALIVE,
-                           State.RAISED, State.RECONFIGURED))
+                           State.RAISED, State.RECONFIGURED, State.MORE))
 
 
 class Message(NamedTuple):
@@ -89,18 +98,21 @@ def pack(op: int, size: int = 0, aux: int = 0, value: int = 0, time: int = 0,
     return HEADER.pack(op, size, aux, value & 0xFFFFFFFF, time, len(payload)) + payload
 
 
-def read_message(stream) -> Message:
-    """One record from a buffered binary stream; EOFError when the peer is gone."""
-    header = stream.read(HEADER.size)
-    if len(header) < HEADER.size:
-        raise EOFError("the peer closed the channel")
-    op, size, aux, value, time, length = HEADER.unpack(header)
+def unpack_record(buffer, offset: int, end: int) -> tuple[Message, int]:
+    """The record at ``buffer[offset:end]`` and the offset after it; MalformedRecord if the
+    bytes there cannot hold it (its payload is copied out: the buffer may be shared)."""
+    if end - offset < HEADER.size:
+        raise MalformedRecord(f"a {end - offset}-byte record is shorter than its "
+                              f"{HEADER.size}-byte header")
+    op, size, aux, value, time, length = HEADER.unpack_from(buffer, offset)
     if length > MAX_PAYLOAD:
         raise OversizedRecord(f"record of {length} payload bytes exceeds {MAX_PAYLOAD}")
-    payload = stream.read(length) if length else b""
-    if len(payload) < length:
-        raise EOFError("the peer closed the channel inside a record")
-    return Message(op, size, aux, value, time, payload)
+    start = offset + HEADER.size
+    if start + length > end:
+        raise MalformedRecord(f"record announces {length} payload bytes but carries "
+                              f"{end - start}")
+    payload = buffer[start:start + length] if length else b""
+    return Message(op, size, aux, value, time, payload), start + length
 
 
 class PartitionConfig(NamedTuple):

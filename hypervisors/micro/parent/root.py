@@ -3,11 +3,12 @@ device model, as Hyper-V's root partition owns the drivers and the virtualizatio
 providers (VSPs).
 
 The hypervisor starts it as ``python -m hypervisors.micro.parent CONTROL_FD``. For each child
-partition it receives a channel socket and the child's RAM memfd (SCM_RIGHTS) and runs a worker
-thread that serves that child's intercept messages with the same device classes the monolithic
-hypervisor runs in-process (crosvm's ProxyDevice pattern: one implementation, two placements),
-and its VMBus messages with the VMBus server. Child RAM is touched only through the GPADL-granted
-accessor; a child with no VMBus traffic never has any of its pages mapped here.
+partition it receives the channel (a socket that only says the hypervisor lives, a shared-memory
+slot and its two eventfd doorbells, slot.py) and the child's RAM memfd (SCM_RIGHTS) and runs
+a worker thread that serves that child's intercept messages with the same device classes the
+monolithic hypervisor runs in-process (crosvm's ProxyDevice pattern: one implementation, two
+placements), and its VMBus messages with the VMBus server. Child RAM is touched only through the
+GPADL-granted accessor; a child with no VMBus traffic never has any of its pages mapped here.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import traceback
 
 from hypervisors.loaded_modules import loaded_modules
 from hypervisors.micro.parent import gpadl, vsp
+from hypervisors.micro.slot import REPLY_CAPACITY, REQ_LEN, REQ_SEQ, Side, SlotEnd, check_slot
 from hypervisors.micro.wire import (
     ALL_MASKED,
     COUNTING,
@@ -27,18 +29,20 @@ from hypervisors.micro.wire import (
     INPUT_ALIVE,
     INT_OUTPUT,
     ISA_LINES,
+    MAX_PAYLOAD,
+    MORE,
     NO_DEADLINE,
     PORT_SIZES,
     RAISED,
     RECONFIGURED,
     Control,
+    MalformedRecord,
     Message,
     Op,
-    OversizedRecord,
     PartitionConfig,
     Record,
     pack,
-    read_message,
+    unpack_record,
 )
 from vmm.bus import Bus
 from vmm.clock import VirtualClock
@@ -50,6 +54,8 @@ HV_STATUS_SUCCESS = 0x0000
 HV_STATUS_INVALID_CONNECTION_ID = 0x0012
 DEFAULT_DISK_SIZE = 1 << 20
 CONTROL_RECORD_MAX = 1 << 20
+CHANNEL_FDS = 5        # socket, RAM, slot, doorbell to the parent, doorbell to the hypervisor
+REPLY_ROOM = REPLY_CAPACITY - HEADER.size - ISA_LINES.size   # what notifications may fill
 
 
 def port_layout(pio: Bus) -> bytes:
@@ -61,11 +67,9 @@ def port_layout(pio: Bus) -> bytes:
 class PartitionWorker:
     """Serves one child partition's channel: device intercepts, VMBus messages and events."""
 
-    def __init__(self, partition_id: int, channel: socket.socket, ram_fd: int,
-                 config: PartitionConfig):
+    def __init__(self, partition_id: int, link: SlotEnd, ram_fd: int, config: PartitionConfig):
         self.partition_id = partition_id
-        self.channel = channel
-        self.rfile = channel.makefile("rb")
+        self.link = link
         self.clock = VirtualClock()
         self.flags = 0
         self.isa_levels = self.isa_rises = self.isa_sent = 0
@@ -85,7 +89,7 @@ class PartitionWorker:
         self.handlers = {Op.IO_READ: self._io_read, Op.IO_WRITE: self._io_write,
                          Op.ACKNOWLEDGE: self._acknowledge, Op.UPDATE_TIMERS: self._update_timers,
                          Op.POLL_INPUT: self._poll_input, Op.POST_MESSAGE: self._post_message,
-                         Op.SIGNAL_EVENT: self._signal_event}
+                         Op.SIGNAL_EVENT: self._signal_event, Op.DRAIN: self._drain}
 
     def _vmbus_server(self, ram_fd: int, config: PartitionConfig):
         """The VMBus server with its VSPs; child RAM reaches it only as the GPADL accessor."""
@@ -96,7 +100,8 @@ class PartitionWorker:
     # ----- what devices and VSPs call ------------------------------------------------------------
     def console(self, data: bytes) -> None:
         with self.lock:
-            if self.outbox and self.outbox[-1][0] == Record.OUTPUT:
+            last = self.outbox[-1] if self.outbox else None
+            if last and last[0] == Record.OUTPUT and len(last[3]) + len(data) <= MAX_PAYLOAD:
                 self.outbox[-1] = (Record.OUTPUT, 0, 0, self.outbox[-1][3] + data)
             else:
                 self.outbox.append((Record.OUTPUT, 0, 0, bytes(data)))
@@ -132,25 +137,40 @@ class PartitionWorker:
 
     # ----- the channel ---------------------------------------------------------------------------
     def serve(self) -> None:
-        """Answer requests until the hypervisor closes the channel, or until a record cannot be
-        framed (an oversized one): a FAULT and a REPLY say why, and the channel ends."""
+        """Answer requests until the hypervisor closes the channel, or until a request cannot be
+        framed (garbage or an oversized record): a FAULT and a REPLY say why, and the channel
+        ends."""
+        seen = 0
+        self.link.pin()
         try:
             while True:
-                self.channel.sendall(self._answer(read_message(self.rfile)))
-        except OversizedRecord as exc:
-            self.failed = True
-            self._notify_fault(f"the channel ends: {exc}")
-            try:
-                self.channel.sendall(self._reply(0xFFFFFFFF))
-            except OSError:
-                return
+                seen = self.link.wait_for_change(REQ_SEQ, seen)
+                try:
+                    message = self._request()
+                except MalformedRecord as exc:
+                    self.failed = True
+                    self._notify_fault(f"the channel ends: {exc}")
+                    self._reply(seen, 0xFFFFFFFF)
+                    return
+                self._reply(seen, self._answer(message))
         except (EOFError, OSError):
             return
         finally:
-            self.rfile.close()
-            self.channel.close()
+            self.link.close()
 
-    def _answer(self, message: Message) -> bytes:
+    def _request(self) -> Message:
+        """The one record in the request area (copied out: the child may rewrite the slot)."""
+        start, end = self.link.incoming(REQ_LEN)
+        if end - start == HEADER.size:   # most requests: a header alone, no payload
+            fields = HEADER.unpack_from(self.link.map, start)
+            if not fields[5]:
+                return Message(*fields[:5], b"")
+        message, after = unpack_record(self.link.map, start, end)
+        if after != end:
+            raise MalformedRecord(f"{end - after} bytes follow the record")
+        return message
+
+    def _answer(self, message: Message) -> int:
         if message.time > self.clock.now_ns():
             self.clock.set(message.time)
         value = 0xFFFFFFFF
@@ -166,7 +186,7 @@ class PartitionWorker:
                 value = handler(message)
             except Exception as exc:  # a driver fault stays in this partition: report it
                 self._fault(message, exc)
-        return self._reply(value)
+        return value
 
     def _fault(self, message: Message, exc: Exception) -> None:
         self.failed = True
@@ -179,7 +199,7 @@ class PartitionWorker:
         """A FAULT record for the next reply. A refused request leaves the devices as they
         were; a device failure or an unframeable channel (``failed``) ends the partition."""
         with self.lock:
-            self.outbox.append((Record.FAULT, 0, 0, text.encode()))
+            self.outbox.append((Record.FAULT, 0, 0, text.encode()[:MAX_PAYLOAD]))
 
     def _device_at(self, message: Message) -> str:
         if message.op not in (Op.IO_READ, Op.IO_WRITE):
@@ -187,25 +207,58 @@ class PartitionWorker:
         hit = self.board.pio.lookup(message.aux)
         return f"{hit[0].name} (port {message.aux:#x})" if hit else ""
 
-    def _reply(self, value: int) -> bytes:
-        board = self.board
-        state = (self.flags | (INT_OUTPUT if board.pic.has_interrupt() else 0)
-                 | (ALL_MASKED if board.pic.all_masked() else 0)
-                 | (COUNTING if board.pit.counting() or self.input.counting() else 0)
-                 | (INPUT_ALIVE if self.input.alive() else 0))
-        deadlines = [d for d in (board.pit.next_deadline_ns(), self.input.next_deadline_ns())
-                     if d is not None]
-        deadline = min(deadlines, default=None)
-        self.flags = 0
+    def _reply(self, seq: int, value: int) -> None:
+        """The notifications that fit, then the REPLY with the mirrored state, into the slot."""
+        state, deadline = self._state_and_deadline()
         lines = b""
         if self.isa_rises or self.isa_levels != self.isa_sent:
             lines = ISA_LINES.pack(self.isa_levels, self.isa_rises)
             self.isa_sent, self.isa_rises = self.isa_levels, 0
+        start = offset = self.link.out_offset
+        if self.outbox:
+            offset = self._put_notifications(offset)
+            state |= MORE if self.outbox else 0
+        self._put(offset, Record.REPLY, state, 0, value, deadline, lines)
+        self.link.publish(seq, offset + HEADER.size + len(lines) - start)
+
+    def _state_and_deadline(self) -> tuple[int, int]:
+        """The wire.State bits and the next timer deadline (NO_DEADLINE if none) to mirror."""
+        pic, pit, host_input = self.board.pic, self.board.pit, self.input
+        state, self.flags = self.flags, 0
+        input_deadline, deadline = host_input.next_deadline_ns(), pit.next_deadline_ns()
+        if pic.has_interrupt():
+            state |= INT_OUTPUT
+        if pic.all_masked():
+            state |= ALL_MASKED
+        if input_deadline is not None or pit.counting():
+            state |= COUNTING
+        if host_input.alive():
+            state |= INPUT_ALIVE
+        if input_deadline is not None and (deadline is None or input_deadline < deadline):
+            deadline = input_deadline
+        return state, NO_DEADLINE if deadline is None else deadline
+
+    def _put_notifications(self, offset: int) -> int:
+        """Write queued notifications while they fit; the rest wait for the next reply."""
+        end = self.link.out_offset + REPLY_ROOM
         with self.lock:
-            records, self.outbox = self.outbox, []
-        return b"".join([*(pack(op, 0, aux, v, 0, data) for op, aux, v, data in records),
-                         pack(Record.REPLY, state, 0, value,
-                              NO_DEADLINE if deadline is None else deadline, lines)])
+            records = self.outbox
+            sent = 0
+            for op, aux, value, data in records:
+                if offset + HEADER.size + len(data) > end:
+                    break
+                offset = self._put(offset, op, 0, aux, value, 0, data)
+                sent += 1
+            self.outbox = records[sent:]
+        return offset
+
+    def _put(self, offset: int, op: int, size: int, aux: int, value: int, time: int,
+             payload: bytes) -> int:
+        slot = self.link.map
+        HEADER.pack_into(slot, offset, op, size, aux, value & 0xFFFFFFFF, time, len(payload))
+        offset += HEADER.size
+        slot[offset:offset + len(payload)] = payload
+        return offset + len(payload)
 
     # ----- requests ------------------------------------------------------------------------------
     def _io_read(self, message: Message) -> int:
@@ -225,6 +278,9 @@ class PartitionWorker:
 
     def _poll_input(self, message: Message) -> int:
         self.input.poll()
+        return 0
+
+    def _drain(self, message: Message) -> int:
         return 0
 
     def _post_message(self, message: Message) -> int:
@@ -253,7 +309,8 @@ class RootPartition:
     def serve(self) -> None:
         try:
             while True:
-                data, fds, _flags, _addr = socket.recv_fds(self.control, CONTROL_RECORD_MAX, 2)
+                data, fds, _flags, _addr = socket.recv_fds(self.control, CONTROL_RECORD_MAX,
+                                                           CHANNEL_FDS)
                 if not data:
                     return
                 self.control.send(self._control(data, fds))
@@ -265,20 +322,36 @@ class RootPartition:
         op, _size, _aux, partition_id, _time, _length = HEADER.unpack_from(data)
         if op == Control.MODULES:
             return pack(Record.REPLY, payload=loaded_modules().encode())
-        channel_fd, ram_fd = fds
-        config = PartitionConfig.decode(data[HEADER.size:])
-        if not config.disk_image:
-            config = config._replace(disk_image=self._scratch_disk())
-        channel = socket.socket(fileno=channel_fd)
         try:
-            worker = PartitionWorker(partition_id, channel, ram_fd, config)
+            worker = self._worker(partition_id, data, fds)
         except Exception as exc:
-            channel.close()
-            os.close(ram_fd)
             return pack(Record.FAULT, payload=f"{type(exc).__name__}: {exc}".encode())
         threading.Thread(target=worker.serve, name=f"partition-{partition_id}",
                          daemon=True).start()
         return pack(Record.REPLY, payload=port_layout(worker.board.pio))
+
+    def _worker(self, partition_id: int, data: bytes, fds: list[int]) -> PartitionWorker:
+        """A worker for a new partition; its descriptors are closed if it cannot be built."""
+        try:
+            if len(fds) != CHANNEL_FDS:
+                raise ValueError(f"a partition needs {CHANNEL_FDS} descriptors, not {len(fds)}")
+            channel_fd, ram_fd, slot_fd, to_parent, to_hypervisor = fds
+            check_slot(slot_fd)
+            config = PartitionConfig.decode(data[HEADER.size:])
+            link = SlotEnd(Side.PARENT, slot_fd, to_hypervisor, to_parent,
+                           socket.socket(fileno=channel_fd))
+        except Exception:
+            for fd in fds:
+                os.close(fd)
+            raise
+        try:
+            if not config.disk_image:
+                config = config._replace(disk_image=self._scratch_disk())
+            return PartitionWorker(partition_id, link, ram_fd, config)
+        except Exception:
+            link.close()
+            os.close(ram_fd)
+            raise
 
     def _scratch_disk(self) -> str:
         """A zero-filled temporary disk image, owned by this process, when none was given."""
