@@ -76,7 +76,8 @@ class QemuState:
 
     def __init__(self, uc: Uc):
         env, layout = _locate(uc)
-        self.env, self.dr_offset = env, layout.dr
+        dr = layout.dr
+        self.env, self.dr_offset = env, dr
         self.gpr = (ctypes.c_uint64 * 8).from_address(env)
         self.eip = ctypes.c_uint64.from_address(env + OFF_EIP)
         self.eflags = ctypes.c_uint64.from_address(env + OFF_EFLAGS)
