@@ -18,11 +18,12 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from benchmarks import kinds, nano, overhead, partition, peers, scale
+from benchmarks import bt_callouts, kinds, nano, overhead, partition, peers, scale
 from benchmarks.harness import engines, hypervisors
 from benchmarks.loops import Context
 
-BENCHMARKS = {module.NAME: module for module in (kinds, nano, overhead, partition, peers, scale)}
+BENCHMARKS = {module.NAME: module for module in (kinds, nano, overhead, partition, peers, scale,
+                                                  bt_callouts)}
 REPS = {True: 1, False: 7}
 
 

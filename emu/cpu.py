@@ -121,6 +121,13 @@ class Cpu:
         """Stop before executing any of these linear addresses (see Hooks.set_exits)."""
         self._hooks.set_exits(linear_addresses, owner)
 
+    def hook_code_at(self, linear: int, callback) -> int:
+        """Run ``callback`` in front of one instruction, inside the run (see Hooks.hook_code_at)."""
+        return self._hooks.hook_code_at(linear, callback)
+
+    def unhook_code(self, handle: int) -> None:
+        self._hooks.unhook_code(handle)
+
     def watch_translations(self, callback) -> None:
         """Call ``callback(linear, size)`` for every block translated from now on."""
         self._hooks.watch_translations(callback, self._run_one_block)

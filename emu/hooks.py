@@ -11,7 +11,7 @@ import ctypes
 from typing import Callable, Protocol
 
 from unicorn import Uc, UcError
-from unicorn import (UC_HOOK_EDGE_GENERATED, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
+from unicorn import (UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE,
                      UC_MEM_WRITE, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_MEM_READ_UNMAPPED,
                      UC_HOOK_MEM_WRITE_UNMAPPED, UC_HOOK_MEM_FETCH_UNMAPPED, UC_MEM_READ_UNMAPPED,
                      UC_MEM_WRITE_UNMAPPED, UC_MEM_FETCH_UNMAPPED)
@@ -30,6 +30,7 @@ _MEM_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                            ctypes.c_int64, ctypes.c_void_p)
 _EDGE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                             ctypes.c_void_p)
+_CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
 _UNMAPPED_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,
                                 ctypes.c_int, ctypes.c_int64, ctypes.c_void_p)
 
@@ -77,6 +78,9 @@ class Hooks:
         self.handler: CpuHandler | None = None
         self._callbacks: list = []
         self._exits: dict[str, frozenset[int]] = {}
+        self._code_hooks: dict[int, object] = {}
+        self._pc_value = ctypes.c_uint32()
+        self._pc_ref = ctypes.byref(self._pc_value)
         self._hook(UC_HOOK_INTR, _INTR_CB(self._intr_cb))
         self._hook(UC_HOOK_INSN, _IN_CB(self._in_cb), insn=X.UC_X86_INS_IN)
         self._hook(UC_HOOK_INSN, _OUT_CB(self._out_cb), insn=X.UC_X86_INS_OUT)
@@ -198,6 +202,41 @@ class Hooks:
         self._uc.ctl_set_exits(sorted(after))
         for address in after ^ before:
             self._uc.ctl_remove_cache(address, address + 1)
+
+    # ----- instruction callouts -----------------------------------------------------------------
+    def hook_code_at(self, linear: int, callback: Callable[[int], "int | None"]) -> int:
+        """Call ``callback(linear)`` just before the instruction at this linear address runs
+        (UC_HOOK_CODE bounded to that one address); return the handle for unhook_code(). A
+        callback that carried the instruction out returns the EIP to go on at: Unicorn leaves
+        the block and resumes there within the same run, and the instruction itself never runs.
+        None lets the instruction run.
+
+        The write is uc_reg_write: it sets Unicorn's skip_sync_pc_on_exit, and the exit check
+        QEMU places right after a code hook leaves the block keeping that EIP and clears the flag
+        again, so later hooks of the run see true EIPs (bug 2 of the notes needs the flag left
+        set). uc_reg_write_batch leaves the flag clear, and that exit puts EIP back on the
+        hooked instruction (measured: the hook fires again forever).
+
+        Cost: QEMU calls the code-hook helper before every instruction of a counted run anyway
+        (Unicorn's instruction counter is a code hook), and that helper walks every code hook's
+        bounds, so each hook adds a few ns to every counted instruction: keep them few."""
+        def code_cb(_uc, address, _size, _ud):
+            try:
+                eip = callback(address & 0xFFFFFFFF)
+                if eip is not None:
+                    self._pc_value.value = eip
+                    uclib.uc_reg_write(self._uch, X.UC_X86_REG_EIP, self._pc_ref)
+            except BaseException as exc:  # noqa: BLE001
+                self._failed(exc)
+        cfunc = _CODE_CB(code_cb)
+        handle = self._hook(UC_HOOK_CODE, cfunc, linear, linear)
+        self._code_hooks[handle] = cfunc
+        self._uc.ctl_remove_cache(linear, linear + 1)  # a block translated uncounted lacks the call
+        return handle
+
+    def unhook_code(self, handle: int) -> None:
+        uclib.uc_hook_del(self._uch, handle)
+        self._callbacks.remove(self._code_hooks.pop(handle))
 
     # ----- watches ------------------------------------------------------------------------------
     def watch_translations(self, callback, run_one_block: Callable[[], None]) -> None:
