@@ -192,9 +192,16 @@ class CodeScanner:
     # ----- callouts inside the run --------------------------------------------------------------
     def hook(self, site: Site, callout: Callout) -> bool:
         """Carry the callout site out inside the run from now on (a code hook on its address
-        calling ``callout``) and no longer stop there, if fewer than MAX_HOOKED sites are."""
-        if site.hook is not None or self.hooked >= MAX_HOOKED:
+        calling ``callout``) and no longer stop there. At most MAX_HOOKED sites are hooked: a
+        site that has run more often than the least-run hooked one takes its hook."""
+        if site.hook is not None:
             return False
+        if self.hooked >= MAX_HOOKED:
+            coldest = min((s for s in self.sites.values() if s.hook is not None),
+                          key=lambda s: s.hits)
+            if coldest.hits >= site.hits:
+                return False
+            self._forget(coldest)  # a stop again: the hotter site takes its hook
         site.hook = self.cpu.hook_code_at(site.linear, callout)
         self.hooked += 1
         self.arm()
