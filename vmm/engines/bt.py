@@ -221,12 +221,21 @@ class BtEngine(TrapEngine):
         lines = [f"Binary translation: {scanner.blocks} blocks scanned on {len(scanner.pages)} "
                  f"code pages, {scanner.rewritten} rewritten and rescanned, {len(scanner.sites)} "
                  f"sites ({scanner.invalidated} dropped)", "",
-                 f"{'guest address':>13}  {'original bytes':<24} {'kind':<8} {'hits':>8}  insn"]
+                 f"{'guest address':>13}  {'original bytes':<24} {'kind':<8} {'via':<5} "
+                 f"{'hits':>8}  insn"]
         for site in scanner.table():
             hits = "-" if site.kind is SiteKind.INLINE else str(site.hits)
             lines.append(f"{site.linear:#013x}  {site.raw.hex(' '):<24} {site.kind.value:<8} "
-                         f"{hits:>8}  {site.insn}")
+                         f"{callout_via(site):<5} {hits:>8}  {site.insn}")
+        lines.append("(via: how a callout is reached now: trap = its own #GP, hook = a code hook "
+                     "inside the run, exit = a stop before it)")
         if any(s.kind is SiteKind.INLINE for s in scanner.sites.values()):
             lines.append("(inline sites run in place with no VMM involvement: their executions "
                          "are not counted)")
         return "\n".join(lines)
+
+
+def callout_via(site: Site) -> str:
+    if site.kind is not SiteKind.CALLOUT:
+        return "-"
+    return "trap" if site.traps else "hook" if site.hook is not None else "exit"
