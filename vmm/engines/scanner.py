@@ -22,7 +22,7 @@ from emu.cpu import CS, Cpu
 from emu.disasm import Disassembler, Insn
 
 PAGE = 0x1000
-MAX_HOOKED = 8          # code hooks cost every counted instruction a few ns each (see Hooks)
+MAX_HOOKED = 4          # each code hook slows every counted instruction (see Hooks.hook_code_at)
 SCAN_CACHE_BLOCKS = 4096
 
 
