@@ -218,7 +218,8 @@ class BtEngine(TrapEngine):
     def translation_report(self) -> str:
         """One line per translated site (for --stats): address, original bytes, kind, hits."""
         scanner = self.scanner
-        lines = [f"Binary translation: {scanner.blocks} blocks scanned on {len(scanner.pages)} "
+        lines = [f"Binary translation: {scanner.blocks} blocks scanned ({scanner.lookups} decoded "
+                 f"from the cache) on {len(scanner.pages)} "
                  f"code pages, {scanner.rewritten} rewritten and rescanned, {len(scanner.sites)} "
                  f"sites ({scanner.invalidated} dropped)", "",
                  f"{'guest address':>13}  {'original bytes':<24} {'kind':<8} {'via':<5} "
