@@ -33,8 +33,8 @@ EVENTS = {
               {"trap": ("callouts32", 1), "bt": ("callouts32", 1)}),
     "mov_cr3": ("MOV EAX, CR3 at guest ring 0",
                 {"trap": ("callouts32", 2), "bt": ("callouts32", 2)}),
-    "pushf_popf": ("PUSHFD+POPFD at guest ring 0 (trap: PUSHF+POPF in virtual-8086 mode, where "
-                   "it sees them)", {"trap": ("callouts16", 3), "bt": ("callouts32", 3)}),
+    "pushf_popf": (("PUSHFD+POPFD at guest ring 0 (trap: PUSHF+POPF in virtual-8086 mode, where "
+                    "it sees them)"), {"trap": ("callouts16", 3), "bt": ("callouts32", 3)}),
     "smsw": ("SMSW EAX at guest ring 0 (trap never sees it)", {"bt": ("callouts32", 4)}),
 }
 
@@ -87,7 +87,7 @@ def run(ctx: Context) -> Section:
         group = {row.engine: row for row in measured if row.event == event}
         mains = {engine: main_record(row) for engine, row in group.items()}
         section.lines += [f"  {event}: {what}; {PASSES[ctx.quick]} passes per run", header]
-        for engine, row in group.items():
+        for row in group.values():
             line, found = report(row, mains)
             section.lines.append(line)
             section.records += found

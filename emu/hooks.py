@@ -204,7 +204,7 @@ class Hooks:
             self._uc.ctl_remove_cache(address, address + 1)
 
     # ----- instruction callouts -----------------------------------------------------------------
-    def hook_code_at(self, linear: int, callback: Callable[[int], "int | None"]) -> int:
+    def hook_code_at(self, linear: int, callback: Callable[[int], int | None]) -> int:
         """Call ``callback(linear)`` just before the instruction at this linear address runs
         (UC_HOOK_CODE bounded to that one address); return the handle for unhook_code(). A
         callback that carried the instruction out returns the EIP to go on at: Unicorn leaves

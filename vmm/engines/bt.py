@@ -21,8 +21,8 @@ from __future__ import annotations
 from emu.cpu import CS, FLAG_IF, FLAG_VM, IOPL_MASK, IOPL_SHIFT
 from vmm.engines.deprivilege import DeprivilegedGuest, TrapView
 from vmm.engines.emulate import (
-    emulate_clts,
     emulate_cli,
+    emulate_clts,
     emulate_hlt,
     emulate_int,
     emulate_invalid,
@@ -218,12 +218,13 @@ class BtEngine(TrapEngine):
     def translation_report(self) -> str:
         """One line per translated site (for --stats): address, original bytes, kind, hits."""
         scanner = self.scanner
-        lines = [f"Binary translation: {scanner.blocks} blocks scanned ({scanner.lookups} decoded "
-                 f"from the cache) on {len(scanner.pages)} "
-                 f"code pages, {scanner.rewritten} rewritten and rescanned, {len(scanner.sites)} "
-                 f"sites ({scanner.invalidated} dropped)", "",
-                 f"{'guest address':>13}  {'original bytes':<24} {'kind':<8} {'via':<5} "
-                 f"{'hits':>8}  insn"]
+        summary = (f"Binary translation: {scanner.blocks} blocks scanned ({scanner.lookups} "
+                   f"decoded from the cache) on {len(scanner.pages)} code pages, "
+                   f"{scanner.rewritten} rewritten and rescanned, {len(scanner.sites)} sites "
+                   f"({scanner.invalidated} dropped)")
+        header = (f"{'guest address':>13}  {'original bytes':<24} {'kind':<8} {'via':<5} "
+                  f"{'hits':>8}  insn")
+        lines = [summary, "", header]
         for site in scanner.table():
             hits = "-" if site.kind is SiteKind.INLINE else str(site.hits)
             lines.append(f"{site.linear:#013x}  {site.raw.hex(' '):<24} {site.kind.value:<8} "
