@@ -28,6 +28,7 @@ from benchmarks.records import MIN_REPS, Section, missing, screen
 # run(ctx) -> records.Section (see benchmarks/harness.py). Add a line to register one.
 MODULES = [
     "benchmarks.kinds",
+    "benchmarks.bt_callouts",
     "benchmarks.events",
     "benchmarks.nano",
     "benchmarks.overhead",

@@ -88,7 +88,7 @@ class DivideGuard:
             self._patches[insn.address] = patch_for(insn)
         new = [insn.address for insn in found if insn.address not in self._hooked]
         for address in new:
-            self._hooks.code_hook(address, self._at_site)
+            self._hooks.hook_code_at(address, self._at_site)
             self._hooked.add(address)
         if new:
             self._hooks.invalidate(linear, linear + size)

@@ -3,8 +3,12 @@ under trap, but its code is scanned before it first runs and every sensitive ins
 or not, is translated, so the guest cannot tell (Popek & Goldberg's equivalence is restored).
 
 Translations (vmm/engines/scanner.py finds the sites):
-- callout: a stop before the instruction; the VMM emulates it on virtual state (SGDT, SMSW,
-  PUSHF/POPF, MOV from CS/SS, LAR/LSL/VERR/VERW, MOV CR, far transfers, IRET, INT n, ...);
+- callout: the VMM emulates the instruction on virtual state (SGDT, SMSW, PUSHF/POPF, MOV from
+  CS/SS, LAR/LSL/VERR/VERW, MOV CR, far transfers, IRET, INT n, ...) without ending the run:
+  a privileged instruction (and in virtual-8086 code an IOPL-sensitive one) faults at the
+  deprivileged ring anyway, and trap's #GP hook carries it out with the site's plan; any other
+  is first a stop before the instruction (a Unicorn exit) and, once it has run, a code hook
+  bounded to its address (up to MAX_HOOKED sites: each hook costs every counted instruction);
 - inline: CLI and STI in guest kernel code run in place, with no exit. Guest ring 0 runs on real
   ring 1 with the real IOPL at 1, so the real EFLAGS.IF *is* the guest's virtual IF (the emulated
   CPU has no hardware interrupt line: the VMM alone reads IF, to decide injection). PUSHF/POPF,
@@ -16,7 +20,27 @@ from __future__ import annotations
 
 from emu.cpu import CS, FLAG_IF, FLAG_VM, IOPL_MASK, IOPL_SHIFT
 from vmm.engines.deprivilege import DeprivilegedGuest, TrapView
-from vmm.engines.emulate import emulator_for
+from vmm.engines.emulate import (
+    emulate_cli,
+    emulate_clts,
+    emulate_hlt,
+    emulate_int,
+    emulate_invalid,
+    emulate_invlpg,
+    emulate_iret,
+    emulate_lldt_ltr,
+    emulate_lmsw,
+    emulate_load_table,
+    emulate_mov_cr,
+    emulate_mov_dr,
+    emulate_nop,
+    emulate_popf,
+    emulate_pushf,
+    emulate_rdmsr,
+    emulate_sti,
+    emulate_wrmsr,
+    emulator_for,
+)
 from vmm.engines.plans import Plan, make_plan
 from vmm.engines.scanner import CodeScanner, Site, SiteKind
 from vmm.engines.sensitive import sensitive_emulator_for
@@ -27,6 +51,13 @@ R = ExitReason
 IO_MNEMONICS = frozenset(("in", "out", "insb", "insw", "insd", "outsb", "outsw", "outsd"))
 DESCRIPTOR_TABLE_REASONS = {"sgdt": R.GDTR_IDTR_ACCESS, "sidt": R.GDTR_IDTR_ACCESS,
                             "sldt": R.LDTR_TR_ACCESS, "str": R.LDTR_TR_ACCESS}
+# #GP at any CPL above 0, whatever the operands (Intel SDM Vol. 2: "CPL is greater than 0").
+PRIVILEGED = frozenset((emulate_mov_cr, emulate_invalid, emulate_mov_dr, emulate_hlt, emulate_clts,
+                        emulate_lmsw, emulate_rdmsr, emulate_wrmsr, emulate_invlpg, emulate_nop,
+                        emulate_load_table, emulate_lldt_ltr))
+# #GP in virtual-8086 mode at IOPL < 3 (the deprivileged real-mode guest runs at IOPL 0).
+IOPL_SENSITIVE = frozenset((emulate_cli, emulate_sti, emulate_pushf, emulate_popf, emulate_iret,
+                            emulate_int))
 
 
 class BtView(TrapView):
@@ -91,7 +122,8 @@ class BtEngine(TrapEngine):
 
     def make_scanner(self) -> CodeScanner:
         self.window_scanner = CodeScanner(self.cpu, self.fetch, self.disasm, self.classify,
-                                          self.translating, owner="bt")
+                                          self.translating, owner="bt", traps=self.traps,
+                                          cache=True)
         return self.window_scanner
 
     def translating(self) -> bool:
@@ -108,17 +140,45 @@ class BtEngine(TrapEngine):
             return SiteKind.CALLOUT
         return None
 
+    def traps(self, insn) -> bool:
+        """The callout faults (#GP) where it runs, into trap's hook: no stop, no code hook."""
+        emulator = emulator_for(insn)
+        return emulator in PRIVILEGED or (self.cpu.vm86 and emulator in IOPL_SENSITIVE)
+
     # ----- callouts -----------------------------------------------------------------------------
     def after_run(self) -> None:
-        """The run ended: a scan may have found sites to arm, or the CPU stopped at a callout."""
-        self.scanner.arm()
-        site = self.scanner.callout_at(self.cpu.linear_pc())
-        if site is not None and self.scanner.revalidate(site):
+        """The run ended: a scan may have found sites to arm, or the CPU stopped at a callout
+        site armed as an exit. Once carried out there, the site is hooked for the next time."""
+        scanner = self.scanner
+        scanner.arm()
+        linear = self.cpu.linear_pc()
+        site = scanner.callout_at(linear)
+        if site is not None and linear in scanner.armed and scanner.revalidate(site):
+            self.vcpu.retire(1)
             self._callout(site)
+            scanner.hook(site, self._hooked_callout)
+
+    def _hooked_callout(self, linear: int) -> int | None:
+        """The CPU is about to run a hooked site, inside the run (Unicorn has counted it): carry
+        it out and go on after it. Guest user code at the same address, or other bytes there
+        (another address space), run as they are."""
+        site = self.scanner.sites.get(linear)
+        if site is None or not self.translating() or not self.scanner.revalidate(site):
+            return None
+        self._callout(site)
+        return self.cpu.eip
+
+    def _plan(self) -> Plan | None:
+        """A #GP in translated code at a callout site that traps: the site's plan and reason."""
+        site = self.scanner.callout_at(self.cpu.linear_pc())
+        if site is None or not site.traps or not self.scanner.revalidate(site):
+            return super()._plan()
+        site.hits += 1
+        self.deprivileged.view.flags()
+        return self._site_plan(site)
 
     def _callout(self, site: Site) -> None:
         site.hits += 1
-        self.vcpu.retire(1)
         self.deprivileged.view.flags()  # bring the shadow IF up to date with the real (virtual) IF
         self.take_exit(self.instruction_exit(self._site_plan(site)))
 
@@ -158,15 +218,26 @@ class BtEngine(TrapEngine):
     def translation_report(self) -> str:
         """One line per translated site (for --stats): address, original bytes, kind, hits."""
         scanner = self.scanner
-        lines = [f"Binary translation: {scanner.blocks} blocks scanned on {len(scanner.pages)} "
-                 f"code pages, {scanner.rewritten} rewritten and rescanned, {len(scanner.sites)} "
-                 f"sites ({scanner.invalidated} dropped)", "",
-                 f"{'guest address':>13}  {'original bytes':<24} {'kind':<8} {'hits':>8}  insn"]
+        summary = (f"Binary translation: {scanner.blocks} blocks scanned ({scanner.lookups} "
+                   f"decoded from the cache) on {len(scanner.pages)} code pages, "
+                   f"{scanner.rewritten} rewritten and rescanned, {len(scanner.sites)} sites "
+                   f"({scanner.invalidated} dropped)")
+        header = (f"{'guest address':>13}  {'original bytes':<24} {'kind':<8} {'via':<5} "
+                  f"{'hits':>8}  insn")
+        lines = [summary, "", header]
         for site in scanner.table():
             hits = "-" if site.kind is SiteKind.INLINE else str(site.hits)
             lines.append(f"{site.linear:#013x}  {site.raw.hex(' '):<24} {site.kind.value:<8} "
-                         f"{hits:>8}  {site.insn}")
+                         f"{callout_via(site):<5} {hits:>8}  {site.insn}")
+        lines.append("(via: how a callout is reached now: trap = its own #GP, hook = a code hook "
+                     "inside the run, exit = a stop before it)")
         if any(s.kind is SiteKind.INLINE for s in scanner.sites.values()):
             lines.append("(inline sites run in place with no VMM involvement: their executions "
                          "are not counted)")
         return "\n".join(lines)
+
+
+def callout_via(site: Site) -> str:
+    if site.kind is not SiteKind.CALLOUT:
+        return "-"
+    return "trap" if site.traps else "hook" if site.hook is not None else "exit"
