@@ -90,7 +90,7 @@ class Cpu:
         self.hook_error: BaseException | None = None
         self.on_hook_error = None  # called with the exception, inside the failing hook
         self._hooks = Hooks(self._uc, self._hook_failed, self._stop_after_access)
-        self.tlb = VirtualTlb(self._uc, self._hooks.add_hook, self._hook_failed)
+        self.tlb = VirtualTlb(self._uc, self._hooks.add_hook, self._hook_failed, self._exit_lookup)
         self.tlb.set_fill(self._physical_fill)
         self.reset_real_mode()
         guard = DivideGuard(self._uch, self._hooks, self.gpr, lambda: self.code_bits, self.stop)
@@ -203,6 +203,8 @@ class Cpu:
             self._uc.ctl_flush_tb()
         self._counting = bool(count)
         self._old_exception.value = -1  # see STALE_FAULT above
+        if self.tlb.stale:              # a placeholder grant for an exit lookup (emu/tlb.py)
+            self.tlb.flush()
         return uclib.uc_emu_start(self._uch, self.eip_reg.value, NO_UNTIL, 0, count)
 
     @property
@@ -307,6 +309,12 @@ class Cpu:
     def flush_tlb(self) -> None:
         """Drop every cached linear-to-physical translation (INVLPG, host-side page-table edits)."""
         self.tlb.flush()
+
+    def _exit_lookup(self, page: int) -> bool:
+        """A fetch fill for a page holding a Unicorn exit that the CPU is not executing on (nor
+        about to enter): Unicorn's own lookup of the exit's code page, not a guest fetch."""
+        return (page in self._hooks.exit_pages
+                and (page - (self.linear_pc() & ~PAGE_MASK)) & 0xFFFFFFFF not in (0, PAGE_MASK + 1))
 
     def set_mmu(self, fill: Fill) -> None:
         """Make ``fill`` the MMU that answers every TLB miss (see emu/tlb.py)."""

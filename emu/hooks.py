@@ -70,6 +70,7 @@ class Hooks:
         self.handler: CpuHandler | None = None
         self._callbacks: list = []
         self._exits: dict[str, frozenset[int]] = {}
+        self.exit_pages: frozenset[int] = frozenset()   # pages of every exit and of exit - 1
         self._code_hooks: dict[int, object] = {}
         self._pc_value = ctypes.c_uint32()
         self._pc_ref = ctypes.byref(self._pc_value)
@@ -185,6 +186,8 @@ class Hooks:
         after = set().union(*self._exits.values())
         if after == before:
             return
+        self.exit_pages = frozenset(page for address in after
+                                    for page in (address & ~0xFFF, (address - 1) & ~0xFFF))
         self._uc.ctl_set_exits(sorted(after))
         for address in after ^ before:
             self._uc.ctl_remove_cache(address, address + 1)

@@ -43,6 +43,12 @@ PROBE_ADDRESSES = (0x5A5A3F17, 0x2C6D1B3D)  # fetches the probe refuses (odd pag
 UC_STRUCT_WINDOW = 16384  # uc->invalid_addr lies in the first bytes of uc_struct
 
 Fill = Callable[[int, int], "tuple[int, int] | None"]
+# Unicorn looks up the code page of its exits (and of exit - 1) after every run and when blocks
+# are dropped (uc.c's exit bookkeeping, ctl_remove_cache): a fetch fill that is no guest fetch.
+# Refused, it would end the run with a #PF the guest never caused (an exit on a page the current
+# page tables do not map: xv6's boot-sector sites once its kernel runs). It is answered with this
+# placeholder, which Cpu.run flushes before the guest runs again.
+EXIT_LOOKUP_GRANT = (0, UC_PROT_READ | UC_PROT_EXEC)
 
 
 class TlbEntry(ctypes.Structure):
@@ -54,10 +60,13 @@ class VirtualTlb:
     """UC_TLB_VIRTUAL with one fill handler: ``fill(linear_page, FILL_*) -> (physical_page,
     PROT_*) or None`` (refused). A handler that raises hands the exception to ``failed``."""
 
-    def __init__(self, uc: Uc, add_hook: Callable, failed: Callable[[BaseException], None]):
+    def __init__(self, uc: Uc, add_hook: Callable, failed: Callable[[BaseException], None],
+                 exit_lookup: Callable[[int], bool] = lambda page: False):
         self._uch = uc._uch
         self._failed = failed
         self._fill: Fill = lambda page, access: None
+        self._exit_lookup = exit_lookup
+        self.stale = False      # a placeholder grant for an exit lookup may be cached
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         add_hook(UC_HOOK_TLB_FILL, _FILL_CB(self._fill_cb))
         self._invalid_addr = self._locate_invalid_addr()
@@ -69,7 +78,12 @@ class VirtualTlb:
 
     def _fill_cb(self, _uc, page, access, entry, _ud):
         try:
-            grant = self._fill(page & 0xFFFFFFFF, access)
+            page &= 0xFFFFFFFF
+            if access == FILL_FETCH and self._exit_lookup(page):
+                grant = EXIT_LOOKUP_GRANT
+                self.stale = True
+            else:
+                grant = self._fill(page, access)
         except BaseException as exc:  # noqa: BLE001
             self._failed(exc)
             return False
@@ -85,6 +99,7 @@ class VirtualTlb:
 
     def flush(self) -> None:
         """Drop every cached linear-to-physical translation (every MMU index)."""
+        self.stale = False
         uclib.uc_ctl(self._uch, UC_CTL_TLB_FLUSH | (UC_CTL_IO_WRITE << 30))
 
     def _locate_invalid_addr(self) -> ctypes.c_uint64:
