@@ -23,7 +23,7 @@ import struct
 from emu.cpu import CS, ESP, FLAG_IF, FLAG_NT, FLAG_RF, FLAG_TF, FLAG_VM, SS, Cpu
 from emu.memory import GuestMemory
 from emu.paging import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, PG_A, PG_D, PG_P, PG_PS, PG_RW, PG_US
-from emu.segments import Descriptor
+from emu.segments import Descriptor, pushed_esp
 
 GATE_INT16, GATE_TRAP16, GATE_INT32, GATE_TRAP32 = 0x6, 0x7, 0xE, 0xF
 TSS32_TYPES = (0x9, 0xB)
@@ -226,12 +226,7 @@ class DeliveryPlans:
         if plan.bits == 16:
             words = [word & 0xFFFF for word in words]
         frame = FRAMES[len(words), plan.bits].pack(*words)
-        new_esp = (esp - len(frame)) & 0xFFFFFFFF
-        if stack_bits == 16:
-            new_esp = (esp & 0xFFFF0000) | (new_esp & 0xFFFF)
-            offset = new_esp & 0xFFFF
-        else:
-            offset = new_esp
+        new_esp, offset = pushed_esp(esp, len(frame), stack_bits)
         phys = self._stack_address((stack_base + offset) & 0xFFFFFFFF, len(frame), ring == 3, ctx)
         if phys is None:
             return False

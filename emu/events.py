@@ -15,7 +15,7 @@ from emu.cpu import (CS, DESC_B, DS, ES, FS, GS, SS, ESP, FLAG_AC, FLAG_IF, FLAG
                      FLAG_TF, FLAG_VM, Cpu)
 from emu.event_plans import DeliveryPlans
 from emu.paging import Fault, LinearMemory
-from emu.segments import NP, SS_FAULT, TS, Descriptor, DescriptorTables
+from emu.segments import NP, SS_FAULT, TS, Descriptor, DescriptorTables, pushed_esp
 
 DE, DB, NMI, BP, OF, BR, UD, NM, DF = range(9)
 GP, PF, MF, AC = 13, 14, 16, 17
@@ -320,11 +320,6 @@ class EventDelivery:
         mask = (1 << bits) - 1
         frame = struct.pack("<%d%s" % (len(words), "I" if bits == 32 else "H"),
                             *(w & mask for w in words))
-        new_esp = (esp - len(frame)) & 0xFFFFFFFF
-        if stack_bits == 16:
-            new_esp = (esp & 0xFFFF0000) | (new_esp & 0xFFFF)
-            offset = new_esp & 0xFFFF
-        else:
-            offset = new_esp
+        new_esp, offset = pushed_esp(esp, len(frame), stack_bits)
         self.lin.write(ss_base + offset, frame, user=user)
         return new_esp

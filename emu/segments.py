@@ -100,3 +100,13 @@ class DescriptorTables:
         access = self.lin.read(addr, 1)[0]
         if access & type_bits != type_bits:
             self.lin.write(addr, bytes([access | type_bits]))
+
+
+def pushed_esp(esp: int, frame_bytes: int, stack_bits: int) -> tuple[int, int]:
+    """(ESP after pushing frame_bytes, the frame's offset in the stack segment): a 16-bit stack
+    moves SP only, ESP's high half stays."""
+    new_esp = (esp - frame_bytes) & 0xFFFFFFFF
+    if stack_bits == 16:
+        new_esp = (esp & 0xFFFF0000) | (new_esp & 0xFFFF)
+        return new_esp, new_esp & 0xFFFF
+    return new_esp, new_esp

@@ -314,6 +314,14 @@ def make_scheduler(args, images) -> ProportionalShare | None:
     return ProportionalShare(controls)
 
 
+def make_observers(args):
+    """(--stats table or None, --trace file or None, the observers a run gets); OSError if the
+    trace file cannot be opened."""
+    stats = ExitStats() if args.stats else None
+    trace = open(args.trace, "w") if args.trace else None
+    return stats, trace, [o for o in (stats, trace and JsonTrace(trace)) if o]
+
+
 def run_guest(args) -> int:
     if args.restore or args.incoming:
         return restore_guest(args)
@@ -334,13 +342,11 @@ def run_guest(args) -> int:
     except ValueError as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    stats = ExitStats() if args.stats else None
     try:
-        trace = open(args.trace, "w") if args.trace else None
+        stats, trace, observers = make_observers(args)
     except OSError as exc:
         print(f"trapvisor: cannot write the trace to {args.trace}: {exc.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    observers = [o for o in (stats, trace and JsonTrace(trace)) if o]
     try:
         build = hypervisor_factory(args, observers)
         shares = ""
@@ -407,13 +413,11 @@ def restore_guest(args) -> int:
         print(f"trapvisor: {', '.join(fixed)} cannot be given with {flag}: the snapshot "
               "holds the run's RAM, disks, input and clock", file=sys.stderr)
         return EXIT_BAD_INPUT
-    stats = ExitStats() if args.stats else None
     try:
-        trace = open(args.trace, "w") if args.trace else None
+        stats, trace, observers = make_observers(args)
     except OSError as exc:
         print(f"trapvisor: cannot write the trace to {args.trace}: {exc.strerror}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    observers = [o for o in (stats, trace and JsonTrace(trace)) if o]
 
     def make(**options):
         return HYPERVISORS["monolithic"](**options, sink=write_stdout, observers=observers,
