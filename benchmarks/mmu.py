@@ -12,7 +12,7 @@ from functools import partial
 from benchmarks.harness import build, run_vm
 from benchmarks.loops import Context, Loop, measure_loops
 from benchmarks.nano import PUBLISHED
-from benchmarks.records import Section, fmt, missing, ratio, record, with_spread
+from benchmarks.records import Section, cost, fmt, missing, ratio_of, record
 from hypervisors.monolithic import MonolithicHypervisor
 
 NAME = "mmu"
@@ -42,52 +42,55 @@ def run(ctx: Context) -> Section:
     measure_loops(list(loops.values()), ctx.reps, ctx.target_seconds, ctx.progress)
     section.lines.append("    " + f"{'test':<8}" + "".join(f"{c:>28}" for c in CONFIGS)
                          + "   paper: winner")
+    figures = {}
     for test in PUBLISHED:
         cells = []
         for config, (engine, cls) in CONFIGS.items():
             cell, records = measured(loops[test, config], test, config, engine, cls)
+            figures[test, config] = records[0]
             cells.append(cell)
             section.records += records
         section.lines.append(f"    {test:<8}" + "".join(f"{c:>28}" for c in cells)
                              + f"   {PUBLISHED[test][3]}")
     section.lines.append("  verdicts (bt against vtx --ept off, from the figures above):")
     for test in PUBLISHED:
-        text, rec = verdict(loops, test)
+        text, rec = verdict(loops, figures, test)
         section.lines.append(f"    {test:<8} {text}")
         section.records.append(rec)
     return section
 
 
 def measured(loop: Loop, test: str, config: str, engine: str, cls) -> tuple[str, list[dict]]:
+    """The µs-per-iteration record first (records.cost: null when it is no timing), then exits
+    and hidden page faults per iteration."""
     metric = f"{test}_us_per_iteration"
-    if not loop.us_per_iteration:
+    if loop.error:
         return "failed", [missing(NAME, config, "monolithic", metric, "us",
                                   f"the run failed: {loop.error}")]
-    rec = with_spread(NAME, config, "monolithic", metric, loop.us_per_iteration, "us")
+    rec = cost(NAME, config, "monolithic", metric, loop.high_s, loop.low_s, loop.span, "us",
+               iterations=list(loop.n))
     hidden = hidden_faults_per_iteration(loop.guest, engine, cls)
     records = [rec, record(NAME, config, "monolithic", f"{test}_exits_per_iteration",
                            loop.exits_per_iteration, "exits"),
                record(NAME, config, "monolithic", f"{test}_hidden_faults_per_iteration",
                       hidden, "faults")]
-    return (f"{fmt(rec['value'])} ({loop.exits_per_iteration:.1f} ex, {hidden:.1f} hpf)",
-            records)
+    shown = fmt(rec["value"]) if rec["value"] is not None else "   n/m"
+    return f"{shown} ({loop.exits_per_iteration:.1f} ex, {hidden:.1f} hpf)", records
 
 
-def verdict(loops: dict, test: str) -> tuple[str, dict]:
+def verdict(loops: dict, figures: dict, test: str) -> tuple[str, dict]:
     bt, vtx = (loops[test, c] for c in COMPARED)
-    medians = [with_spread(NAME, "", "", "", loop.us_per_iteration, "us")["value"]
-               if loop.us_per_iteration else None for loop in (bt, vtx)]
-    faster = ratio(medians[1], medians[0])
     metric = f"{test}_bt_speedup_over_vtx_ept_off"
-    if faster is None:
-        reason = ("a run failed" if bt.error or vtx.error else
-                  "a median per iteration is not positive: the loop is below this run's noise")
-        return f"not measured: {reason}", missing(NAME, "bt", "monolithic", metric, "ratio",
-                                                  reason)
+    speedup = ratio_of(NAME, "bt", "monolithic", metric, figures[test, COMPARED[1]],
+                       figures[test, COMPARED[0]], paired=True)
+    if speedup["value"] is None:
+        return f"not measured: {speedup['reason']}", speedup
+    faster = speedup["value"]
     winner = "bt" if faster > 1 else "vtx"
     holds = winner == PUBLISHED[test][3]
     why = (f"bt {bt.exits_per_iteration:.1f} exits/iteration, vtx --ept off "
            f"{vtx.exits_per_iteration:.1f}")
-    text = (f"{winner} wins ({faster:.2f}x bt speed-up); the paper's pattern "
-            f"{'holds' if holds else 'differs'}: {why}")
-    return text, record(NAME, "bt", "monolithic", metric, faster, "ratio", holds=holds)
+    speedup["holds"] = holds
+    return (f"{winner} wins ({faster:.2f}x bt speed-up, range {speedup.get('min', faster):.2f}.."
+            f"{speedup.get('max', faster):.2f}); the paper's pattern "
+            f"{'holds' if holds else 'differs'}: {why}"), speedup
