@@ -14,17 +14,7 @@ VMM: #GP at CPL 3 -> the interrupt hook -> take_exception, EIP += 1, resume.
 from __future__ import annotations
 
 from benchmarks.loops import Context
-from benchmarks.records import (
-    BARE,
-    NONE,
-    Section,
-    derived,
-    fmt,
-    missing,
-    ratio,
-    spread,
-    with_spread,
-)
+from benchmarks.records import Section, fmt, missing, ratio_of
 
 NAME = "events"
 TITLE = ("Events: µs per guest iteration (event + handler + IRETD; median, p10-p90) and x the "
@@ -50,8 +40,7 @@ def run(ctx: Context) -> Section:
     ctx.ensure_loops([guest for guest, _ in EVENTS.values()], HYPERVISOR)
     section = Section(NAME, TITLE)
     floor = ctx.floors[FLOOR]
-    floor_record = with_spread(NAME, BARE, NONE, f"floor_{FLOOR}_us_per_event", floor.samples,
-                               "us", description=floor.description)
+    floor_record = floor.figure(NAME)
     section.records.append(floor_record)
     floor_us = floor_record["value"]
     section.lines.append(f"  floor: {fmt(floor_us)} µs  {floor.description}; goal: "
@@ -61,14 +50,14 @@ def run(ctx: Context) -> Section:
     for event, (guest, what) in EVENTS.items():
         section.lines.append(f"  {event}: {what} ({guest})")
         for engine in ctx.engines:
-            line, records = row(ctx, event, guest, engine, floor_us)
+            line, records = row(ctx, event, guest, engine, floor_record)
             section.lines.append(line)
             section.records += records
     return section
 
 
 def row(ctx: Context, event: str, guest: str, engine: str,
-        floor_us: float | None) -> tuple[str, list[dict]]:
+        floor_record: dict) -> tuple[str, list[dict]]:
     """One event under one engine: its table line and records."""
     metric = f"{event}_us_per_iteration"
     loop = ctx.loop(guest, engine, HYPERVISOR)
@@ -76,20 +65,19 @@ def row(ctx: Context, event: str, guest: str, engine: str,
         reason = f"the run failed: {loop.error}" if loop else "not measured"
         return (f"    {engine:<8} not measured: {reason}",
                 [missing(NAME, engine, HYPERVISOR, metric, "us", reason)])
-    main = with_spread(NAME, engine, HYPERVISOR, metric, loop.us_per_iteration, "us",
-                       n=list(loop.n), exits_per_iteration=loop.exits_per_iteration)
+    main = loop.figure(NAME, metric)
+    main["exits_per_iteration"] = loop.exits_per_iteration
+    x_floor = ratio_of(NAME, engine, HYPERVISOR, f"{event}_x_floor", main, floor_record)
+    records = [main, x_floor]
     us = main["value"]
-    x_floor = ratio(us, floor_us)
-    records = [main, derived(NAME, engine, HYPERVISOR, f"{event}_x_floor", x_floor, "ratio",
-                             "the event or the floor has no positive figure")]
     if us is None:
         return f"    {engine:<8} not measured: {main['reason']}", records
     verdict = NO_GOAL.get(event, "") if engine == GOAL_ENGINE else ""
-    if engine == GOAL_ENGINE and x_floor is not None and event not in NO_GOAL:
-        met = x_floor <= GOAL_X_FLOOR
-        records[1].update(goal=GOAL_X_FLOOR, meets_goal=met)
+    times = x_floor["value"]
+    if engine == GOAL_ENGINE and times is not None and event not in NO_GOAL:
+        met = times <= GOAL_X_FLOOR
+        x_floor.update(goal=GOAL_X_FLOOR, meets_goal=met)
         verdict = f"<= {GOAL_X_FLOOR:g}x {'ok' if met else 'MISSED'}"
-    stats = spread(loop.us_per_iteration)
-    line = (f"    {engine:<8} {us:8.3f} {stats['p10']:8.3f} {stats['p90']:8.3f} "
-            f"{fmt(loop.exits_per_iteration, '.2f')} {fmt(x_floor, '.2f')}  {verdict}").rstrip()
+    line = (f"    {engine:<8} {us:8.3f} {fmt(main.get('p10'))} {fmt(main.get('p90'))} "
+            f"{fmt(loop.exits_per_iteration, '.2f')} {fmt(times, '.2f')}  {verdict}").rstrip()
     return line, records
