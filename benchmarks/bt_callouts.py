@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from benchmarks.harness import EMPTY_VARIANT, Guest, run_vm
 from benchmarks.loops import Context, interleave
-from benchmarks.records import Section, derived, fmt, ratio, record, with_spread
+from benchmarks.records import Section, fmt, missing, ratio_of, record, verdict, with_spread
 
 NAME = "bt_callouts"
 TITLE = "bt callouts: µs per event (median, p10-p90), exits per event, bt / trap"
@@ -110,17 +110,18 @@ def report(row: Row, mains: dict) -> tuple[str, list[dict]]:
     exits = statistics.median(row.exits_per_event)
     records = [main, record(NAME, row.engine, HYPERVISOR, f"{row.event}_exits_per_event", exits,
                             "exits")]
-    x_trap, verdict = None, ""
+    x_trap, judged = None, ""
     if row.engine == "bt":
         trap = mains.get("trap")
-        x_trap = ratio(main["value"], trap["value"]) if trap else None
-        reason = "trap has no exit for it" if trap is None else "trap's figure is not measured"
-        found = derived(NAME, row.engine, HYPERVISOR, f"{row.event}_x_trap", x_trap, "ratio",
-                        reason)
-        if x_trap is not None:
-            found.update(goal=GOAL, meets_goal=x_trap <= GOAL)
-            verdict = f"<= {GOAL:g}x trap {'ok' if x_trap <= GOAL else 'MISSED'}"
+        if trap is None:
+            found = missing(NAME, row.engine, HYPERVISOR, f"{row.event}_x_trap", "ratio",
+                            "trap has no exit for it")
+        else:
+            found = ratio_of(NAME, row.engine, HYPERVISOR, f"{row.event}_x_trap", main, trap,
+                             paired=True)
+            judged = verdict(found, GOAL, unit="x trap")
+        x_trap = found["value"]
         records.append(found)
     line = (f"    {name:<20} {main['value']:8.3f} {main['p10']:8.3f} {main['p90']:8.3f} "
-            f"{fmt(exits, '.2f')} {fmt(x_trap, '.2f')}  {verdict}").rstrip()
+            f"{fmt(exits, '.2f')} {fmt(x_trap, '.2f')}  {judged}").rstrip()
     return line, records

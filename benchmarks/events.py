@@ -14,7 +14,7 @@ VMM: #GP at CPL 3 -> the interrupt hook -> take_exception, EIP += 1, resume.
 from __future__ import annotations
 
 from benchmarks.loops import Context
-from benchmarks.records import Section, fmt, missing, ratio_of
+from benchmarks.records import Section, fmt, missing, ratio_of, verdict
 
 NAME = "events"
 TITLE = ("Events: µs per guest iteration (event + handler + IRETD; median, p10-p90) and x the "
@@ -72,12 +72,10 @@ def row(ctx: Context, event: str, guest: str, engine: str,
     us = main["value"]
     if us is None:
         return f"    {engine:<8} not measured: {main['reason']}", records
-    verdict = NO_GOAL.get(event, "") if engine == GOAL_ENGINE else ""
+    judged = NO_GOAL.get(event, "") if engine == GOAL_ENGINE else ""
     times = x_floor["value"]
-    if engine == GOAL_ENGINE and times is not None and event not in NO_GOAL:
-        met = times <= GOAL_X_FLOOR
-        x_floor.update(goal=GOAL_X_FLOOR, meets_goal=met)
-        verdict = f"<= {GOAL_X_FLOOR:g}x {'ok' if met else 'MISSED'}"
+    if engine == GOAL_ENGINE and event not in NO_GOAL:
+        judged = verdict(x_floor, GOAL_X_FLOOR, unit="x")
     line = (f"    {engine:<8} {us:8.3f} {fmt(main.get('p10'))} {fmt(main.get('p90'))} "
-            f"{fmt(loop.exits_per_iteration, '.2f')} {fmt(times, '.2f')}  {verdict}").rstrip()
+            f"{fmt(loop.exits_per_iteration, '.2f')} {fmt(times, '.2f')}  {judged}").rstrip()
     return line, records

@@ -12,7 +12,8 @@ from functools import partial
 from benchmarks.harness import build, run_vm
 from benchmarks.loops import Context, Loop, measure_loops
 from benchmarks.nano import PUBLISHED
-from benchmarks.records import Section, cost, fmt, missing, ratio_of, record
+from benchmarks.records import (MIN_REPS, NOT_ENOUGH_REPS, Section, cost, fmt, missing, ratio_of,
+                                record)
 from hypervisors.monolithic import MonolithicHypervisor
 
 NAME = "mmu"
@@ -86,6 +87,10 @@ def verdict(loops: dict, figures: dict, test: str) -> tuple[str, dict]:
     if speedup["value"] is None:
         return f"not measured: {speedup['reason']}", speedup
     faster = speedup["value"]
+    n = speedup.get("n", 1)
+    if n < MIN_REPS:
+        return (f"{NOT_ENOUGH_REPS} ({n} < {MIN_REPS}) for a verdict: bt speed-up {faster:.2f}x",
+                speedup)
     winner = "bt" if faster > 1 else "vtx"
     holds = winner == PUBLISHED[test][3]
     why = (f"bt {bt.exits_per_iteration:.1f} exits/iteration, vtx --ept off "

@@ -24,7 +24,7 @@ TIMER_RESOLUTION_S = time.get_clock_info("perf_counter").resolution
 RESOLUTION_TICKS = 1000  # a difference shorter than this many timer ticks is not a timing
 NOISE_FRACTION = 0.02    # runs of the same work differ by a few % back to back on a shared core
 NOT_ENOUGH_REPS = "not enough repetitions"
-COUNT_UNITS = ("exits", "faults", "bool")   # counts that may be 0; every other unit is positive
+COUNT_UNITS = ("exits", "faults", "bytes", "bool")   # counts: may be 0, exact (no spread)
 
 
 @dataclass

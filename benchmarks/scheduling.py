@@ -98,7 +98,8 @@ def fairness(ctx: Context, section: Section) -> None:
                 NAME, ENGINE, "monolithic", "share_received_over_entitled", ratio, "ratio",
                 vm=name, shares=account.controls.shares, instructions=vcpu.instructions,
                 received_share=received, entitled_share=entitled, virtual_seconds=virtual / 1e9,
-                goal=list(GOAL), within_goal=GOAL[0] <= ratio <= GOAL[1]))
+                goal=list(GOAL), within_goal=GOAL[0] <= ratio <= GOAL[1],
+                min=ratio, max=ratio, n=1))   # one run, exact: counted in guest instructions
             section.lines.append(
                 f"    {name:<8} shares {account.controls.shares:>5}: received "
                 f"{100 * received:6.2f}% of the CPU, entitled {100 * entitled:6.2f}%, ratio "

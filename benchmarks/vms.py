@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from benchmarks.loops import Context
-from benchmarks.records import Section, ratio, record, with_spread
+from benchmarks.records import Section, ratio_of, record, with_spread
 from hypervisors.images import resolve
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.debug import debuggee
@@ -125,9 +125,10 @@ def _report_jumps(section: Section, target: int, samples: list[dict]) -> None:
         figures = {how: with_spread(NAME, ENGINE, "monolithic", f"{where}/{jump}_{how}_s",
                                     [s[f"{jump}_{how}_s"] for s in samples], "s")
                    for how in ("from_boot", "from_snapshot")}
-        faster = ratio(figures["from_boot"]["value"], figures["from_snapshot"]["value"])
-        section.records += [*figures.values(), record(
-            NAME, ENGINE, "monolithic", f"{where}/{jump}_boot_over_snapshot", faster, "ratio")]
+        found = ratio_of(NAME, ENGINE, "monolithic", f"{where}/{jump}_boot_over_snapshot",
+                         figures["from_boot"], figures["from_snapshot"], paired=True)
+        faster = found["value"]
+        section.records += [*figures.values(), found]
         section.lines.append(f"    {where + ' ' + jump:<36} from boot "
                              f"{figures['from_boot']['value'] or 0:7.3f} s, from a snapshot "
                              f"{figures['from_snapshot']['value'] or 0:7.3f} s "
@@ -142,9 +143,10 @@ def _report(section: Section, where: str, samples: list[dict]) -> None:
     line = [f"    {where:<22} read RAM {baseline['value'] or 0:7.3f} s"]
     for key, values in times.items():
         figure = with_spread(NAME, ENGINE, "monolithic", f"{where}/{key}", values, "s")
-        over = ratio(figure["value"], baseline["value"])
-        section.records += [figure, record(NAME, ENGINE, "monolithic",
-                                           f"{where}/{key[:-2]}_over_read_ram", over, "ratio")]
+        found = ratio_of(NAME, ENGINE, "monolithic", f"{where}/{key[:-2]}_over_read_ram",
+                         figure, baseline, paired=True)
+        over = found["value"]
+        section.records += [figure, found]
         line.append(f"{key[:-2]} {figure['value'] or 0:7.3f} s ({over or 0:5.1f}x)")
     for key in ("full_bytes", "diff_bytes"):
         size = samples[-1][key]
