@@ -189,20 +189,13 @@ class Cpu:
 
         ``count`` = 0 runs uncounted (Unicorn's per-instruction counting hook makes code ~3-4x
         slower) until something stops it. Blocks translated while uncounted lack the counting
-        hook, so the first counted run after one flushes the block cache.
-
-        STALE_FAULT: Unicorn looks up the code page of an address when it invalidates blocks
-        there (after every run, in front of each exit; ctl_remove_cache). An address the current
-        page tables do not map (a boot-sector exit once a kernel has its own tables) faults
-        unseen and leaves old_exception at #PF or #DF: the run's next fault would become a #DF
-        or a silent triple fault. Each run starts with none pending."""
+        hook, so the first counted run after one flushes the block cache."""
         self.hook_error = None
         self._budget = self._limit = count
         self.mmio_retry = False
         if count and not self._counting:
             self._uc.ctl_flush_tb()
         self._counting = bool(count)
-        self._old_exception.value = -1  # see STALE_FAULT above
         if self.tlb.stale:              # a placeholder grant for an exit lookup (emu/tlb.py)
             self.tlb.flush()
         return uclib.uc_emu_start(self._uch, self.eip_reg.value, NO_UNTIL, 0, count)

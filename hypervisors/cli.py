@@ -315,10 +315,14 @@ def make_scheduler(args, images) -> ProportionalShare | None:
 
 
 def make_observers(args):
-    """(--stats table or None, --trace file or None, the observers a run gets); OSError if the
-    trace file cannot be opened."""
+    """(--stats table or None, --trace file or None, the observers a run gets), or None after
+    saying why the trace file cannot be written."""
     stats = ExitStats() if args.stats else None
-    trace = open(args.trace, "w") if args.trace else None
+    try:
+        trace = open(args.trace, "w") if args.trace else None
+    except OSError as exc:
+        print(f"trapvisor: cannot write the trace to {args.trace}: {exc.strerror}", file=sys.stderr)
+        return None
     return stats, trace, [o for o in (stats, trace and JsonTrace(trace)) if o]
 
 
@@ -342,11 +346,10 @@ def run_guest(args) -> int:
     except ValueError as exc:
         print(f"trapvisor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    try:
-        stats, trace, observers = make_observers(args)
-    except OSError as exc:
-        print(f"trapvisor: cannot write the trace to {args.trace}: {exc.strerror}", file=sys.stderr)
+    made = make_observers(args)
+    if made is None:
         return EXIT_BAD_INPUT
+    stats, trace, observers = made
     try:
         build = hypervisor_factory(args, observers)
         shares = ""
@@ -413,11 +416,10 @@ def restore_guest(args) -> int:
         print(f"trapvisor: {', '.join(fixed)} cannot be given with {flag}: the snapshot "
               "holds the run's RAM, disks, input and clock", file=sys.stderr)
         return EXIT_BAD_INPUT
-    try:
-        stats, trace, observers = make_observers(args)
-    except OSError as exc:
-        print(f"trapvisor: cannot write the trace to {args.trace}: {exc.strerror}", file=sys.stderr)
+    made = make_observers(args)
+    if made is None:
         return EXIT_BAD_INPUT
+    stats, trace, observers = made
 
     def make(**options):
         return HYPERVISORS["monolithic"](**options, sink=write_stdout, observers=observers,
