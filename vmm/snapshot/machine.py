@@ -50,7 +50,7 @@ def capture(hypervisor, base: Snapshot | None = None,
     return snapshot
 
 
-def _devices(vm) -> dict[str, object]:
+def devices_of(vm) -> dict[str, object]:
     """Every device on the VM's buses, named by bus and window base."""
     found = {}
     for bus in (vm.pio, vm.mmio):
@@ -73,7 +73,7 @@ def save_device_states(devices: dict) -> dict[str, dict]:
 def save_devices(vm, board) -> dict:
     """The device side of a VM whose devices all run in this process: the board, every device
     on its buses, the typed input still to come."""
-    return {"board": board.save_state(), "devices": save_device_states(_devices(vm)),
+    return {"board": board.save_state(), "devices": save_device_states(devices_of(vm)),
             "inputs": [source.save_state() for source in vm.input_sources]}
 
 
@@ -81,7 +81,7 @@ def load_devices(vm, board, state: dict) -> None:
     """The inverse of ``save_devices``. A snapshot from the micro hypervisor lacks the scratch
     page, which its guest could not reach: it stays as built."""
     board.load_state(state["board"])
-    devices, saved = _devices(vm), state["devices"]
+    devices, saved = devices_of(vm), state["devices"]
     if set(devices) - {SCRATCH} != set(saved) - {SCRATCH}:
         raise StateError(f"devices differ: saved {sorted(saved)}, here {sorted(devices)}")
     for key, device in devices.items():
