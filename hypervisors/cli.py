@@ -29,7 +29,7 @@ from vmm.cpusched.policy import CAPACITY_MHZ, DEFAULT_SHARES, Controls
 from vmm.cpusched.report import share_report
 from vmm.cpusched.scheduler import ProportionalShare
 from hypervisors.migration import incoming, migrate_run
-from hypervisors.snapshot_run import restored, save_run
+from hypervisors.snapshot_run import machine_of, restored, save_run
 from vmm.devices.crtc import COLUMNS, TEXT_BUFFER, TEXT_BYTES, render_text
 from vmm.devices.faults import inject_fault
 from vmm.engines import ENGINES
@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=SCHED_HELP["reservation"])
     run.add_argument("--limit", metavar="MHZ,...", type=per_guest(float, "a rate in MHz"),
                      help=SCHED_HELP["limit"])
-    run.add_argument("--hypervisor", choices=sorted(HYPERVISORS), default="monolithic")
+    run.add_argument("--hypervisor", choices=sorted(HYPERVISORS),
+                     help="default monolithic; with --restore or --incoming, the snapshot's")
     run.add_argument("--engine", choices=sorted(ENGINES),
                      help="the CPU virtualization engine (default trap; with --restore, the "
                      "snapshot's)")
@@ -330,6 +331,7 @@ def run_guest(args) -> int:
     if args.restore or args.incoming:
         return restore_guest(args)
     args.engine = args.engine or "trap"
+    args.hypervisor = args.hypervisor or "monolithic"
     if args.hypervisor == "monolithic" and args.disk:
         print("trapvisor: --disk needs --hypervisor micro", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -405,11 +407,9 @@ RESTORE_FIXED = {"--drive": "drive", "--input": "input", "--stdin": "stdin",
 def restore_guest(args) -> int:
     """`trapvisor run --restore FILE`: the saved VM continues to its end."""
     flag = "--restore" if args.restore else "--incoming"
-    if args.guest or args.save or args.migrate or args.hypervisor != "monolithic" or (
-            args.restore and args.incoming):
-        print(f"trapvisor: {flag} takes no GUEST, no --save, --migrate, --restore with "
-              "--incoming, nor --hypervisor micro: it continues a monolithic VM",
-              file=sys.stderr)
+    if args.guest or args.save or args.migrate or (args.restore and args.incoming):
+        print(f"trapvisor: {flag} takes no GUEST, no --save, --migrate, nor --restore with "
+              "--incoming: it continues a saved VM", file=sys.stderr)
         return EXIT_BAD_INPUT
     fixed = [flag for flag, given in RESTORE_FIXED.items() if getattr(args, given)]
     if fixed:
@@ -421,9 +421,10 @@ def restore_guest(args) -> int:
         return EXIT_BAD_INPUT
     stats, trace, observers = made
 
-    def make(**options):
-        return HYPERVISORS["monolithic"](**options, sink=write_stdout, observers=observers,
-                                         timeout=args.timeout, max_exits=args.max_exits)
+    def make(hypervisor: str, **options):
+        built = HYPERVISORS[hypervisor](**options, sink=write_stdout, observers=observers,
+                                        timeout=args.timeout, max_exits=args.max_exits)
+        return machine_of(built)
     try:
         hypervisor = restored(args, make) if args.restore else incoming(args, make)
     except (ValueError, OSError) as exc:

@@ -8,7 +8,9 @@ round (ROUND_EXITS exits or ROUND_INSTRUCTIONS instructions), sends the pages wr
 STOP_PAGES pages or MAX_ROUNDS have run. Then stop-and-copy: the guest stays paused, the last
 dirty pages and the whole machine state go as one diff snapshot, the target loads it and acks,
 and the guest continues there. Downtime is from the guest's last instruction on the source to
-that ack. One CPU runs both: the guest is paused while a round's pages are sent.
+that ack. One CPU runs both: the guest is paused while a round's pages are sent. Under
+``--hypervisor micro`` the VM is a child partition whose device state comes from its parent
+partition (hypervisors/micro/snapshots.py); the target may run either hypervisor.
 
 Messages: a tag byte and a u64 length, then the payload: M (the run's configuration,
 MessagePack), P (pages, the snapshot RAM section's layout), S (the final snapshot file), A (the
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from hypervisors.snapshot_run import built, meta, trigger
+from hypervisors.snapshot_run import built, machine_of, meta, trigger
 from vmm.snapshot import format as snapfile
 from vmm.snapshot import machine, ram
 
@@ -81,7 +83,7 @@ def migrate_run(args, build, image, say=print):
     exits, steps = trigger(args, "--migrate")
     if len(exits or steps) != 1:
         raise ValueError("--migrate moves the guest once: give one --at-exit or --at-instruction")
-    hypervisor = build([])
+    hypervisor = machine_of(build([]))
     try:
         hypervisor.boot(image)
         vcpu = hypervisor.vcpu
