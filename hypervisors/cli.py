@@ -23,6 +23,7 @@ import guests
 from hypervisors.elf_image import elf_executable
 from hypervisors.images import AsmError, GuestImage, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
+from hypervisors.micro.servicing import run_serviced
 from hypervisors.monolithic import MonolithicHypervisor, run_side_by_side
 from hypervisors.registry import HYPERVISORS
 from vmm.cpusched.policy import CAPACITY_MHZ, DEFAULT_SHARES, Controls
@@ -195,6 +196,10 @@ def add_snapshot_options(run) -> None:
                      "there (pre-copy; monolithic)")
     run.add_argument("--incoming", metavar="tcp:HOST:PORT", help="wait there for a migrated VM "
                      "and continue it (no GUEST; port 0 picks a free one, printed on stderr)")
+    run.add_argument("--service-parent-at-exit", metavar="N", type=positive(int),
+                     help="micro: once a child has taken N exits, park every child as a "
+                     "snapshot, restart the parent partition (a new process, as after an "
+                     "update), restore the children and run them on; prints the figures")
 
 
 def add_bench_parser(commands) -> None:
@@ -332,6 +337,10 @@ def run_guest(args) -> int:
         return restore_guest(args)
     args.engine = args.engine or "trap"
     args.hypervisor = args.hypervisor or "monolithic"
+    if args.service_parent_at_exit and (args.hypervisor != "micro" or args.save or args.migrate):
+        print("trapvisor: --service-parent-at-exit needs --hypervisor micro (and no --save or "
+              "--migrate)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.hypervisor == "monolithic" and args.disk:
         print("trapvisor: --disk needs --hypervisor micro", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -491,7 +500,11 @@ def run_micro(args, images, observers, scheduler) -> tuple[tuple[list, str | Non
     try:
         guests_ = [(hypervisor.create_partition(image.name, guest_sink(images, n, image)), image)
                    for n, image in enumerate(images, 1)]
-        results = hypervisor.run_all(guests_, scheduler)
+        if args.service_parent_at_exit:
+            results, _figures = run_serviced(hypervisor, guests_, args.service_parent_at_exit,
+                                             scheduler)
+        else:
+            results = hypervisor.run_all(guests_, scheduler)
         shares = ""
         if scheduler is not None and args.stats:
             vcpus = dict(zip(scheduler.accounts, (p.vcpu for p, _ in guests_)))
