@@ -99,9 +99,22 @@ def migrate_run(args, build, image, say=print):
 def migrate(args, hypervisor, by_exits: bool, say=print):
     """The source side, the guest paused at the trigger: None when it moved, else the result of
     a guest that ended during pre-copy."""
-    figures, started, trigger_exit = Figures(), time.perf_counter(), hypervisor.vcpu.exit_count
-    with socket.create_connection(address(args.migrate), timeout=60) as sock:
-        figures.bytes += _send(sock, b"M", msgpack.packb(meta(args), use_bin_type=True))
+    trigger_exit = hypervisor.vcpu.exit_count
+    figures = send(args.migrate, hypervisor, meta(args), by_exits)
+    if figures is None:
+        return hypervisor.vcpu.result()
+    say(f"trapvisor: pre-copy from exit {trigger_exit}, moved at exit "
+        f"{hypervisor.vcpu.exit_count} to {args.migrate}: {figures.describe()}", file=sys.stderr)
+    return None
+
+
+def send(where: str, hypervisor, config: dict, by_exits: bool) -> Figures | None:
+    """Move the paused machine to the target at ``where`` (tcp:HOST:PORT), whose hypervisor is
+    built from ``config`` (the run's meta); its figures, or None if the guest ended during
+    pre-copy (rounds run by exits when ``by_exits``, else by instructions)."""
+    figures, started = Figures(), time.perf_counter()
+    with socket.create_connection(address(where), timeout=60) as sock:
+        figures.bytes += _send(sock, b"M", msgpack.packb(config, use_bin_type=True))
         memory = hypervisor.vm.memory
         pages = ram.nonzero_pages(memory)
         hashes = ram.PageHashes(memory)
@@ -111,7 +124,7 @@ def migrate(args, hypervisor, by_exits: bool, say=print):
             figures.rounds += 1
             if not _run_round(hypervisor.vcpu, by_exits):
                 _send(sock, b"E", b"the guest ended during pre-copy")
-                return hypervisor.vcpu.result()
+                return None
             if len(pages) <= STOP_PAGES or figures.rounds == MAX_ROUNDS:
                 break
             pages = hashes.dirty(memory)
@@ -123,9 +136,7 @@ def migrate(args, hypervisor, by_exits: bool, say=print):
             raise MigrationError("the target did not acknowledge the machine state")
         figures.downtime_s = time.perf_counter() - stopped
     figures.total_s = time.perf_counter() - started
-    say(f"trapvisor: pre-copy from exit {trigger_exit}, moved at exit "
-        f"{hypervisor.vcpu.exit_count} to {args.migrate}: {figures.describe()}", file=sys.stderr)
-    return None
+    return figures
 
 
 def _run_round(vcpu, by_exits: bool) -> bool:
