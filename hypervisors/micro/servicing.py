@@ -29,6 +29,7 @@ from vmm.cpusched.policy import Controls
 from vmm.cpusched.scheduler import ProportionalShare
 from vmm.snapshot import format as snapfile
 from vmm.snapshot import machine
+from vmm.snapshot.state import StateError
 
 STEP_NS = 20_000      # virtual time between checks of the trigger (20k guest instructions)
 
@@ -52,9 +53,9 @@ class Figures:
     total_s: float = 0.0
 
     def describe(self) -> str:
-        lines = [f"trapvisor: serviced the parent partition (pid {self.old_pid} -> "
-                 f"{self.new_pid}): restart {self.restart_s * 1e3:.1f} ms, total "
-                 f"{self.total_s * 1e3:.1f} ms"]
+        lines = [(f"trapvisor: serviced the parent partition (pid {self.old_pid} -> "
+                  f"{self.new_pid}): restart {self.restart_s * 1e3:.1f} ms, total "
+                  f"{self.total_s * 1e3:.1f} ms")]
         lines += [f"trapvisor:   {c.name}: parked at exit {c.exits}, paused "
                   f"{c.paused_s * 1e3:.1f} ms (save {c.save_s * 1e3:.1f} ms, restore "
                   f"{c.restore_s * 1e3:.1f} ms), {c.bytes} bytes" for c in self.children]
@@ -77,12 +78,12 @@ class Children:
                 partition.boot(image)
             except Exception as exc:  # noqa: BLE001 - this VM cannot start; the others run
                 self._failed(index, exc)
-        self._start_clients()
+        self.start_clients()
 
     def _failed(self, index: int, exc: BaseException) -> None:
         self.failures.setdefault(index, self.partitions[index].failed(exc))
 
-    def _start_clients(self) -> None:
+    def start_clients(self) -> None:
         self.clients = [ThreadedClient(VcpuClient(name, partition.vcpu,
                                                   lambda exc, i=index: self._failed(i, exc)))
                         for index, (partition, name) in enumerate(zip(self.partitions,
@@ -112,7 +113,10 @@ def service_parent(hypervisor, children: Children, say=print) -> Figures:
     running = [i for i, p in enumerate(children.partitions)
                if not p.vcpu.stopping and i not in children.failures]
     for index in running:
-        refuse_enlightened(children.partitions[index])
+        try:
+            refuse_enlightened(children.partitions[index])
+        except StateError as exc:
+            raise StateError(f"the parent partition is not serviced: {exc}") from None
     children.stop_clients()
     figures, started = Figures(old_pid=hypervisor.parent.pid), time.perf_counter()
     parked = {index: _park(children.partitions[index], figures) for index in running}
@@ -126,7 +130,7 @@ def service_parent(hypervisor, children: Children, say=print) -> Figures:
         children.partitions[index].vcpu.sleep_until = sleep_until
         child.paused_s = time.perf_counter() - started
     figures.total_s = time.perf_counter() - started
-    children._start_clients()
+    children.start_clients()
     say(figures.describe(), file=sys.stderr)
     return figures
 

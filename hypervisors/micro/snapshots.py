@@ -17,8 +17,8 @@ import msgpack
 from hypervisors.micro.partition import ChildPartition
 from hypervisors.micro.proxy import ProxyDevice
 from hypervisors.micro.synic import HV_SYNIC_SINT_MASKED
-from vmm.pc.chipset import isa_pin
 from vmm.devices.pic8259 import CASCADE_IR
+from vmm.pc.chipset import isa_pin
 from vmm.snapshot import machine
 from vmm.snapshot.state import StateError
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import trapvisor
 
 from benchmarks.records import COUNT_UNITS, impossible
 from benchmarks.vms_moves import SERVICE_GUESTS, SPINS, _pages_per_ms
-from conftest import trapvisor
 
 pytestmark = pytest.mark.bench
 

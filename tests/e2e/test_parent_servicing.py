@@ -62,6 +62,15 @@ def test_exits_and_instructions_continue_exactly():
     assert all(c.bytes > 0 and c.paused_s >= c.save_s for c in figures.children)
 
 
+def test_a_child_using_vmbus_makes_servicing_refused_in_one_line():
+    refused = trapvisor("run", "interrupts", "vmbus-console", "--hypervisor", "micro",
+                        "--service-parent-at-exit", "300")
+    assert refused.returncode == 2
+    assert refused.stderr == ("trapvisor: the parent partition is not serviced: VM 2 "
+                              "(vmbus-console) enabled the SynIC or hypercalls (VMBus): snapshots "
+                              "do not carry their state\n")
+
+
 def test_servicing_needs_micro():
     refused = trapvisor("run", "hello", "--service-parent-at-exit", "5")
     assert refused.returncode == 2
