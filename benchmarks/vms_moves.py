@@ -90,7 +90,8 @@ def _servicing() -> dict[str, float]:
     try:
         guests = [(hypervisor.create_partition(name), resolve(name, RAM))
                   for name in SERVICE_GUESTS]
-        results, figures = run_serviced(hypervisor, guests, SERVICE_AT, say=lambda *a, **k: None)
+        results, figures, _ = run_serviced(hypervisor, guests, SERVICE_AT,
+                                           say=lambda *a, **k: None)
     finally:
         hypervisor.close()
     if figures is None or not all(result.ok for result in results):

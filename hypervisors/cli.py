@@ -500,14 +500,15 @@ def run_micro(args, images, observers, scheduler) -> tuple[tuple[list, str | Non
     try:
         guests_ = [(hypervisor.create_partition(image.name, guest_sink(images, n, image)), image)
                    for n, image in enumerate(images, 1)]
+        partitions = [partition for partition, _ in guests_]
         if args.service_parent_at_exit:
-            results, _figures = run_serviced(hypervisor, guests_, args.service_parent_at_exit,
-                                             scheduler)
+            results, _figures, partitions = run_serviced(
+                hypervisor, guests_, args.service_parent_at_exit, scheduler)
         else:
             results = hypervisor.run_all(guests_, scheduler)
         shares = ""
         if scheduler is not None and args.stats:
-            vcpus = dict(zip(scheduler.accounts, (p.vcpu for p, _ in guests_)))
+            vcpus = dict(zip(scheduler.accounts, (p.vcpu for p in partitions)))
             shares = share_report(scheduler, vcpus)
         return (results, hypervisor.parent_report()), shares
     finally:

@@ -65,8 +65,7 @@ class Figures:
 class Children:
     """The children and their vCPU threads' clients on one scheduler."""
 
-    def __init__(self, hypervisor, guests, scheduler: ProportionalShare | None):
-        self.hypervisor = hypervisor
+    def __init__(self, guests, scheduler: ProportionalShare | None):
         self.partitions = [partition for partition, _image in guests]
         self.scheduler = scheduler or ProportionalShare(
             {f"{p.partition_id}:{p.name}": Controls() for p in self.partitions})
@@ -160,12 +159,12 @@ def _unpark(hypervisor, old, data: bytes, child: ChildFigures):
 def run_serviced(hypervisor, guests, at_exit: int, scheduler=None, say=print):
     """Run ``guests`` ((partition, image) pairs, partitions of ``hypervisor``), servicing the
     parent once a child has taken ``at_exit`` exits: (results in order, Figures or None if
-    every child ended first)."""
-    children = Children(hypervisor, guests, scheduler)
+    every child ended first, the partitions that ran each child last)."""
+    children = Children(guests, scheduler)
     figures = None
     try:
         if children.run_until_exit(at_exit):
             figures = service_parent(hypervisor, children, say)
-        return children.run_to_end(), figures
+        return children.run_to_end(), figures, children.partitions
     finally:
         children.stop_clients()

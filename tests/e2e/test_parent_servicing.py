@@ -44,7 +44,7 @@ def _results(at_exit: int | None):
         if at_exit is None:
             return hypervisor.run_all(guests), None, hypervisor.parent.pid
         pid = hypervisor.parent.pid
-        results, figures = run_serviced(hypervisor, guests, at_exit, say=lambda *a, **k: None)
+        results, figures, _ = run_serviced(hypervisor, guests, at_exit, say=lambda *a, **k: None)
         assert hypervisor.parent.pid != pid and hypervisor.parent.alive()
         return results, figures, pid
     finally:
