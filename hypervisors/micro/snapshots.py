@@ -55,7 +55,7 @@ class PartitionMachine:
     def load_devices(self, state: dict) -> None:
         saved = dict(state["devices"])
         scratch = saved.pop(machine.SCRATCH, None)
-        if scratch is not None and any(scratch.get("buffer", {}).get("~bytearray", b"")):
+        if scratch is not None and not _blank(scratch):
             raise StateError("the guest wrote pc-testdev's scratch page at "
                              f"{machine.SCRATCH[5:]}, which the micro hypervisor does not map")
         for key, device in self._local().items():
@@ -81,6 +81,13 @@ class PartitionMachine:
 
     def close(self) -> None:
         self.hypervisor.close()
+
+
+def _blank(scratch) -> bool:
+    """Whether a saved pc-testdev scratch page was never written (all zero)."""
+    buffer = scratch.get("buffer") if isinstance(scratch, dict) else None
+    data = buffer.get("~bytearray") if isinstance(buffer, dict) else None
+    return isinstance(data, bytes) and not any(data)
 
 
 def refuse_enlightened(partition: ChildPartition) -> None:
