@@ -185,15 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
 def add_snapshot_options(run) -> None:
     run.add_argument("--save", metavar="FILE", help="stop at --at-exit N (or --at-instruction "
                      "N) and write the VM's state to FILE; a list of points writes FILE, then "
-                     "diff snapshots FILE.1, FILE.2, ... (monolithic)")
+                     "diff snapshots FILE.1, FILE.2, ... (either hypervisor)")
     run.add_argument("--at-exit", metavar="N[,N...]", help="with --save: after this exit")
     run.add_argument("--at-instruction", metavar="N[,N...]",
                      help="with --save: after this many guest instructions (native has no exits)")
     run.add_argument("--restore", metavar="FILE", help="continue the VM saved in FILE (no "
-                     "GUEST: its RAM holds it; --engine may switch native <-> vtx, trap <-> bt)")
+                     "GUEST: its RAM holds it; --engine may switch native <-> vtx, trap <-> bt, "
+                     "--hypervisor monolithic <-> micro)")
     run.add_argument("--migrate", metavar="tcp:HOST:PORT", help="at --at-exit N (or "
                      "--at-instruction N), live-migrate the VM to a trapvisor run --incoming "
-                     "there (pre-copy; monolithic)")
+                     "there (pre-copy; either hypervisor)")
     run.add_argument("--incoming", metavar="tcp:HOST:PORT", help="wait there for a migrated VM "
                      "and continue it (no GUEST; port 0 picks a free one, printed on stderr)")
     run.add_argument("--service-parent-at-exit", metavar="N", type=positive(int),
