@@ -13,6 +13,9 @@ The debugger's jump back: `nano-in` (trap) is run to exit JUMP_FROM under the de
 reverse-exit and goto-exit JUMP_FROM/2 are timed, once replaying from boot (automatic snapshots
 off: the debugger before snapshots) and once from the nearest automatic snapshot; the ratio is
 from-boot over from-snapshot.
+
+Then live migration while a guest dirties memory at steady rates, and servicing the micro
+hypervisor's parent partition while children run (vms_moves.py).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import time
 
 from benchmarks.loops import Context
 from benchmarks.records import Section, ratio_of, record, with_spread
+from benchmarks.vms_moves import run_moves
 from hypervisors.images import resolve
 from hypervisors.monolithic import MonolithicHypervisor
 from vmm.debug import debuggee
@@ -29,7 +33,8 @@ from vmm.snapshot import format as snapfile
 from vmm.snapshot import machine, ram
 
 NAME = "vms"
-TITLE = "Snapshots: save and restore time and size (interrupts, trap, after exit 200)"
+TITLE = ("Snapshots (interrupts, trap, after exit 200), debugger jumps, live migration of a "
+         "guest dirtying memory, parent-partition servicing")
 SIZES = {"32MiB": 32 << 20, "256MiB": 256 << 20}
 DIFF_BYTES = 1 << 20
 JUMP_FROM = {True: 10_000, False: 60_000}   # --quick, full
@@ -98,6 +103,7 @@ def run(ctx: Context) -> Section:
     ctx.progress("debugger jumps")
     _report_jumps(section, JUMP_FROM[ctx.quick], [_jumps(JUMP_FROM[ctx.quick])
                                                   for _ in range(ctx.reps)])
+    run_moves(ctx, section)
     return section
 
 

@@ -23,13 +23,14 @@ import guests
 from hypervisors.elf_image import elf_executable
 from hypervisors.images import AsmError, GuestImage, resolve
 from hypervisors.micro.hypervisor import MicroHypervisor, prefixed_sink
+from hypervisors.micro.servicing import run_serviced
 from hypervisors.monolithic import MonolithicHypervisor, run_side_by_side
 from hypervisors.registry import HYPERVISORS
 from vmm.cpusched.policy import CAPACITY_MHZ, DEFAULT_SHARES, Controls
 from vmm.cpusched.report import share_report
 from vmm.cpusched.scheduler import ProportionalShare
 from hypervisors.migration import incoming, migrate_run
-from hypervisors.snapshot_run import restored, save_run
+from hypervisors.snapshot_run import machine_of, restored, save_run
 from vmm.devices.crtc import COLUMNS, TEXT_BUFFER, TEXT_BYTES, render_text
 from vmm.devices.faults import inject_fault
 from vmm.engines import ENGINES
@@ -128,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=SCHED_HELP["reservation"])
     run.add_argument("--limit", metavar="MHZ,...", type=per_guest(float, "a rate in MHz"),
                      help=SCHED_HELP["limit"])
-    run.add_argument("--hypervisor", choices=sorted(HYPERVISORS), default="monolithic")
+    run.add_argument("--hypervisor", choices=sorted(HYPERVISORS),
+                     help="default monolithic; with --restore or --incoming, the snapshot's")
     run.add_argument("--engine", choices=sorted(ENGINES),
                      help="the CPU virtualization engine (default trap; with --restore, the "
                      "snapshot's)")
@@ -183,17 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
 def add_snapshot_options(run) -> None:
     run.add_argument("--save", metavar="FILE", help="stop at --at-exit N (or --at-instruction "
                      "N) and write the VM's state to FILE; a list of points writes FILE, then "
-                     "diff snapshots FILE.1, FILE.2, ... (monolithic)")
+                     "diff snapshots FILE.1, FILE.2, ... (either hypervisor)")
     run.add_argument("--at-exit", metavar="N[,N...]", help="with --save: after this exit")
     run.add_argument("--at-instruction", metavar="N[,N...]",
                      help="with --save: after this many guest instructions (native has no exits)")
     run.add_argument("--restore", metavar="FILE", help="continue the VM saved in FILE (no "
-                     "GUEST: its RAM holds it; --engine may switch native <-> vtx, trap <-> bt)")
+                     "GUEST: its RAM holds it; --engine may switch native <-> vtx, trap <-> bt, "
+                     "--hypervisor monolithic <-> micro)")
     run.add_argument("--migrate", metavar="tcp:HOST:PORT", help="at --at-exit N (or "
                      "--at-instruction N), live-migrate the VM to a trapvisor run --incoming "
-                     "there (pre-copy; monolithic)")
+                     "there (pre-copy; either hypervisor)")
     run.add_argument("--incoming", metavar="tcp:HOST:PORT", help="wait there for a migrated VM "
                      "and continue it (no GUEST; port 0 picks a free one, printed on stderr)")
+    run.add_argument("--service-parent-at-exit", metavar="N", type=positive(int),
+                     help="micro: once a child has taken N exits, park every child as a "
+                     "snapshot, restart the parent partition (a new process, as after an "
+                     "update), restore the children and run them on; prints the figures")
 
 
 def add_bench_parser(commands) -> None:
@@ -330,6 +337,11 @@ def run_guest(args) -> int:
     if args.restore or args.incoming:
         return restore_guest(args)
     args.engine = args.engine or "trap"
+    args.hypervisor = args.hypervisor or "monolithic"
+    if args.service_parent_at_exit and (args.hypervisor != "micro" or args.save or args.migrate):
+        print("trapvisor: --service-parent-at-exit needs --hypervisor micro (and no --save or "
+              "--migrate)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.hypervisor == "monolithic" and args.disk:
         print("trapvisor: --disk needs --hypervisor micro", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -405,11 +417,9 @@ RESTORE_FIXED = {"--drive": "drive", "--input": "input", "--stdin": "stdin",
 def restore_guest(args) -> int:
     """`trapvisor run --restore FILE`: the saved VM continues to its end."""
     flag = "--restore" if args.restore else "--incoming"
-    if args.guest or args.save or args.migrate or args.hypervisor != "monolithic" or (
-            args.restore and args.incoming):
-        print(f"trapvisor: {flag} takes no GUEST, no --save, --migrate, --restore with "
-              "--incoming, nor --hypervisor micro: it continues a monolithic VM",
-              file=sys.stderr)
+    if args.guest or args.save or args.migrate or (args.restore and args.incoming):
+        print(f"trapvisor: {flag} takes no GUEST, no --save, --migrate, nor --restore with "
+              "--incoming: it continues a saved VM", file=sys.stderr)
         return EXIT_BAD_INPUT
     fixed = [flag for flag, given in RESTORE_FIXED.items() if getattr(args, given)]
     if fixed:
@@ -421,9 +431,10 @@ def restore_guest(args) -> int:
         return EXIT_BAD_INPUT
     stats, trace, observers = made
 
-    def make(**options):
-        return HYPERVISORS["monolithic"](**options, sink=write_stdout, observers=observers,
-                                         timeout=args.timeout, max_exits=args.max_exits)
+    def make(hypervisor: str, **options):
+        built = HYPERVISORS[hypervisor](**options, sink=write_stdout, observers=observers,
+                                        timeout=args.timeout, max_exits=args.max_exits)
+        return machine_of(built)
     try:
         hypervisor = restored(args, make) if args.restore else incoming(args, make)
     except (ValueError, OSError) as exc:
@@ -490,10 +501,15 @@ def run_micro(args, images, observers, scheduler) -> tuple[tuple[list, str | Non
     try:
         guests_ = [(hypervisor.create_partition(image.name, guest_sink(images, n, image)), image)
                    for n, image in enumerate(images, 1)]
-        results = hypervisor.run_all(guests_, scheduler)
+        partitions = [partition for partition, _ in guests_]
+        if args.service_parent_at_exit:
+            results, _figures, partitions = run_serviced(
+                hypervisor, guests_, args.service_parent_at_exit, scheduler)
+        else:
+            results = hypervisor.run_all(guests_, scheduler)
         shares = ""
         if scheduler is not None and args.stats:
-            vcpus = dict(zip(scheduler.accounts, (p.vcpu for p, _ in guests_)))
+            vcpus = dict(zip(scheduler.accounts, (p.vcpu for p in partitions)))
             shares = share_report(scheduler, vcpus)
         return (results, hypervisor.parent_report()), shares
     finally:

@@ -8,7 +8,9 @@ round (ROUND_EXITS exits or ROUND_INSTRUCTIONS instructions), sends the pages wr
 STOP_PAGES pages or MAX_ROUNDS have run. Then stop-and-copy: the guest stays paused, the last
 dirty pages and the whole machine state go as one diff snapshot, the target loads it and acks,
 and the guest continues there. Downtime is from the guest's last instruction on the source to
-that ack. One CPU runs both: the guest is paused while a round's pages are sent.
+that ack. One CPU runs both: the guest is paused while a round's pages are sent. Under
+``--hypervisor micro`` the VM is a child partition whose device state comes from its parent
+partition (hypervisors/micro/snapshots.py); the target may run either hypervisor.
 
 Messages: a tag byte and a u64 length, then the payload: M (the run's configuration,
 MessagePack), P (pages, the snapshot RAM section's layout), S (the final snapshot file), A (the
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from hypervisors.snapshot_run import built, meta, trigger
+from hypervisors.snapshot_run import built, machine_of, meta, trigger
 from vmm.snapshot import format as snapfile
 from vmm.snapshot import machine, ram
 
@@ -81,7 +83,7 @@ def migrate_run(args, build, image, say=print):
     exits, steps = trigger(args, "--migrate")
     if len(exits or steps) != 1:
         raise ValueError("--migrate moves the guest once: give one --at-exit or --at-instruction")
-    hypervisor = build([])
+    hypervisor = machine_of(build([]))
     try:
         hypervisor.boot(image)
         vcpu = hypervisor.vcpu
@@ -97,9 +99,22 @@ def migrate_run(args, build, image, say=print):
 def migrate(args, hypervisor, by_exits: bool, say=print):
     """The source side, the guest paused at the trigger: None when it moved, else the result of
     a guest that ended during pre-copy."""
-    figures, started, trigger_exit = Figures(), time.perf_counter(), hypervisor.vcpu.exit_count
-    with socket.create_connection(address(args.migrate), timeout=60) as sock:
-        figures.bytes += _send(sock, b"M", msgpack.packb(meta(args), use_bin_type=True))
+    trigger_exit = hypervisor.vcpu.exit_count
+    figures = send(args.migrate, hypervisor, meta(args), by_exits)
+    if figures is None:
+        return hypervisor.vcpu.result()
+    say(f"trapvisor: pre-copy from exit {trigger_exit}, moved at exit "
+        f"{hypervisor.vcpu.exit_count} to {args.migrate}: {figures.describe()}", file=sys.stderr)
+    return None
+
+
+def send(where: str, hypervisor, config: dict, by_exits: bool) -> Figures | None:
+    """Move the paused machine to the target at ``where`` (tcp:HOST:PORT), whose hypervisor is
+    built from ``config`` (the run's meta); its figures, or None if the guest ended during
+    pre-copy (rounds run by exits when ``by_exits``, else by instructions)."""
+    figures, started = Figures(), time.perf_counter()
+    with socket.create_connection(address(where), timeout=60) as sock:
+        figures.bytes += _send(sock, b"M", msgpack.packb(config, use_bin_type=True))
         memory = hypervisor.vm.memory
         pages = ram.nonzero_pages(memory)
         hashes = ram.PageHashes(memory)
@@ -109,7 +124,7 @@ def migrate(args, hypervisor, by_exits: bool, say=print):
             figures.rounds += 1
             if not _run_round(hypervisor.vcpu, by_exits):
                 _send(sock, b"E", b"the guest ended during pre-copy")
-                return hypervisor.vcpu.result()
+                return None
             if len(pages) <= STOP_PAGES or figures.rounds == MAX_ROUNDS:
                 break
             pages = hashes.dirty(memory)
@@ -121,9 +136,7 @@ def migrate(args, hypervisor, by_exits: bool, say=print):
             raise MigrationError("the target did not acknowledge the machine state")
         figures.downtime_s = time.perf_counter() - stopped
     figures.total_s = time.perf_counter() - started
-    say(f"trapvisor: pre-copy from exit {trigger_exit}, moved at exit "
-        f"{hypervisor.vcpu.exit_count} to {args.migrate}: {figures.describe()}", file=sys.stderr)
-    return None
+    return figures
 
 
 def _run_round(vcpu, by_exits: bool) -> bool:

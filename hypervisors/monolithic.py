@@ -23,6 +23,7 @@ from vmm.pc.board import PcBoard
 from vmm.pc.chipset import Chipset
 from vmm.pc.host_input import ScriptedInput, StreamInput
 from vmm.run_state import RunResult, RunState
+from vmm.snapshot import machine
 from vmm.vcpu import Vcpu
 from vmm.vm import DEFAULT_RAM, Vm
 
@@ -82,6 +83,13 @@ class MonolithicHypervisor:
 
     def _failed(self, exc: BaseException) -> None:
         self.vcpu.finish(RunState.VMM_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def save_devices(self) -> dict:
+        """Every device's state, for a snapshot (vmm/snapshot/machine.py)."""
+        return machine.save_devices(self.vm, self.board)
+
+    def load_devices(self, state: dict) -> None:
+        machine.load_devices(self.vm, self.board, state)
 
     def close(self) -> None:
         self.board.close()

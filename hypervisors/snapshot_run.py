@@ -10,6 +10,10 @@ the chain back to the full snapshot. The file's "meta" section is the run's conf
 a restore needs no guest: RAM holds it. ``--engine`` may pick another engine where the state
 carries over (native <-> vtx, trap <-> bt); vtx continuing vtx keeps the saved VMCS controls
 (their CR read shadows are guest state), and ``--exit-on`` at restore adds exits to them.
+
+Under ``--hypervisor micro`` the VM is a child partition (hypervisors/micro/snapshots.py: the
+parent partition saves and loads its device models); ``--hypervisor`` at restore may pick the
+other hypervisor (the device state has one form), and without it the snapshot's is used.
 """
 from __future__ import annotations
 
@@ -17,13 +21,15 @@ import os
 import sys
 from pathlib import Path
 
-from hypervisors.monolithic import MonolithicHypervisor
+from hypervisors.micro.hypervisor import MicroHypervisor
+from hypervisors.micro.snapshots import PartitionMachine
 from vmm.engines.vmx_controls import apply_exit_on
 from vmm.snapshot import format as snapfile
 from vmm.snapshot import machine, ram
 from vmm.snapshot.engine_state import check_engine
 
-META_KEYS = ("engine", "exit_on", "ram", "input", "drives")
+META_KEYS = ("hypervisor", "engine", "exit_on", "ram", "input", "drives")
+HYPERVISOR_NAMES = ("monolithic", "micro")
 
 
 def points(text: str) -> list[int]:
@@ -43,9 +49,10 @@ def trigger(args, flag: str) -> tuple[list[int] | None, list[int] | None]:
     steps = points(args.at_instruction) if args.at_instruction else None
     if (exits is None) == (steps is None):
         raise ValueError(f"{flag} needs one of --at-exit N or --at-instruction N")
-    if args.hypervisor != "monolithic":
-        raise ValueError(f"{flag} works under --hypervisor monolithic only (the micro "
-                         "hypervisor's devices live in the parent partition process)")
+    if args.hypervisor == "micro" and (args.disk or args.inject_device_fault):
+        raise ValueError(f"{flag} under --hypervisor micro cannot be combined with --disk or "
+                         "--inject-device-fault (VMBus disks and injected faults are not "
+                         "carried by snapshots)")
     if args.stdin or args.wall_clock or args.gdb:
         raise ValueError(f"{flag} cannot be combined with --stdin, --wall-clock or --gdb (their "
                          "input and time come from the host, not the guest's execution)")
@@ -56,7 +63,7 @@ def save_run(args, build, image, say=print) -> int | None:
     """Boot, run to each point, write the snapshots; None when all were written, else the
     guest's result (it ended before a point)."""
     exits, steps = trigger(args, "--save")
-    hypervisor = build([])
+    hypervisor = machine_of(build([]))
     try:
         hypervisor.boot(image)
         return _save_points(args, hypervisor, exits, steps, say)
@@ -86,12 +93,20 @@ def _save_points(args, hypervisor, exits, steps, say):
     return None
 
 
+def machine_of(hypervisor):
+    """The one VM a save or migration acts on: a monolithic hypervisor is one; under micro, a
+    new child partition (closing it closes the hypervisor)."""
+    if isinstance(hypervisor, MicroHypervisor):
+        return PartitionMachine(hypervisor)
+    return hypervisor
+
+
 def _previous(save: str, index: int) -> str:
     return os.path.basename(save if index == 1 else f"{save}.{index - 1}")
 
 
 def meta(args, based_on: str | None = None) -> dict:
-    return {"hypervisor": "monolithic", "engine": args.engine, "exit_on": args.exit_on,
+    return {"hypervisor": args.hypervisor, "engine": args.engine, "exit_on": args.exit_on,
             "ram": args.ram, "drives": [str(Path(d).resolve()) for d in args.drive],
             "input": args.input, "based_on": based_on}
 
@@ -107,9 +122,9 @@ def load_chain(path: str) -> list[snapfile.Snapshot]:
     return chain
 
 
-def restored(args, make) -> MonolithicHypervisor:
-    """A hypervisor built as the snapshot's run was (``make(**options)``), its state loaded.
-    ``args.engine`` None keeps the saved engine."""
+def restored(args, make):
+    """A machine built as the snapshot's run was (``make(hypervisor, **options)``), its state
+    loaded. ``args.engine`` and ``args.hypervisor`` None keep the saved ones."""
     chain = load_chain(args.restore)
     hypervisor = built(chain[-1].get("meta"), args, make)
     try:
@@ -123,10 +138,10 @@ def restored(args, make) -> MonolithicHypervisor:
     return hypervisor
 
 
-def built(meta: dict, args, make) -> MonolithicHypervisor:
-    """A fresh hypervisor configured as the saved run's ``meta`` says (the engine may be
-    switched within its family by ``args.engine``)."""
-    if meta.get("hypervisor") != "monolithic" or not all(k in meta for k in META_KEYS):
+def built(meta: dict, args, make):
+    """A fresh machine configured as the saved run's ``meta`` says (the engine may be switched
+    within its family by ``args.engine``, the hypervisor by ``args.hypervisor``)."""
+    if not all(k in meta for k in META_KEYS) or meta["hypervisor"] not in HYPERVISOR_NAMES:
         raise snapfile.SnapshotError("the snapshot's meta section is incomplete")
     engine = args.engine or meta["engine"]
     check_engine(meta["engine"], engine)
@@ -134,4 +149,4 @@ def built(meta: dict, args, make) -> MonolithicHypervisor:
                "input_data": meta["input"].encode().decode("unicode_escape").encode("latin-1")}
     if engine == "vtx" and (args.exit_on or meta["exit_on"]):
         options["exit_on"] = args.exit_on or meta["exit_on"]
-    return make(**options)
+    return make(args.hypervisor or meta["hypervisor"], **options)

@@ -27,6 +27,7 @@ from hypervisors.micro.wire import RAISED, RECONFIGURED, Message, Op, Record
 from vmm.exits import EXIT_HANDLERS, Outcome, handle_emulated
 from vmm.pc.chipset import Chipset
 from vmm.run_state import RunResult, RunState
+from vmm.snapshot.state import StateError
 from vmm.vcpu import Vcpu
 from vmm.vm import Vm
 from vmm.vmcs import ExitReason
@@ -65,6 +66,7 @@ class ChildPartition:
         self.channel = ParentChannel(channel, vm.clock, self._on_record, self._on_lost,
                                      self._on_state, self._on_isa_lines)
         self._isa_levels = 0
+        self._device_reply: tuple[bool, bytes] | None = None
         install_proxies(vm.pio, layout, self.channel)
         self.synic = SynIC(vm.memory, vm.kick)
         self.chipset = Chipset(vm, extint=PicMirror(self.channel))
@@ -90,6 +92,8 @@ class ChildPartition:
             self.synic.post(record.aux, record.value, record.payload)
         elif record.op == Record.SIGNAL:
             self.synic.signal(record.aux, record.value)
+        elif record.op in (Record.DEVICE_STATE, Record.REFUSED):
+            self._device_reply = (record.op == Record.DEVICE_STATE, record.payload)
         elif record.op == Record.FAULT:
             self._device_failed(f"a device model failed in the parent partition: "
                                 f"{record.payload.decode(errors='replace')}")
@@ -165,6 +169,31 @@ class ChildPartition:
     def _skip(vcpu, exit) -> None:
         mask = 0xFFFFFFFF if vcpu.cpu.code_bits == 32 else 0xFFFF
         vcpu.cpu.eip = (vcpu.cpu.eip + exit.insn.size) & mask
+
+    # ----- snapshots (hypervisors/micro/machine.py) ---------------------------------------------
+    def save_devices(self) -> bytes:
+        """The parent's state of this partition's devices (Op.SAVE_DEVICES)."""
+        return self._device_request(Op.SAVE_DEVICES)
+
+    def load_devices(self, blob: bytes, isa_levels: int) -> None:
+        """Load device state into the parent (Op.RESTORE_DEVICES); ``isa_levels``: the ISA IRQ
+        lines as the state leaves them, mirrored here as on the parent's side."""
+        self._device_request(Op.RESTORE_DEVICES, blob)
+        self._isa_levels = isa_levels
+
+    def _device_request(self, op: Op, payload: bytes = b"") -> bytes:
+        """The DEVICE_STATE payload (empty when the answer is a plain 0); StateError for a
+        refusal, ConnectionError for a parent that is gone or answered something else."""
+        self._device_reply = None
+        value = self.channel.call(op, payload=payload)
+        reply, self._device_reply = self._device_reply, None
+        if self.channel.lost is not None:
+            raise ConnectionError(self.channel.lost)
+        if reply is not None and not reply[0]:
+            raise StateError(f"the parent partition refused: {reply[1].decode(errors='replace')}")
+        if value != 0 or (op == Op.SAVE_DEVICES and reply is None):
+            raise ConnectionError(f"the parent partition did not answer {op.name}")
+        return reply[1] if reply else b""
 
     # ----- running ------------------------------------------------------------------------------
     def boot(self, image: GuestImage) -> None:

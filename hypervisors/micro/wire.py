@@ -46,6 +46,8 @@ class Op(enum.IntEnum):
     SIGNAL_EVENT = 7     # value = connection id, aux = flag number -> value = HV status
     MODULES = 8          # -> payload: the project modules loaded in the parent, one a line
     DRAIN = 9            # nothing to do: the notifications the last reply had no room for
+    SAVE_DEVICES = 10    # -> DEVICE_STATE (the partition's device state), or REFUSED
+    RESTORE_DEVICES = 11 # payload = a DEVICE_STATE blob to load -> value 0, or REFUSED
 
 
 class Record(enum.IntEnum):
@@ -58,6 +60,8 @@ class Record(enum.IntEnum):
     SIGNAL = 0x84        # aux = SINT, value = event flag number
     FAULT = 0x85         # payload = what failed: a device model raised in the parent
     INPUT_DONE = 0x86    # the typed input script is over and the console has gone quiet
+    DEVICE_STATE = 0x87  # payload = the partition's device state (MessagePack, device_state.py)
+    REFUSED = 0x88       # payload = why SAVE_DEVICES or RESTORE_DEVICES was refused
 
 
 class Control(enum.IntEnum):

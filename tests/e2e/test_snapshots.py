@@ -157,9 +157,10 @@ def test_a_point_the_guest_never_reaches_writes_nothing(tmp_path):
     assert "before the snapshot point" in late.stderr and not path.exists()
 
 
-def test_micro_and_bad_points_are_refused_in_one_line(tmp_path):
+def test_bad_points_are_refused_in_one_line(tmp_path):
     path = str(tmp_path / "vm.snap")
-    for args, words in ((["--hypervisor", "micro", "--at-exit", "5"], "monolithic only"),
+    for args, words in ((["--hypervisor", "micro", "--at-exit", "5", "--inject-device-fault",
+                          "uart16550"], "not carried by snapshots"),
                         (["--at-exit", "5,3"], "positive and increasing"),
                         ([], "needs one of --at-exit N or --at-instruction N")):
         refused = trapvisor("run", "hello", "--save", path, *args)

@@ -3,20 +3,27 @@ loop's own state (interrupt shadow, halted, the instruction and exit counts), vi
 engine (engine_state.py), every device on the port and MMIO buses, the board, the typed input
 still to come, and guest RAM (ram.py).
 
-``capture`` and ``restore`` work on a monolithic hypervisor object (``vm``, ``vcpu``, ``board``);
-restore goes into a freshly built, never booted one. Afterwards every cache of guest state kept
+``capture`` and ``restore`` work on a machine object: ``vm``, ``vcpu``, and ``save_devices()`` /
+``load_devices(state)`` for the device side (``save_devices`` and ``load_devices`` here for a VM
+whose devices are all in this process; the micro hypervisor's child partition gathers its own
+from the parent partition, hypervisors/micro/machine.py). The device state has the same form
+under both hypervisors, so a snapshot continues under either. Restore goes into a freshly built,
+never booted machine. Afterwards every cache of guest state kept
 outside the saved state is dropped: Unicorn's translations and TLB (``Cpu.load_context``) and
 whatever registered itself in ``vm.restore_hooks`` (an MMU's shadow, event delivery's caches).
 """
 from __future__ import annotations
 
 from vmm.clock import InstructionClock
+from vmm.devices.pc_testdev import IOMEM_BASE
 from vmm.snapshot import ram
 from vmm.snapshot.engine_state import load_engine, save_engine
 from vmm.snapshot.format import DIFF, FULL, Snapshot, SnapshotError
 from vmm.snapshot.state import StateError
 
 VCPU_STATE = ("instructions", "uncounted", "halted", "interrupt_shadow", "_window_step")
+DEVICE_KEYS = ("board", "devices", "inputs")
+SCRATCH = f"mmio:{IOMEM_BASE:#x}"   # pc-testdev's scratch page: only the monolithic board maps it
 
 
 def capture(hypervisor, base: Snapshot | None = None,
@@ -38,14 +45,12 @@ def capture(hypervisor, base: Snapshot | None = None,
         "exits": vcpu.exits.count,
         "clock_ns": vm.clock.base_ns,
         "engine": save_engine(vcpu.engine),
-        "board": hypervisor.board.save_state(),
-        "devices": _save_devices(vm),
-        "inputs": [source.save_state() for source in vm.input_sources]})
+        **hypervisor.save_devices()})
     snapshot.sections["ram"] = ram.encode(vm.memory, pages)
     return snapshot
 
 
-def _devices(vm) -> dict[str, object]:
+def devices_of(vm) -> dict[str, object]:
     """Every device on the VM's buses, named by bus and window base."""
     found = {}
     for bus in (vm.pio, vm.mmio):
@@ -55,13 +60,37 @@ def _devices(vm) -> dict[str, object]:
     return found
 
 
-def _save_devices(vm) -> dict[str, dict]:
+def save_device_states(devices: dict) -> dict[str, dict]:
+    """``save_state()`` of each device in a ``{key: device}`` map."""
     saved = {}
-    for key, device in _devices(vm).items():
+    for key, device in devices.items():
         if not hasattr(device, "save_state"):
             raise SnapshotError(f"device {getattr(device, 'name', key)} at {key} cannot be saved")
         saved[key] = device.save_state()
     return saved
+
+
+def save_devices(vm, board) -> dict:
+    """The device side of a VM whose devices all run in this process: the board, every device
+    on its buses, the typed input still to come."""
+    return {"board": board.save_state(), "devices": save_device_states(devices_of(vm)),
+            "inputs": [source.save_state() for source in vm.input_sources]}
+
+
+def load_devices(vm, board, state: dict) -> None:
+    """The inverse of ``save_devices``. A snapshot from the micro hypervisor lacks the scratch
+    page, which its guest could not reach: it stays as built."""
+    board.load_state(state["board"])
+    devices, saved = devices_of(vm), state["devices"]
+    if set(devices) - {SCRATCH} != set(saved) - {SCRATCH}:
+        raise StateError(f"devices differ: saved {sorted(saved)}, here {sorted(devices)}")
+    for key, device in devices.items():
+        if key in saved:
+            device.load_state(saved[key])
+    if len(vm.input_sources) != len(state["inputs"]):
+        raise StateError("the saved run had other input (--input) than this one")
+    for source, saved_input in zip(vm.input_sources, state["inputs"]):
+        source.load_state(saved_input)
 
 
 def restore(hypervisor, chain: list[Snapshot]) -> None:
@@ -109,17 +138,7 @@ def _restore_machine(hypervisor, machine: dict) -> None:
     vcpu.exits.count = machine["exits"]
     vm.clock.base_ns = machine["clock_ns"]
     load_engine(vcpu.engine, machine["engine"])
-    hypervisor.board.load_state(machine["board"])
-    devices = _devices(vm)
-    if set(devices) != set(machine["devices"]):
-        raise StateError(f"devices differ: saved {sorted(machine['devices'])}, "
-                         f"here {sorted(devices)}")
-    for key, device in devices.items():
-        device.load_state(machine["devices"][key])
-    if len(vm.input_sources) != len(machine["inputs"]):
-        raise StateError("the saved run had other input (--input) than this one")
-    for source, saved in zip(vm.input_sources, machine["inputs"]):
-        source.load_state(saved)
+    hypervisor.load_devices({key: machine[key] for key in DEVICE_KEYS})
 
 
 class _PauseAtExit:

@@ -20,7 +20,7 @@ import threading
 import traceback
 
 from hypervisors.loaded_modules import loaded_modules
-from hypervisors.micro.parent import gpadl, vsp
+from hypervisors.micro.parent import device_state, gpadl, vsp
 from hypervisors.micro.slot import REPLY_CAPACITY, REQ_LEN, REQ_SEQ, Side, SlotEnd, check_slot
 from hypervisors.micro.wire import (
     ALL_MASKED,
@@ -82,6 +82,7 @@ class PartitionWorker:
         self.board.isa_listeners.append(self._isa_irq)
         self.input = ScriptedInput(self.board.uart, config.input_data, self.clock,
                                    lambda: self.board.last_output_ns, self._input_done)
+        self.scripted = bool(config.input_data)
         self.board.uart.before_read = self.input.poll
         if config.fault_device:
             inject_fault(self.board.pio, config.fault_device)
@@ -89,7 +90,9 @@ class PartitionWorker:
         self.handlers = {Op.IO_READ: self._io_read, Op.IO_WRITE: self._io_write,
                          Op.ACKNOWLEDGE: self._acknowledge, Op.UPDATE_TIMERS: self._update_timers,
                          Op.POLL_INPUT: self._poll_input, Op.POST_MESSAGE: self._post_message,
-                         Op.SIGNAL_EVENT: self._signal_event, Op.DRAIN: self._drain}
+                         Op.SIGNAL_EVENT: self._signal_event, Op.DRAIN: self._drain,
+                         Op.SAVE_DEVICES: self._save_devices,
+                         Op.RESTORE_DEVICES: self._restore_devices}
 
     def _vmbus_server(self, ram_fd: int, config: PartitionConfig):
         """The VMBus server with its VSPs; child RAM reaches it only as the GPADL accessor."""
@@ -282,6 +285,28 @@ class PartitionWorker:
 
     def _drain(self, message: Message) -> int:
         return 0
+
+    def _save_devices(self, message: Message) -> int:
+        try:
+            blob = device_state.save(self)
+        except device_state.Refused as exc:
+            return self._refuse(exc)
+        with self.lock:
+            self.outbox.append((Record.DEVICE_STATE, 0, 0, blob))
+        return 0
+
+    def _restore_devices(self, message: Message) -> int:
+        try:
+            device_state.restore(self, message.payload)
+        except device_state.Refused as exc:
+            return self._refuse(exc)
+        return 0
+
+    def _refuse(self, exc: Exception) -> int:
+        """A REFUSED record for the next reply; the devices are as they were."""
+        with self.lock:
+            self.outbox.append((Record.REFUSED, 0, 0, str(exc).encode()[:MAX_PAYLOAD]))
+        return 0xFFFFFFFF
 
     def _post_message(self, message: Message) -> int:
         message_type = int.from_bytes(message.payload[:4], "little")
