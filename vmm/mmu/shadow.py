@@ -58,7 +58,9 @@ class ShadowMmu(Mmu):
         entry = self.shadow.get(key)
         if entry is not None and (access != FILL_WRITE or entry.dirty):
             return entry
-        walk = super().guest_walk(page, access)     # a Fault here is the guest's own #PF
+        walk = super().guest_walk(page, access)
+        if type(walk) is int:                       # the guest's own #PF
+            return walk
         self.stats.hidden_faults += 1
         if self.on_hidden_fault is not None:
             self.on_hidden_fault(page, access)
