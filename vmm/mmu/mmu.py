@@ -60,6 +60,9 @@ class Mmu:
         self.grants = Grants(self.cpu.flush_tlb)
         self.stats = MmuStats()
         self.refusal: Unbacked | None = None
+        self._translate = self.walker.translate     # bound once: the fill is the hot path
+        self._grant = self.grants.grant
+        self._ram_size = vm.memory.size
 
     def attach(self) -> None:
         """Become the CPU's MMU (every cached translation is dropped)."""
@@ -88,17 +91,20 @@ class Mmu:
             self.stats.page_faults += 1
             self.cpu.tlb.raise_page_fault(walk)
             return None
-        return self.route(walk.frame, access, walk.writable, walk.dirty)
+        frame = walk.frame
+        if frame < self._ram_size:
+            return frame, self._grant(frame, access, walk.writable, walk.dirty)
+        return self.route(frame, access, walk.writable, walk.dirty)
 
     def guest_walk(self, page: int, access: int) -> Translation | int:
         """The guest's translation of ``page`` for this access at the current CPL, or the
         error code of the #PF it takes."""
         kind = KIND[access]
         if self.cpu.cpl != 3:
-            return self.walker.translate(page, kind, False)
-        walk = self.walker.translate(page, kind, True)
+            return self._translate(page, kind, False)
+        walk = self._translate(page, kind, True)
         if type(walk) is int and walk & PF_P and self._system_table_page(page):
-            return self.walker.translate(page, kind, False)
+            return self._translate(page, kind, False)
         return walk
 
     def route(self, frame: int, access: int, writable: bool, dirty: bool):
