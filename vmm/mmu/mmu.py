@@ -60,9 +60,7 @@ class Mmu:
         self.grants = Grants(self.cpu.flush_tlb)
         self.stats = MmuStats()
         self.refusal: Unbacked | None = None
-        self._translate = self.walker.translate     # bound once: the fill is the hot path
-        self._grant = self.grants.grant
-        self._ram_size = vm.memory.size
+        self._translate = self.walker.translate     # bound once: the fill is a hot path
 
     def attach(self) -> None:
         """Become the CPU's MMU (every cached translation is dropped)."""
@@ -91,10 +89,7 @@ class Mmu:
             self.stats.page_faults += 1
             self.cpu.tlb.raise_page_fault(walk)
             return None
-        frame = walk.frame
-        if frame < self._ram_size:
-            return frame, self._grant(frame, access, walk.writable, walk.dirty)
-        return self.route(frame, access, walk.writable, walk.dirty)
+        return self.route(walk.frame, access, walk.writable, walk.dirty)
 
     def guest_walk(self, page: int, access: int) -> Translation | int:
         """The guest's translation of ``page`` for this access at the current CPL, or the
