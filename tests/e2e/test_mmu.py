@@ -115,3 +115,29 @@ def test_a_guest_page_fault_does_not_end_the_cpu_run(monkeypatch):
     run = run_guest("nano-pgfault", "native")
     assert "2000 iterations, 2000 page faults" in run.text, run.text + run.result.report()
     assert 0 < len(runs) < 20
+
+
+@pytest.mark.parametrize("engine", ["native", "trap", "bt"])
+def test_a_debugger_write_over_a_live_page_table_is_seen_after_invlpg(engine):
+    """A store the VMM makes into a page table (here the debugger's physical write) drops the
+    shadow entries derived from it, as a guest store would: the guest's INVLPG then finds the
+    new frame under shadow paging (trap, bt) as on the bare machine (native)."""
+    from emu.asm import assemble_file
+    from hypervisors.images import resolve
+    from hypervisors.monolithic import MonolithicHypervisor
+    from vmm.debug.debuggee import Debuggee, StopKind
+    program = PROGRAMS / "pte_host_edit.asm"
+    output: list[bytes] = []
+    d = Debuggee(lambda observers: MonolithicHypervisor(engine=engine, sink=output.append,
+                                                        observers=observers),
+                 resolve(str(program), 32 << 20))
+    try:
+        d.add_breakpoint(assemble_file(program).symbols["host_edit"])
+        assert d.cont().kind is StopKind.BREAKPOINT
+        d.write_physical(0x22000, (0x31000 | 3).to_bytes(4, "little"))   # WINDOW -> FRAME_B
+        d.delete()
+        d.cont()
+    finally:
+        d.close()
+    text = b"".join(output).decode()
+    assert "WINDOW reads 0xaaaaaaaa, after the host's PTE edit and INVLPG 0xbbbbbbbb ... ok" in text
