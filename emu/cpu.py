@@ -90,11 +90,13 @@ class Cpu:
         self.hook_error: BaseException | None = None
         self.on_hook_error = None  # called with the exception, inside the failing hook
         self._hooks = Hooks(self._uc, self._hook_failed, self._stop_after_access)
-        self.tlb = VirtualTlb(self._uc, self._hooks.add_hook, self._hook_failed, self._exit_lookup)
+        self.tlb = VirtualTlb(self._uc, self._hooks.add_hook, self._hook_failed, state,
+                              self._exit_lookup)
         self.tlb.set_fill(self._physical_fill)
         self.reset_real_mode()
         guard = DivideGuard(self._uch, self._hooks, self.gpr, lambda: self.code_bits, self.stop)
-        self._hooks.before_exception = guard.exception_taken
+        self._divide_taken = guard.exception_taken
+        self._hooks.before_exception = self._exception_taken
         self.watch_translations(guard.scan)
 
     def reset_real_mode(self) -> None:
@@ -125,6 +127,13 @@ class Cpu:
         self.stop()
         if first and self.on_hook_error is not None:
             self.on_hook_error(exc)
+
+    def _exception_taken(self) -> None:
+        """In the interrupt hook, before the handler: finish a #PF the MMU raised (CR2), and
+        put back the divide guard's dividend."""
+        if self.tlb.fault_pending:
+            self.tlb.page_fault_taken()
+        self._divide_taken()
 
     def set_exits(self, linear_addresses, owner: str = "debugger") -> None:
         """Stop before executing any of these linear addresses (see Hooks.set_exits)."""
@@ -372,13 +381,6 @@ class Cpu:
         becomes #DF and the one after a silent stop (Unicorn issue #1883)."""
         self._old_exception.value = -1
         return self._error_code.value & 0xFFFFFFFF, bool(self._is_int.value)
-
-    def raise_fault(self, error_code: int) -> None:
-        """Make the next take_exception() report a hardware exception with this error code (an
-        exception the MMU raises outside Unicorn: a #PF from a refused TLB fill)."""
-        self._error_code.value = error_code
-        self._is_int.value = 0
-        self._old_exception.value = -1
 
     # ----- segments -----------------------------------------------------------------------------
     def load_segment(self, seg: int, selector: int, base: int, limit: int, flags: int) -> None:

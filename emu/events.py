@@ -26,6 +26,7 @@ EXCEPTION_NAMES = {0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6
                    17: "#AC", 18: "#MC", 19: "#XM"}
 
 GATE_TASK, GATE_INT16, GATE_TRAP16, GATE_INT32, GATE_TRAP32 = 0x5, 0x6, 0x7, 0xE, 0xF
+PAGE_MASK = 0xFFF
 
 
 class EventKind(Enum):
@@ -321,5 +322,25 @@ class EventDelivery:
         frame = struct.pack("<%d%s" % (len(words), "I" if bits == 32 else "H"),
                             *(w & mask for w in words))
         new_esp, offset = pushed_esp(esp, len(frame), stack_bits)
-        self.lin.write(ss_base + offset, frame, user=user)
+        base = (ss_base + offset) & 0xFFFFFFFF
+        self._check_push_pages(base, len(frame), bits // 8, user)
+        self.lin.write(base, frame, user=user)
         return new_esp
+
+    def _check_push_pages(self, base: int, length: int, width: int, user: bool) -> None:
+        """Walk the frame's pages in push order, from the top: a #PF names the first push that
+        reaches a page it may not write (CR2 is that push's address, or the page's first byte
+        for a push that straddles into it), as the CPU pushing SS (or EFLAGS) first would."""
+        top = base + length
+        page = (top - 1) & ~PAGE_MASK
+        while True:
+            try:
+                self.lin.translate(max(page, base), write=True, user=user)
+            except Fault as fault:
+                if fault.vector == PF:
+                    last = min(page + PAGE_MASK + 1, top) - width
+                    fault.cr2 = max(base + (last - base) // width * width, page) & 0xFFFFFFFF
+                raise
+            if page <= base:
+                return
+            page -= PAGE_MASK + 1

@@ -68,6 +68,7 @@ class Hooks:
         self.in_access = False
         self.stop_deferred = False
         self.handler: CpuHandler | None = None
+        self._on_interrupt: Callable[[int], None] = lambda intno: None  # until attach()
         self._callbacks: list = []
         self._exits: dict[str, frozenset[int]] = {}
         self.exit_pages: frozenset[int] = frozenset()   # pages of every exit and of exit - 1

@@ -42,6 +42,9 @@ class GuestMemory:
         self.mmap = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED)
         self.view = memoryview(self.mmap)
         self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.mmap))
+        # the VMM's MMU hears of the stores made through write()/write_u32() (DMA, debugger
+        # writes, emulated instructions): (address, length) -> None
+        self.on_host_write = None
 
     def contains(self, addr: int, length: int = 1) -> bool:
         return 0 <= addr and addr + length <= self.size
@@ -58,6 +61,8 @@ class GuestMemory:
     def write(self, addr: int, data: bytes) -> None:
         self._check(addr, len(data))
         self.mmap[addr:addr + len(data)] = data
+        if self.on_host_write is not None:
+            self.on_host_write(addr, len(data))
 
     def read_u32(self, addr: int) -> int:
         self._check(addr, 4)
@@ -66,6 +71,8 @@ class GuestMemory:
     def write_u32(self, addr: int, value: int) -> None:
         self._check(addr, 4)
         struct.pack_into("<I", self.mmap, addr, value & 0xFFFFFFFF)
+        if self.on_host_write is not None:
+            self.on_host_write(addr, 4)
 
     def close(self) -> None:
         self.view.release()

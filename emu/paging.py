@@ -8,7 +8,8 @@ the access's privilege; R/W for user accesses always and for supervisor ones und
 (CR4.SMEP, which the CPU model offers: a supervisor fetch from a user page faults). There is no
 execute-disable bit in 32-bit paging (IA32_EFER.NXE acts only on PAE and 4-level entries), so
 every readable page is executable; the I/D bit of the error code is set only under SMEP, as the
-SDM gives it for 32-bit paging. PSE-36 physical bits and reserved-bit faults are not modelled.
+SDM gives it for 32-bit paging. A 4 MiB page's reserved bit 21 faults with RSVD; its PSE-36
+bits name physical addresses above 4 GiB (no RAM: the MMU refuses them as unbacked).
 Faults are architectural: a ``Fault`` carrying #PF with the SDM error code and CR2.
 """
 from __future__ import annotations
@@ -22,7 +23,10 @@ PG_P, PG_RW, PG_US, PG_A, PG_D, PG_PS, PG_G = 1, 2, 4, 0x20, 0x40, 0x80, 0x100
 CR0_PE, CR0_WP, CR0_PG = 1, 1 << 16, 1 << 31
 CR4_PSE, CR4_PAE, CR4_PGE, CR4_SMEP = 1 << 4, 1 << 5, 1 << 7, 1 << 20
 
-PF_P, PF_W, PF_U, PF_I = 1, 2, 4, 0x10
+PF_P, PF_W, PF_U, PF_RSVD, PF_I = 1, 2, 4, 8, 0x10
+# A 4 MiB PDE (SDM Table 4-4): bits 20:13 are physical-address bits 39:32 (PSE-36; none of them
+# is RAM here), bit 21 is reserved at every MAXPHYADDR up to 40.
+PDE_4M_HIGH, PDE_4M_RESERVED = 0x1FE000, 0x200000
 PF = 14
 READ, WRITE, FETCH = 0, 1, 2  # the kinds of access a walk checks
 
@@ -71,60 +75,70 @@ class PageWalker:
              touch: bool = True) -> Translation:
         """Translate a paging-on linear address; ``touch=False`` leaves A/D bits alone (a
         debugger looking, not the CPU accessing). Raises Fault(#PF) or BusError."""
-        cr4 = self.cr[4]
+        walk = self.translate(linear, kind, user, touch)
+        if type(walk) is int:
+            raise Fault(PF, walk, linear)
+        return walk
+
+    def translate(self, linear: int, kind: int = READ, user: bool = False,
+                  touch: bool = True) -> Translation | int:
+        """``walk`` without the exception: the Translation, or the #PF error code (the TLB
+        fill's hot path, where a fault is no exceptional case). Raises BusError."""
+        cr = self.cr
+        cr4 = cr[4]
         if cr4 & CR4_PAE:
             raise Fault(13, 0)  # PAE paging is not modelled; refuse rather than mistranslate
         write = kind == WRITE
         err = (PF_W if write else 0) | (PF_U if user else 0)
         if kind == FETCH and cr4 & CR4_SMEP:
             err |= PF_I
-        pde_addr = (self.cr[3] & 0xFFFFF000) | ((linear >> 20) & 0xFFC)
-        pde = self._entry(pde_addr)
+        mmap, size = self.memory.mmap, self.memory.size
+        pde_addr = (cr[3] & 0xFFFFF000) | ((linear >> 20) & 0xFFC)
+        if pde_addr + 4 > size:
+            raise BusError(pde_addr, 4)
+        pde = _U32.unpack_from(mmap, pde_addr)[0]
         if not pde & PG_P:
-            raise Fault(PF, err, linear)
+            return err
         if pde & PG_PS and cr4 & CR4_PSE:
-            pte_addr, leaf, frame = None, pde, (pde & 0xFFC00000) | (linear & 0x3FF000)
+            if pde & PDE_4M_RESERVED:
+                return err | PF_P | PF_RSVD
+            pte_addr, leaf = None, pde
+            frame = (pde & 0xFFC00000) | ((pde & PDE_4M_HIGH) << 19) | (linear & 0x3FF000)
         else:
             pte_addr = (pde & 0xFFFFF000) | ((linear >> 10) & 0xFFC)
-            leaf = self._entry(pte_addr)
+            if pte_addr + 4 > size:
+                raise BusError(pte_addr, 4)
+            leaf = _U32.unpack_from(mmap, pte_addr)[0]
             if not leaf & PG_P:
-                raise Fault(PF, err, linear)
+                return err
             frame = leaf & 0xFFFFF000
-        writable = self._check(pde & leaf, kind, user, err, linear)
+        writable = self._check(pde & leaf, kind, user)
+        if writable is None:
+            return err | PF_P
         if touch:
-            if pte_addr is None:
-                leaf = self._touch(pde_addr, pde, write)
-            else:
-                self._touch(pde_addr, pde, False)
-                leaf = self._touch(pte_addr, leaf, write)
+            if pte_addr is not None and not pde & PG_A:
+                _U32.pack_into(mmap, pde_addr, pde | PG_A)
+            new = leaf | (PG_A | PG_D if write else PG_A)
+            if new != leaf:
+                _U32.pack_into(mmap, pte_addr if pte_addr is not None else pde_addr, new)
+                leaf = new
         return Translation(frame, writable, bool(leaf & PG_D), bool(pde & leaf & PG_US),
                            pde_addr, pte_addr)
 
-    def _entry(self, addr: int) -> int:
-        if addr + 4 > self.memory.size:
-            raise BusError(addr, 4)
-        return _U32.unpack_from(self.memory.mmap, addr)[0]
-
-    def _check(self, both: int, kind: int, user: bool, err: int, linear: int) -> bool:
-        """The privilege checks of SDM 4.6 on the combined U/S and R/W bits; returns whether a
-        store would pass them too."""
+    def _check(self, both: int, kind: int, user: bool) -> bool | None:
+        """The privilege checks of SDM 4.6 on the combined U/S and R/W bits: None if the access
+        fails them, else whether a store would pass them too."""
         if user:
             if not both & PG_US:
-                raise Fault(PF, err | PF_P, linear)
+                return None
             writable = bool(both & PG_RW)
         else:
             if kind == FETCH and both & PG_US and self.cr[4] & CR4_SMEP:
-                raise Fault(PF, err | PF_P, linear)
+                return None
             writable = bool(both & PG_RW) or not self.cr[0] & CR0_WP
         if kind == WRITE and not writable:
-            raise Fault(PF, err | PF_P, linear)
+            return None
         return writable
-
-    def _touch(self, addr: int, entry: int, write: bool) -> int:
-        new = entry | PG_A | (PG_D if write else 0)
-        if new != entry:
-            _U32.pack_into(self.memory.mmap, addr, new)
-        return new
 
 
 class LinearMemory:

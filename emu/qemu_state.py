@@ -93,6 +93,8 @@ class QemuState:
         self.old_exception = ctypes.c_int32.from_address(env + dr + 48)
         self.counter = ctypes.c_uint64.from_address(uc._uch.value + layout.counter)
         self.halted = ctypes.c_int32.from_address(env + layout.halted)
+        # CPUState: uint32_t halted, can_do_io; int32_t exception_index (hw/core/cpu.h)
+        self.exception_index = ctypes.c_int32.from_address(env + layout.halted + 8)
         # uc->emu_count, the limit the counting hook compares with, follows uc->emu_counter
         self.count_limit = ctypes.c_uint64.from_address(ctypes.addressof(self.counter) + 8)
         self._verify_layout(uc)
@@ -102,7 +104,7 @@ class QemuState:
         uc.reg_write(X.UC_X86_REG_GDTR, (0, 0x12345678, 0x57, 0))
         uc.reg_write(X.UC_X86_REG_ESI, 0x31415926)
         ok = (self.cr[3] == 0x7000 and self.gdtr.base == 0x12345678 and self.gdtr.limit == 0x57
-              and self.gpr[R_ESI] == 0x31415926)
+              and self.gpr[R_ESI] == 0x31415926 and self.exception_index.value == -1)
         if not ok:
             raise CpuError("CPUX86State layout differs from unicorn 2.1.x; this CPU model cannot run")
 

@@ -8,6 +8,14 @@ index: the handler reads the CPL itself. The handler answers a grant (physical p
 bits) or refuses; a refusal ends the run with UC_ERR_EXCEPTION, the full linear address in
 ``uc->invalid_addr`` (located here by probing, and verified, as emu/qemu_state.py locates QEMU's
 state). Entries granted without execute permission let stores skip QEMU's notdirty slow path.
+
+A #PF does not end the run. A refusal leaves the fill by QEMU's cpu_loop_exit (a longjmp back to
+the execution loop), and that loop delivers any pending exception before it looks at why it was
+left: so the handler that refuses with ``raise_page_fault`` also sets CPUState.exception_index to
+EXCP0E_PAGE and env->error_code, exactly as QEMU's own x86 MMU does before raising it. Unicorn
+then calls the interrupt hook with vector 14 as for a #DE; ``page_fault_taken`` (called there)
+sets CR2 to the full address and clears ``uc->invalid_error``, so the refusal is no longer an
+error and Unicorn's loop re-enters the CPU in the same run.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from unicorn import (
     UC_CTL_IO_WRITE,
     UC_CTL_TLB_FLUSH,
     UC_ERR_EXCEPTION,
+    UC_HOOK_INTR,
     UC_HOOK_TLB_FILL,
     UC_MEM_FETCH,
     UC_MEM_READ,
@@ -40,7 +49,10 @@ PROT_ALL = PROT_R | PROT_W | PROT_X
 _FILL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                             ctypes.c_void_p, ctypes.c_void_p)
 PROBE_ADDRESSES = (0x5A5A3F17, 0x2C6D1B3D)  # fetches the probe refuses (odd page offsets)
+PROBE_FAULT = 0x3C3C2E51  # the fetch the page-fault probe refuses with a #PF
 UC_STRUCT_WINDOW = 16384  # uc->invalid_addr lies in the first bytes of uc_struct
+EXCP0E_PAGE = 14          # QEMU's exception index of #PF
+INVALID_ERROR = 8         # uc->invalid_error follows uc->invalid_addr (uc_priv.h)
 
 Fill = Callable[[int, int], "tuple[int, int] | None"]
 # Unicorn looks up the code page of its exits (and of exit - 1) after every run and when blocks
@@ -58,18 +70,25 @@ class TlbEntry(ctypes.Structure):
 
 class VirtualTlb:
     """UC_TLB_VIRTUAL with one fill handler: ``fill(linear_page, FILL_*) -> (physical_page,
-    PROT_*) or None`` (refused). A handler that raises hands the exception to ``failed``."""
+    PROT_*) or None`` (refused; after ``raise_page_fault``, a #PF the guest takes in the same
+    run). A handler that raises hands the exception to ``failed``. ``state`` is the CPU's
+    QemuState (exception fields, control registers)."""
 
     def __init__(self, uc: Uc, add_hook: Callable, failed: Callable[[BaseException], None],
-                 exit_lookup: Callable[[int], bool] = lambda page: False):
+                 state, exit_lookup: Callable[[int], bool] = lambda page: False):
         self._uch = uc._uch
         self._failed = failed
         self._fill: Fill = lambda page, access: None
         self._exit_lookup = exit_lookup
+        self._state = state
         self.stale = False      # a placeholder grant for an exit lookup may be cached
+        self.fault_pending = False  # a refusal raised #PF; the interrupt hook has not run yet
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         add_hook(UC_HOOK_TLB_FILL, _FILL_CB(self._fill_cb))
         self._invalid_addr = self._locate_invalid_addr()
+        self._invalid_error = ctypes.c_int32.from_address(
+            ctypes.addressof(self._invalid_addr) + INVALID_ERROR)
+        self._verify_page_fault(uc)
 
     def set_fill(self, fill: Fill) -> None:
         """Make ``fill`` the MMU; the cached translations of the previous one are dropped."""
@@ -92,6 +111,23 @@ class VirtualTlb:
         tlb_entry = TlbEntry.from_address(entry)
         tlb_entry.paddr, tlb_entry.perms = grant
         return True
+
+    def raise_page_fault(self, error_code: int) -> None:
+        """Make the refusal of the fill in progress a #PF with this error code (x86's
+        handle_mmu_fault: env->error_code, exception_index = EXCP0E_PAGE, no INT n)."""
+        state = self._state
+        state.error_code.value = error_code
+        state.is_int.value = 0
+        state.old_exception.value = -1
+        state.exception_index.value = EXCP0E_PAGE
+        self.fault_pending = True
+
+    def page_fault_taken(self) -> None:
+        """In the interrupt hook of a raised #PF: CR2 is the full address the refused access
+        made, and the refusal no longer ends the run."""
+        self.fault_pending = False
+        self._state.cr[2] = self._invalid_addr.value & 0xFFFFFFFF
+        self._invalid_error.value = 0
 
     def refused_address(self) -> int:
         """The full linear address of the access whose fill was refused last."""
@@ -116,3 +152,25 @@ class VirtualTlb:
         if not offsets or len(offsets) != 1:
             raise CpuError("cannot locate Unicorn's invalid_addr; this CPU model cannot run")
         return ctypes.c_uint64.from_address(uc_struct + offsets.pop())
+
+    def _verify_page_fault(self, uc: Uc) -> None:
+        """Refuse a fetch with a #PF: the interrupt hook must see vector 14 with the refusal
+        recorded in uc->invalid_error, and clearing it must leave the run without an error."""
+        seen = []
+
+        def intr(_uc, intno, _ud):
+            seen.append((intno, self._invalid_error.value, self._invalid_addr.value))
+            self.page_fault_taken()
+            uclib.uc_emu_stop(self._uch)
+        probe_fill, self._fill = self._fill, lambda page, access: self.raise_page_fault(0x10)
+        cr2 = self._state.cr[2]
+        handle = uc.hook_add(UC_HOOK_INTR, intr)
+        try:
+            err = uclib.uc_emu_start(self._uch, PROBE_FAULT, NO_UNTIL, 0, 1)
+        finally:
+            uc.hook_del(handle)
+            self._fill = probe_fill
+            self._state.cr[2] = cr2
+        if err or seen != [(EXCP0E_PAGE, UC_ERR_EXCEPTION, PROBE_FAULT)]:
+            raise CpuError("a #PF raised by a TLB fill does not reach the interrupt hook as "
+                           "QEMU's own would; this CPU model cannot run")

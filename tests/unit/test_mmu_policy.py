@@ -9,7 +9,8 @@ from emu.memory import GuestMemory
 from emu.paging import CR0_PE, CR0_PG, PG_P, PG_RW, PG_US
 from emu.tlb import FILL_FETCH, FILL_READ, FILL_WRITE, PROT_R, PROT_W, PROT_X
 from vmm.mmu.grants import Grants
-from vmm.mmu.mmu import Mmu, PageFault, Unbacked
+from vmm.mmu.mmu import Mmu, Unbacked
+from vmm.mmu import shadow
 from vmm.mmu.shadow import ShadowMmu
 
 RX, RW, RWX = PROT_R | PROT_X, PROT_R | PROT_W, PROT_R | PROT_W | PROT_X
@@ -54,10 +55,15 @@ class FakeCpu:
         self.flushes = 0
         self.refused = 0
         self.gdtr = self.ldtr = self.idtr = self.tr = SimpleNamespace(base=0x500, limit=0x37)
-        self.tlb = SimpleNamespace(refused_address=lambda: self.refused)
+        self.raised = []    # error codes of the #PFs the MMU had the CPU raise
+        self.tlb = SimpleNamespace(refused_address=lambda: self.refused,
+                                   raise_page_fault=self.raised.append)
 
     def flush_tlb(self):
         self.flushes += 1
+
+    def set_mmu(self, fill):
+        self.fill = fill
 
     def is_mmio_page(self, page):
         return page == MMIO
@@ -82,12 +88,11 @@ def test_fill_routes_ram_mmio_and_refuses_the_rest(vm):
     assert mmu.fill(LINEAR + 0x2000, FILL_WRITE) is None
     vm.cpu.refused = LINEAR + 0x2ABC
     assert mmu.take_refusal() == Unbacked(FILL_WRITE, 0x200ABC)
-    assert mmu.fill(LINEAR + 0x5000, FILL_READ) is None
-    vm.cpu.refused = LINEAR + 0x5123
-    assert mmu.take_refusal() == PageFault(0, LINEAR + 0x5123)
+    assert mmu.fill(LINEAR + 0x5000, FILL_READ) is None     # not present: #PF, run goes on
+    assert mmu.take_refusal() is None
     vm.cpu.cpl = 3
-    assert mmu.fill(LINEAR + 0x1000, FILL_WRITE) is None
-    assert mmu.take_refusal().error_code == 7
+    assert mmu.fill(LINEAR + 0x1000, FILL_WRITE) is None    # user store to a supervisor page
+    assert vm.cpu.raised == [0, 7]
     assert mmu.stats.page_faults == 2
 
 
@@ -113,3 +118,51 @@ def test_a_store_to_a_traced_page_table_drops_its_shadows(vm):
     hidden = mmu.stats.hidden_faults
     mmu.fill(LINEAR, FILL_READ)                  # its shadow was derived from the directory
     assert mmu.stats.hidden_faults == hidden + 1
+
+
+def test_shadows_of_address_spaces_are_bounded_least_recently_used_first(vm, monkeypatch):
+    """A guest cycling through many address spaces: the shadows of only MAX_CONTEXTS of them
+    are kept (the least recently entered go, with the tracing only they needed)."""
+    monkeypatch.setattr(shadow, "MAX_CONTEXTS", 4)
+    mmu = ShadowMmu(vm)
+    directories = [0x40000 + 0x1000 * n for n in range(10)]
+    for directory in directories:
+        vm.memory.write_u32(directory + 4, PT | PG_P | PG_RW | PG_US)
+        vm.cpu.cr[3] = directory
+        assert mmu.fill(LINEAR, FILL_READ) == (FRAME, PROT_R)
+    assert len(mmu.contexts) == 4 and mmu.dropped_contexts == 6
+    assert set(mmu.traced) == {PT} | set(directories[-4:])        # the dropped ones untraced
+    assert len(mmu.traced[PT]) == 4
+    vm.cpu.cr[3] = directories[-4]                # kept: served from its shadow
+    hidden = mmu.stats.hidden_faults
+    mmu.fill(LINEAR, FILL_READ)
+    assert mmu.stats.hidden_faults == hidden
+    vm.cpu.cr[3] = directories[0]                 # dropped: a hidden fault rebuilds it, and the
+    mmu.fill(LINEAR, FILL_READ)                   # least recently used (directories[-3]) goes
+    assert mmu.stats.hidden_faults == hidden + 1
+    assert directories[-3] not in mmu.traced and directories[-4] in mmu.traced
+
+
+def test_shadow_entries_per_address_space_are_bounded(vm, monkeypatch):
+    monkeypatch.setattr(shadow, "MAX_PAGES", 2)
+    mmu = ShadowMmu(vm)
+    for n in range(3):
+        vm.memory.write_u32(PT + 0x40 + 4 * n, FRAME | PG_P | PG_RW | PG_US)
+        mmu.fill(LINEAR + 0x10000 + 0x1000 * n, FILL_READ)
+    (shadows,) = mmu.contexts.values()
+    assert len(shadows) == 1 and mmu.dropped_contexts == 1       # started afresh at the third
+
+
+def test_a_host_store_into_a_page_table_drops_its_shadows(vm):
+    """A store the VMM makes into guest RAM (a debugger's write, DMA) over a live page table:
+    the shadows derived from it go, so the guest's INVLPG finds the new entry."""
+    mmu = ShadowMmu(vm)
+    mmu.attach()
+    assert mmu.fill(LINEAR, FILL_READ) == (FRAME, PROT_R)
+    vm.memory.write(PT, (FRAME + 0x3000 | PG_P | PG_RW | PG_US).to_bytes(4, "little"))
+    assert PT not in mmu.traced
+    assert mmu.fill(LINEAR, FILL_READ) == (FRAME + 0x3000, PROT_R)
+    assert mmu.stats.hidden_faults == 2
+    vm.memory.write_u32(FRAME + 0x3000, 7)        # not a page table: nothing to drop
+    assert mmu.fill(LINEAR, FILL_READ) == (FRAME + 0x3000, PROT_R)
+    assert mmu.stats.hidden_faults == 2

@@ -10,7 +10,7 @@ from emu.events import EventKind
 from emu.memory import Access
 from emu.paging import CR0_PG, BusError, Fault
 from emu.tlb import FILL_FETCH, FILL_WRITE
-from vmm.mmu.mmu import Mmu, PageFault, Unbacked
+from vmm.mmu.mmu import Mmu, Unbacked
 from vmm.exits import Outcome
 from vmm.run_state import RunState, outside_ram
 from vmm.vmcs import EPT_WRITE, ExitReason, VmExit, ept_qualification, io_qualification
@@ -23,7 +23,6 @@ STRING_IO_OPCODES = frozenset((0x6C, 0x6D, 0x6E, 0x6F))
 # enum lookups are slow on the exit path
 IO_INSTRUCTION, EPT_VIOLATION = ExitReason.IO_INSTRUCTION, ExitReason.EPT_VIOLATION
 UNBACKED_ACCESS = {FILL_WRITE: Access.WRITE, FILL_FETCH: Access.FETCH}
-PF = 14
 PREFIXES = frozenset((0x66, 0x67, 0xF3, 0xF2, 0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65))
 
 
@@ -251,14 +250,9 @@ class EngineBase:
         return False
 
     def machine_error(self, err: int) -> None:
-        """The run ended on an error: a fill the MMU refused (a #PF the guest takes, an access
-        with nothing behind it), or a machine-level failure that ends the run."""
+        """The run ended on an error: a fill the MMU refused (an access with nothing behind
+        it), or a machine-level failure that ends the run."""
         refusal = self.mmu.take_refusal()
-        if isinstance(refusal, PageFault):
-            self.cpu.cr[2] = refusal.cr2
-            self.cpu.raise_fault(refusal.error_code)
-            self.on_interrupt(PF)
-            return
         if isinstance(refusal, Unbacked):
             self.on_unmapped(UNBACKED_ACCESS.get(refusal.access, Access.READ), refusal.physical,
                              self._access_size(refusal.access), 0)

@@ -4,10 +4,12 @@ A fill walks the guest's page tables as the hardware does (emu/paging.py: A/D bi
 the CPL, R/W with CR0.WP, 4 KiB and 4 MiB pages), then routes the guest-physical frame: RAM is
 granted per access (grants.py), a page behind an MMIO window is granted as it is (QEMU's memory
 map sends the access to the window's in-hook device callbacks), and anything else is refused as
-unbacked. A walk that faults is refused as an architectural #PF. A refusal ends the run; the
-engine then takes it (``take_refusal``): the #PF is raised on the guest (native delivers it,
-trap/bt reflect it, vtx exits if the bitmap says so), the unbacked access is the engine's
-(a report, or an EPT violation under vtx).
+unbacked. A walk that faults is refused as an architectural #PF with the walk's error code
+(P, W/R, U/S, I/D under SMEP): emu/tlb.py has QEMU raise it from the refused fill, so it reaches
+the engine's interrupt hook inside the same run, as a #DE does (native delivers it, trap/bt
+reflect it, vtx exits if the bitmap says so), with CR2 the full address. An unbacked access
+ends the run; the engine then takes it (``take_refusal``: a report, or an EPT violation under
+vtx).
 
 Descriptor-table and TSS reads that QEMU makes as implicit supervisor accesses while CPL = 3
 (segment loads, LAR/LSL, far transfers, IRET) reach the fill without their MMU index; a CPL-3
@@ -23,20 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emu.paging import CR0_PG, FETCH, READ, WRITE, BusError, Fault, PageWalker
+from emu.paging import CR0_PG, FETCH, PF_P, READ, WRITE, BusError, PageWalker, Translation
 from emu.tlb import FILL_FETCH, FILL_READ, FILL_WRITE, PROT_R, PROT_W, PROT_X
 from vmm.mmu.grants import Grants
 
 KIND = {FILL_READ: READ, FILL_WRITE: WRITE, FILL_FETCH: FETCH}
 PROT_ALL = PROT_R | PROT_W | PROT_X
 PAGE = 0x1000
-
-
-@dataclass
-class PageFault:
-    """A fill refused because the guest's own tables say #PF (CR2 is the full address)."""
-    error_code: int
-    cr2: int
 
 
 @dataclass
@@ -64,7 +59,8 @@ class Mmu:
         self.walker = PageWalker(vm.memory, vm.cpu.cr)
         self.grants = Grants(self.cpu.flush_tlb)
         self.stats = MmuStats()
-        self.refusal: PageFault | Unbacked | None = None
+        self.refusal: Unbacked | None = None
+        self._translate = self.walker.translate     # bound once: the fill is a hot path
 
     def attach(self) -> None:
         """Become the CPU's MMU (every cached translation is dropped)."""
@@ -86,26 +82,25 @@ class Mmu:
             return self.route(page, access, True, True)
         try:
             walk = self.guest_walk(page, access)
-        except Fault as fault:
-            self.stats.page_faults += 1
-            self.refusal = PageFault(fault.error_code, page)
-            return None
         except BusError as error:
             self.refusal = Unbacked(FILL_READ, error.physical, page_only=False)
             return None
+        if type(walk) is int:
+            self.stats.page_faults += 1
+            self.cpu.tlb.raise_page_fault(walk)
+            return None
         return self.route(walk.frame, access, walk.writable, walk.dirty)
 
-    def guest_walk(self, page: int, access: int):
-        """The guest's translation of ``page`` for this access at the current CPL."""
+    def guest_walk(self, page: int, access: int) -> Translation | int:
+        """The guest's translation of ``page`` for this access at the current CPL, or the
+        error code of the #PF it takes."""
         kind = KIND[access]
         if self.cpu.cpl != 3:
-            return self.walker.walk(page, kind, False)
-        try:
-            return self.walker.walk(page, kind, True)
-        except Fault as fault:
-            if fault.error_code & 1 and self._system_table_page(page):
-                return self.walker.walk(page, kind, False)
-            raise
+            return self._translate(page, kind, False)
+        walk = self._translate(page, kind, True)
+        if type(walk) is int and walk & PF_P and self._system_table_page(page):
+            return self._translate(page, kind, False)
+        return walk
 
     def route(self, frame: int, access: int, writable: bool, dirty: bool):
         """Grant a guest-physical frame: RAM per access, an MMIO window whole, else refuse."""
@@ -124,15 +119,11 @@ class Mmu:
         return False
 
     # ----- after a refused fill -----------------------------------------------------------------
-    def take_refusal(self) -> PageFault | Unbacked | None:
+    def take_refusal(self) -> Unbacked | None:
         """The refusal that ended the run, with the full address of the access; None if the run
         ended for another reason."""
         refusal, self.refusal = self.refusal, None
-        if refusal is None:
-            return None
-        offset = self.cpu.tlb.refused_address() & (PAGE - 1)
-        if isinstance(refusal, PageFault):
-            refusal.cr2 = self.cpu.tlb.refused_address()
-        elif refusal.page_only:
+        if refusal is not None and refusal.page_only:
+            offset = self.cpu.tlb.refused_address() & (PAGE - 1)
             refusal.physical = (refusal.physical & ~(PAGE - 1)) | offset
         return refusal

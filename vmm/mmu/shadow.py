@@ -12,16 +12,25 @@ is never granted write permission, and when it becomes traced while a TLB entry 
 grant write to it, the CPU's TLB is flushed; so the first store to it misses the TLB and reaches
 the fill, which drops every shadow entry derived from the frame, stops tracing it, and lets the
 store through (it is applied by the CPU). The next fill through that frame rebuilds and re-traces.
-Not traced: stores the VMM itself makes into guest page tables outside the walk (an emulated
-instruction's memory operand, a DMA transfer); they are rare and not made by the shipped guests.
+Stores the VMM itself makes into guest RAM outside the CPU (device DMA, debugger writes) come
+through ``host_wrote`` (vmm/vm.py's RAM-write notification) and drop shadows the same way.
+
+Bounded: shadows are kept for at most MAX_CONTEXTS contexts, least recently entered dropped first,
+and at most MAX_PAGES pages per context (a context that outgrows it starts afresh), so a guest
+cycling through many address spaces or touching its whole address space cannot grow the VMM's
+memory without bound; a dropped shadow entry is only a later hidden fault.
 """
 from __future__ import annotations
 
-from emu.paging import CR0_WP, CR4_PSE, CR4_SMEP
+from collections import OrderedDict
+
+from emu.paging import CR0_WP, CR4_PSE, CR4_SMEP, Translation
 from emu.tlb import FILL_WRITE, PROT_W
-from vmm.mmu.mmu import Mmu
+from vmm.mmu.mmu import PAGE, Mmu
 
 PAGE_MASK = ~0xFFF
+MAX_CONTEXTS = 64       # contexts (CR3, CR0.WP, CR4 paging bits, user) whose shadows are kept
+MAX_PAGES = 16384       # shadow entries kept per context (64 MiB of guest linear space)
 
 
 class ShadowMmu(Mmu):
@@ -29,18 +38,25 @@ class ShadowMmu(Mmu):
 
     def __init__(self, vm):
         super().__init__(vm)
-        self.shadow: dict[tuple, object] = {}
-        self.traced: dict[int, set[tuple]] = {}     # guest table frame -> shadow keys from it
+        self.contexts: OrderedDict[tuple, dict[int, Translation]] = OrderedDict()
+        self.traced: dict[int, set[tuple]] = {}     # guest table frame -> (context, page) keys
         self.maybe_writable: set[int] = set()       # frames granted write since our last flush
         self.traced_writes = 0
+        self.dropped_contexts = 0
         self.on_hidden_fault = None  # (linear page, fill access) -> None: an engine that exits
         self.on_traced_write = None  # (linear page) -> None: likewise, for a traced store
         self._filling = 0            # the linear page of the fill in progress
+        self._entered = None         # the context of the last fill (most recently used)
+
+    def attach(self) -> None:
+        super().attach()
+        self.memory.on_host_write = self.host_wrote
 
     def reset(self) -> None:
-        self.shadow.clear()
+        self.contexts.clear()
         self.traced.clear()
         self.maybe_writable.clear()
+        self._entered = None
         super().reset()
 
     def flush(self) -> None:
@@ -53,19 +69,55 @@ class ShadowMmu(Mmu):
 
     def guest_walk(self, page: int, access: int):
         cr = self.cr
-        user = self.cpu.cpl == 3
-        key = (cr[3] & PAGE_MASK, cr[0] & CR0_WP, cr[4] & (CR4_PSE | CR4_SMEP), user, page)
-        entry = self.shadow.get(key)
+        ctx = (cr[3] & PAGE_MASK, cr[0] & CR0_WP, cr[4] & (CR4_PSE | CR4_SMEP), self.cpu.cpl == 3)
+        shadows = self._enter(ctx)
+        entry = shadows.get(page)
         if entry is not None and (access != FILL_WRITE or entry.dirty):
             return entry
-        walk = super().guest_walk(page, access)     # a Fault here is the guest's own #PF
+        walk = super().guest_walk(page, access)
+        if type(walk) is int:                       # the guest's own #PF
+            return walk
         self.stats.hidden_faults += 1
         if self.on_hidden_fault is not None:
             self.on_hidden_fault(page, access)
-        self.shadow[key] = walk
-        for table in {walk.pde_addr & PAGE_MASK, (walk.pte_addr or walk.pde_addr) & PAGE_MASK}:
-            self._trace(table, key)
+        if entry is not None:
+            self._forget((ctx, page), entry)
+        elif len(shadows) >= MAX_PAGES:
+            self._drop(ctx)
+            shadows = self._enter(ctx)
+        shadows[page] = walk
+        for table in _tables(walk):
+            self._trace(table, (ctx, page))
         return walk
+
+    def _enter(self, ctx: tuple) -> dict:
+        """The shadows of ``ctx``, made the most recently used (a new context may push the
+        least recently used one out)."""
+        shadows = self.contexts.get(ctx)
+        if shadows is None:
+            if len(self.contexts) >= MAX_CONTEXTS:
+                self._drop(next(iter(self.contexts)))
+            shadows = self.contexts[ctx] = {}
+        elif ctx != self._entered:
+            self.contexts.move_to_end(ctx)
+        self._entered = ctx
+        return shadows
+
+    def _drop(self, ctx: tuple) -> None:
+        """Forget every shadow of ``ctx`` and untrace what only they depended on."""
+        self.dropped_contexts += 1
+        for page, walk in self.contexts.pop(ctx).items():
+            self._forget((ctx, page), walk)
+        if ctx == self._entered:
+            self._entered = None
+
+    def _forget(self, key: tuple, walk) -> None:
+        for table in _tables(walk):
+            keys = self.traced.get(table)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.traced[table]
 
     def _trace(self, frame: int, key: tuple) -> None:
         keys = self.traced.get(frame)
@@ -92,5 +144,24 @@ class ShadowMmu(Mmu):
     def _caught(self, frame: int) -> None:
         """A store to a traced guest page-table frame: its shadows go, and it is untraced."""
         self.traced_writes += 1
-        for key in self.traced.pop(frame):
-            self.shadow.pop(key, None)
+        self._drop_derived(frame)
+
+    def host_wrote(self, start: int, length: int) -> None:
+        """The VMM stored into guest RAM [start, start + length) outside the CPU (DMA, a
+        debugger): shadows derived from a page table there go, as for a guest store."""
+        first = start & PAGE_MASK
+        for frame in range(first, start + length, PAGE):
+            if frame in self.traced:
+                self._drop_derived(frame)
+
+    def _drop_derived(self, frame: int) -> None:
+        for ctx, page in self.traced.pop(frame):
+            shadows = self.contexts.get(ctx)
+            walk = shadows.pop(page, None) if shadows is not None else None
+            if walk is not None:
+                self._forget((ctx, page), walk)
+
+
+def _tables(walk) -> set[int]:
+    """The guest page-table frames a walk read (its PDE's and its PTE's)."""
+    return {walk.pde_addr & PAGE_MASK, (walk.pte_addr or walk.pde_addr) & PAGE_MASK}
