@@ -61,6 +61,7 @@ class MonolithicHypervisor:
             vm.timers.append(line)
         self.vcpu = Vcpu(self.vm, engine_model, self.handlers, observers, timeout,
                          max_exits, wall_clock)
+        self.board.a20.on_change = self.vcpu.engine.mmu.set_a20
 
     def _guest_exit(self, value: int) -> None:
         self.vcpu.guest_exit(value)

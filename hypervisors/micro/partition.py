@@ -86,6 +86,10 @@ class ChildPartition:
             self.vcpu.guest_exit(record.value)
         elif record.op == Record.INPUT_DONE:
             self.vcpu.input_done()
+        elif record.op == Record.RESET:
+            self.vcpu.guest_reset()
+        elif record.op == Record.A20:
+            self.vcpu.engine.mmu.set_a20(bool(record.value))
         elif record.op == Record.POST:
             self.synic.post(record.aux, record.value, record.payload)
         elif record.op == Record.SIGNAL:

@@ -58,6 +58,8 @@ class Record(enum.IntEnum):
     SIGNAL = 0x84        # aux = SINT, value = event flag number
     FAULT = 0x85         # payload = what failed: a device model raised in the parent
     INPUT_DONE = 0x86    # the typed input script is over and the console has gone quiet
+    RESET = 0x87         # the guest pulsed the CPU's reset line (i8042 0xFE, port 0x92 bit 0)
+    A20 = 0x88           # value = the A20 gate's new state (1 open, 0 closed: bit 20 masked)
 
 
 class Control(enum.IntEnum):

@@ -77,8 +77,9 @@ class PartitionWorker:
         self.lock = threading.Lock()
         self.failed = False
         self.board = PcBoard(Bus("pio"), self.clock, self._raised, self._reconfigured,
-                             self.console, self._guest_exit, drives=config.drives,
-                             ram_size=config.ram_size)
+                             self.console, self._guest_exit, on_reset=self._guest_reset,
+                             drives=config.drives, ram_size=config.ram_size)
+        self.board.a20.on_change = self._a20
         self.board.isa_listeners.append(self._isa_irq)
         self.input = ScriptedInput(self.board.uart, config.input_data, self.clock,
                                    lambda: self.board.last_output_ns, self._input_done)
@@ -117,6 +118,14 @@ class PartitionWorker:
     def _guest_exit(self, status: int) -> None:
         with self.lock:
             self.outbox.append((Record.GUEST_EXIT, 0, status, b""))
+
+    def _guest_reset(self) -> None:
+        with self.lock:
+            self.outbox.append((Record.RESET, 0, 0, b""))
+
+    def _a20(self, enabled: bool) -> None:
+        with self.lock:
+            self.outbox.append((Record.A20, 0, int(enabled), b""))
 
     def _input_done(self) -> None:
         with self.lock:

@@ -1,0 +1,34 @@
+"""The PC board's lines to the CPU under both hypervisors: the A20 gate (physical address bit 20
+masked while it is closed: tests/programs/a20.asm) and the reset line (i8042 command 0xFE, port
+0x92 bit 0). Under micro both devices live in the parent partition, so each change travels to
+the hypervisor as a notification on the channel."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import PROGRAMS, run_guest
+from vmm.run_state import RunState
+
+RESETS = {
+    "i8042 0xFE": "mov al, 0xfe\n    out 0x64, al",
+    "port 0x92 bit 0": "in al, 0x92\n    or al, 1\n    out 0x92, al",
+}
+
+
+def test_a20_wraps_at_1mib_only_while_closed(engine, hypervisor):
+    run = run_guest(PROGRAMS / "a20.asm", engine, hypervisor)
+    assert run.result.ok, run.result.report()
+    assert run.text == "WNKC\n"
+
+
+@pytest.mark.parametrize("how", list(RESETS))
+def test_a_reset_pulse_ends_the_run_as_a_reset(engine, hypervisor, how, tmp_path: Path):
+    source = tmp_path / "reset.asm"
+    source.write_text(f"bits 16\norg 0x7c00\n    mov al, 'r'\n    out 0xe9, al\n"
+                      f"    {RESETS[how]}\n    mov al, 'x'\n    out 0xe9, al\nspin:\n    jmp spin\n"
+                      "times 510 - ($ - $$) db 0\ndw 0xaa55\n")
+    run = run_guest(source, engine, hypervisor)
+    assert run.result.state is RunState.RESET, run.result.report()
+    assert run.text == "r"
