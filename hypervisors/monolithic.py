@@ -16,7 +16,6 @@ from typing import Callable
 from hypervisors.images import GuestImage, hand_over
 from vmm.cpusched.dispatch import VcpuClient, dispatch
 from vmm.cpusched.scheduler import ProportionalShare
-from vmm.devices.pc_testdev import IOMEM_BASE, IOMEM_LEN, TestdevIomem
 from vmm.engines import make_engine
 from vmm.exits import EXIT_HANDLERS
 from vmm.pc.board import PcBoard
@@ -47,7 +46,6 @@ class MonolithicHypervisor:
             vm.close()
             raise
         self.chipset = Chipset(vm, extint=self.board.pic)
-        vm.mmio.insert(TestdevIomem(), IOMEM_BASE, IOMEM_LEN)   # pc-testdev's scratch page
         self.board.isa_listeners.append(self.chipset.set_isa_irq)
         vm.timers.append(self.board.pit)
         if input_data or input_stream is not None:

@@ -1,6 +1,7 @@
-"""The PC board's lines to the CPU under both hypervisors: the A20 gate (physical address bit 20
+"""The PC platform under both hypervisors: the A20 gate (physical address bit 20
 masked while it is closed: tests/programs/a20.asm) and the reset line (i8042 command 0xFE, port
-0x92 bit 0). Under micro both devices live in the parent partition, so each change travels to
+0x92 bit 0) between the board and the CPU, and pc-testdev's MMIO page. Under micro the gate and
+the reset line live in the parent partition, so each change travels to
 the hypervisor as a notification on the channel."""
 from __future__ import annotations
 
@@ -32,3 +33,10 @@ def test_a_reset_pulse_ends_the_run_as_a_reset(engine, hypervisor, how, tmp_path
     run = run_guest(source, engine, hypervisor)
     assert run.result.state is RunState.RESET, run.result.report()
     assert run.text == "r"
+
+
+def test_pc_testdev_scratch_page_reads_back(engine, hypervisor):
+    """pc-testdev's MMIO page is the hypervisor's (vmm/pc/chipset.py), so micro has it too."""
+    run = run_guest(PROGRAMS / "testdev-iomem.asm", engine, hypervisor)
+    assert run.result.ok, run.result.report()
+    assert run.text == "0x420x44434241\n"
