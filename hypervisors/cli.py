@@ -113,6 +113,10 @@ EXIT_ON_HELP = ("with --engine vtx: extra VM exits to turn on, comma-separated, 
                 + ", ".join(EXIT_ON_NAMES))
 EPT_HELP = ("with --engine vtx: 'off' models first-generation VT-x without EPT: shadow page "
             "tables, with CR3-load, INVLPG and #PF exits forced on (default: on)")
+APICV_HELP = ("APIC virtualization (default: on). vtx: the 'virtualize APIC accesses' and "
+              "'APIC-register virtualization' controls (reads of most APIC registers exit-free, "
+              "the rest APIC_ACCESS/APIC_WRITE exits); trap/bt: reads of the same registers "
+              "answered inside the intercept; 'off': every APIC access an EPT_VIOLATION")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "snapshot's)")
     run.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
     run.add_argument("--ept", choices=("on", "off"), default="on", help=EPT_HELP)
+    run.add_argument("--apicv", choices=("on", "off"), default="on", help=APICV_HELP)
     run.add_argument("--stats", action="store_true", help="print per-exit-reason statistics (per "
                      "VM beside the total with several guests, and the CPU each VM received "
                      "against its entitlement)")
@@ -224,6 +229,7 @@ def add_debug_parser(commands) -> None:
     debug.add_argument("--engine", choices=sorted(ENGINES), default="trap")
     debug.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
     debug.add_argument("--ept", choices=("on", "off"), default="on", help=EPT_HELP)
+    debug.add_argument("--apicv", choices=("on", "off"), default="on", help=APICV_HELP)
     debug.add_argument("--ram", metavar="SIZE", type=parse_size, default=32 << 20,
                        help="guest RAM (default 32M)")
     debug.add_argument("--input", metavar="TEXT", default="",
@@ -521,6 +527,8 @@ def hypervisor_options(args) -> dict:
         options["exit_on"] = args.exit_on
     if args.ept == "off":
         options["ept"] = False
+    if args.apicv == "off":
+        options["apicv"] = False
     return options
 
 

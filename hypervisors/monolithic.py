@@ -35,8 +35,8 @@ class MonolithicHypervisor:
                  sink: Callable[[bytes], None] = lambda data: None, input_data: bytes = b"",
                  input_stream=None, observers=(), timeout: float | None = None,
                  max_exits: int | None = None, wall_clock: bool = False, exit_on: str = "",
-                 drives=(), ept: bool = True):
-        engine_model = make_engine(engine, exit_on, ept)
+                 drives=(), ept: bool = True, apicv: bool = True):
+        engine_model = make_engine(engine, exit_on, ept, apicv)
         self.vm = vm = Vm(ram_size, wall_clock)
         try:
             self.board = PcBoard(vm.pio, vm.clock, vm.kick, vm.reconfigured, sink,

@@ -31,7 +31,9 @@ class Chipset:
     ``vm.mmio``."""
 
     def __init__(self, vm, extint):
-        self.lapic = LocalApic(vm.clock, extint=extint, on_intr=vm.kick)
+        self.vm = vm
+        self.lapic = vm.lapic = LocalApic(vm.clock, extint=extint, on_intr=vm.kick,
+                                          on_relocate=self._relocate)
         self.ioapic = IoApic(self.lapic.receive)
         self.lapic.sources.append(self.ioapic)
         self.lapic.on_eoi = self.ioapic.eoi
@@ -49,6 +51,17 @@ class Chipset:
             self.lapic.write_apic_base(value)
         except ApicBaseFault:
             raise Fault(GP, 0) from None
+
+    def _relocate(self, old: int, new: int) -> None:
+        """IA32_APIC_BASE moved the register page: the window follows it (the old page is
+        then unbacked, as on a PC). A page over RAM or another device cannot be placed: this
+        VMM maps the APIC page beside RAM, never over it, so the run ends with that reason."""
+        if new < self.vm.memory.size:
+            raise ValueError(f"IA32_APIC_BASE moves the local APIC to {new:#x}, inside RAM "
+                             "(this VMM cannot overlay RAM with the APIC page)")
+        self.vm.mmio.remove(self.lapic)
+        self.vm.mmio.insert(self.lapic, new, APIC_WINDOW)
+        self.vm.cpu.flush_tlb()
 
     def set_isa_irq(self, irq: int, level: bool) -> None:
         """An ISA IRQ line changed (the board's ``isa_listeners``)."""
