@@ -32,12 +32,14 @@ other reads stay EPT_VIOLATION exits. Native has no intercepts: the access reach
 """
 from __future__ import annotations
 
-from vmm.devices.lapic import (
-    DFR, EOI, ESR, ICR_HIGH, ICR_LOW, ID, IRR, ISR, LDR, LVT_ERROR, LVT_TIMER, SVR, TIMER_DIVIDE_CONFIG,
-    TIMER_INITIAL_COUNT, TMR, TPR, VERSION)
 from vmm.vmcs import ExitReason, VmExit
 
 PAGE_OFFSET = 0xFFF
+# Register offsets (SDM Table 11-1; engines do not see the device model, vmm/devices/lapic.py).
+ID, VERSION, TPR, EOI, LDR, DFR, SVR = 0x020, 0x030, 0x080, 0x0B0, 0x0D0, 0x0E0, 0x0F0
+ISR, TMR, IRR, ESR, ICR_LOW, ICR_HIGH = 0x100, 0x180, 0x200, 0x280, 0x300, 0x310
+LVT_TIMER, LVT_ERROR = 0x320, 0x370
+TIMER_INITIAL_COUNT, TIMER_DIVIDE_CONFIG = 0x380, 0x3E0
 APIC_ACCESS, APIC_WRITE = ExitReason.APIC_ACCESS, ExitReason.APIC_WRITE
 # Access types of an APIC-access exit qualification, bits 15:12 (SDM Table 28-6).
 LINEAR_READ, LINEAR_WRITE = 0, 1
@@ -66,11 +68,6 @@ def access_qualification(offset: int, write: bool) -> int:
     return offset | (LINEAR_WRITE if write else LINEAR_READ) << 12
 
 
-def is_write(exit: VmExit) -> bool:
-    """An APIC_WRITE exit, or an APIC_ACCESS exit of a data write."""
-    return exit.reason is APIC_WRITE or exit.qualification >> 12 & 0xF == LINEAR_WRITE
-
-
 class ApicAccess:
     """One vCPU's APIC page under an engine that intercepts it. ``hardware``: VT-x's controls
     (``access_exits``: virtualize APIC accesses; ``register_virtualization``); otherwise the
@@ -85,10 +82,6 @@ class ApicAccess:
         self.access_exits = access_exits
         self.register_virtualization = register_virtualization
         self.virtualized_reads = 0
-
-    @property
-    def active(self) -> bool:
-        return self.access_exits or self.register_virtualization
 
     def read(self, address: int, size: int, exit_for) -> int:
         """A read of the APIC page: virtualized, an APIC-access exit, or ``exit_for``'s."""
