@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROGRAMS, run_guest
+from conftest import PROGRAMS, run_guest, trapvisor
 from vmm.run_state import RunState
 
 RESETS = {
@@ -40,3 +40,22 @@ def test_pc_testdev_scratch_page_reads_back(engine, hypervisor):
     run = run_guest(PROGRAMS / "testdev-iomem.asm", engine, hypervisor)
     assert run.result.ok, run.result.report()
     assert run.text == "0x420x44434241\n"
+
+
+@pytest.mark.parametrize("hypervisor_name", ["monolithic", "micro"])
+def test_vga_shows_the_text_screen_under_both_hypervisors(hypervisor_name):
+    """The CGA text buffer is guest RAM, which the hypervisor holds under both architectures."""
+    guest = str(PROGRAMS / "vga.asm")
+    done = trapvisor("run", guest, "--engine", "bt", "--hypervisor", hypervisor_name, "--vga")
+    assert done.returncode == 0, done.stderr
+    assert "|hello, screen" + " " * 67 + "|" in done.stderr.splitlines()
+
+
+def test_vga_shows_each_vms_screen_with_several_guests(hypervisor):
+    guest = str(PROGRAMS / "vga.asm")
+    done = trapvisor("run", guest, str(PROGRAMS / "halt.asm"), guest, "--engine", "vtx",
+                     "--hypervisor", hypervisor, "--vga")
+    assert done.returncode == 3, done.stderr                  # halt.asm ends "halted"
+    tops = [line for line in done.stderr.splitlines() if line.startswith("+- VM")]
+    assert [top.split(" (")[0] for top in tops] == ["+- VM 1", "+- VM 3"]   # halt.asm wrote none
+    assert done.stderr.count("|hello, screen ") == 2
