@@ -6,9 +6,13 @@ others are APIC_ACCESS exits (44, qualification: offset, access type), writes AP
 answer the same reads inside the intercept, without an exit record."""
 from __future__ import annotations
 
-from conftest import PROGRAMS, run_guest
+import re
+
+from conftest import PROGRAMS, run_guest, trapvisor
+from vmm.engines.apic_access import ApicAccess, access_qualification
+from vmm.exit_decoding import qualification
 from vmm.observers import ExitCallback
-from vmm.vmcs import ExitReason
+from vmm.vmcs import ExitReason, VmExit
 
 APIC, MOVED = 0xFEE00000, 0xFED00000
 PASSED = "all checks passed\n"
@@ -52,8 +56,6 @@ def test_vtx_apicv_off_makes_every_apic_access_an_ept_violation():
 
 def test_a_data_write_apic_virtualization_does_not_cover_is_an_apic_access_exit():
     """A write to the read-only current count (0x390) is not in SDM 29.4.3.2's list."""
-    from vmm.engines.apic_access import ApicAccess, access_qualification
-
     taken = []
 
     class Lapic:
@@ -75,3 +77,24 @@ def test_software_engines_serve_the_reads_inside_the_intercept(engine):
     assert [e.reason for e in page] == [ExitReason.EPT_VIOLATION] * 6   # 4 writes, 2 reads
     reads = [e.guest_physical for e in page if not e.qualification & 2]
     assert reads == UNVIRTUALIZED_READS
+
+
+def test_info_vmcs_shows_the_apic_controls_and_the_access_in_words():
+    guest = str(PROGRAMS / "apic.asm")
+    on = trapvisor("debug", guest, "--batch", "--engine", "vtx", "--ex", "break exit APIC_ACCESS",
+                   "--ex", "continue", "--ex", "info vmcs")
+    off = trapvisor("debug", guest, "--batch", "--engine", "vtx", "--apicv", "off",
+                    "--ex", "info vmcs")
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert re.search(r"virtualize_apic_accesses\s+True", on.stdout)
+    assert re.search(r"apic_register_virtualization\s+True", on.stdout)
+    assert re.search(r"exit reason\s+APIC_ACCESS \(44\)", on.stdout)
+    assert re.search(r"qualification\s+0xa0\b", on.stdout)          # PPR, a data read
+    assert re.search(r"virtualize_apic_accesses\s+False", off.stdout)
+    assert qualification(_exit(ExitReason.APIC_ACCESS, 0x1390)) == \
+        "APIC page offset 0x390, linear data write"
+    assert qualification(_exit(ExitReason.APIC_WRITE, 0x80)) == "APIC register 0x080 written"
+
+
+def _exit(reason: ExitReason, qualification_: int) -> VmExit:
+    return VmExit(reason, 0, qualification_)
