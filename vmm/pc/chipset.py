@@ -53,14 +53,17 @@ class Chipset:
             raise Fault(GP, 0) from None
 
     def _relocate(self, old: int, new: int) -> None:
-        """IA32_APIC_BASE moved the register page: the window follows it (the old page is
-        then unbacked, as on a PC). A page over RAM or another device cannot be placed: this
-        VMM maps the APIC page beside RAM, never over it, so the run ends with that reason."""
-        if new < self.vm.memory.size:
-            raise ValueError(f"IA32_APIC_BASE moves the local APIC to {new:#x}, inside RAM "
-                             "(this VMM cannot overlay RAM with the APIC page)")
-        self.vm.mmio.remove(self.lapic)
-        self.vm.mmio.insert(self.lapic, new, APIC_WINDOW)
+        """IA32_APIC_BASE moved the register page: the window follows it (the old page is then
+        unbacked, as on a PC). Not modelled: a page over RAM or another window. A real APIC
+        page shadows the RAM under it; this VMM maps MMIO beside RAM only, so there the APIC
+        has no window (its registers are unreachable, RAM shows through) until moved again."""
+        mmio = self.vm.mmio
+        if any(device is self.lapic for _, _, device in mmio.entries()):
+            mmio.remove(self.lapic)
+        if new >= self.vm.memory.size and not any(
+                base < new + APIC_WINDOW and new < base + length
+                for base, length, _ in mmio.entries()):
+            mmio.insert(self.lapic, new, APIC_WINDOW)
         self.vm.cpu.flush_tlb()
 
     def set_isa_irq(self, irq: int, level: bool) -> None:
