@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from conftest import PROGRAMS, run_guest, trapvisor
+
 from vmm.engines.apic_access import ApicAccess, access_qualification
 from vmm.exit_decoding import qualification
 from vmm.observers import ExitCallback

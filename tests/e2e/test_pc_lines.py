@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import PROGRAMS, run_guest, trapvisor
+
 from vmm.run_state import RunState
 
 RESETS = {

@@ -61,8 +61,7 @@ class NativeEngine(EngineBase):
             self.vm.pio.write(port, size, value)
 
     def make_apic_access(self, lapic, take_exit) -> None:
-        """No intercepts: an APIC access reaches the model directly."""
-        return None
+        """No intercepts: an APIC access reaches the model directly (no ApicAccess)."""
 
     def on_mmio_read(self, address: int, size: int) -> int:
         return self.vm.mmio.read(address, size)

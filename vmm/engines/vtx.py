@@ -17,11 +17,11 @@ from emu.events import BP, ERROR_CODE_VECTORS, OF, UD, EventDelivery, EventKind,
 from emu.memory import Access
 from emu.paging import PF_P, PF_U, PF_W
 from emu.tlb import FILL_WRITE
+from vmm.engines.apic_access import ApicAccess
 from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.emulate import effective_address
 from vmm.engines.plans import GPR_NUMBER
 from vmm.engines.scanner import IF_SETTERS, CodeScanner, SiteKind
-from vmm.engines.apic_access import ApicAccess
 from vmm.engines.vmx_controls import VmxControls
 from vmm.exits import Outcome
 from vmm.mmu.mmu import Mmu
