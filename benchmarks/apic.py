@@ -1,5 +1,5 @@
 """Benchmark "apic": what a read of the local APIC's ID register costs (xv6 reads it in every
-lock: ~95k reads per second of its idle shell), under each engine with APIC virtualization on
+lock: one read per ~65 instructions of its idle shell), under each engine with APIC virtualization on
 (the default) and off (`--apicv off`: every read an EPT_VIOLATION exit), as µs and exits per
 read and the ratio off / on, measured in the same run (benchmarks/guests/apic-id.asm, loops.py's
 N and N/5 difference). Natively there is no intercept, so the native row is the floor every
