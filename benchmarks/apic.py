@@ -1,8 +1,8 @@
 """Benchmark "apic": what a read of the local APIC's ID register costs (xv6 reads it in every
-lock: one read per ~65 instructions of its idle shell), under each engine with APIC virtualization on
-(the default) and off (`--apicv off`: every read an EPT_VIOLATION exit), as µs and exits per
-read and the ratio off / on, measured in the same run (benchmarks/guests/apic-id.asm, loops.py's
-N and N/5 difference). Natively there is no intercept, so the native row is the floor every
+lock: one read per ~65 instructions of its idle shell), under each engine with APIC
+virtualization on (the default) and off (`--apicv off`: every read an EPT_VIOLATION exit), as
+µs and exits per read and the ratio off / on, measured in the same run
+(benchmarks/guests/apic-id.asm, loops.py's N and N/5 difference). Natively there is no intercept, so the native row is the floor every
 engine shares: Unicorn's MMIO callback into the APIC model.
 """
 from __future__ import annotations

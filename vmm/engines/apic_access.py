@@ -89,8 +89,11 @@ class ApicAccess:
         if self.register_virtualization and read_virtualized(offset, size):
             self.virtualized_reads += 1
             return self.lapic.read(offset, size)
-        exit = (self._exit(APIC_ACCESS, access_qualification(offset, False), address, size,
-                           (1 << 8 * size) - 1) if self.access_exits else exit_for(address, size, None))
+        if self.access_exits:
+            exit = self._exit(APIC_ACCESS, access_qualification(offset, False), address, size,
+                              (1 << 8 * size) - 1)
+        else:
+            exit = exit_for(address, size, None)
         self.take_exit(exit)
         return exit.value
 
