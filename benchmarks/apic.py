@@ -2,8 +2,9 @@
 lock: one read per ~65 instructions of its idle shell), under each engine with APIC
 virtualization on (the default) and off (`--apicv off`: every read an EPT_VIOLATION exit), as
 µs and exits per read and the ratio off / on, measured in the same run
-(benchmarks/guests/apic-id.asm, loops.py's N and N/5 difference). Natively there is no intercept, so the native row is the floor every
-engine shares: Unicorn's MMIO callback into the APIC model.
+(benchmarks/guests/apic-id.asm, loops.py's N and N/5 difference). Natively there is no
+intercept, so the native row is the floor every engine shares: Unicorn's MMIO callback into the
+APIC model.
 """
 from __future__ import annotations
 
