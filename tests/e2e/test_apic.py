@@ -10,7 +10,7 @@ import re
 
 from conftest import PROGRAMS, run_guest, trapvisor
 
-from vmm.engines.apic_access import ApicAccess, access_qualification
+from vmm.engines.apic_access import READS, ApicAccess, access_qualification
 from vmm.exit_decoding import qualification
 from vmm.observers import ExitCallback
 from vmm.vmcs import ExitReason, VmExit
@@ -99,3 +99,10 @@ def test_info_vmcs_shows_the_apic_controls_and_the_access_in_words():
 
 def _exit(reason: ExitReason, qualification_: int) -> VmExit:
     return VmExit(reason, 0, qualification_)
+
+
+def test_only_reads_within_one_listed_register_are_virtualized():
+    """SDM 29.4.2: entirely within bytes 0-3 of a listed register; PPR and current count are
+    not listed."""
+    assert {(0x20, 4), (0x23, 1), (0x22, 2), (0x390 - 0x10, 4)} <= READS
+    assert not {(0x23, 2), (0x24, 4), (0x21, 4), (0xA0, 4), (0x390, 4), (0x90, 1)} & READS

@@ -51,11 +51,9 @@ READ_VIRTUALIZED = frozenset([ID, VERSION, TPR, EOI, LDR, DFR, SVR, ESR, ICR_LOW
 # SDM 29.4.3.2: the registers whose 32-bit writes are virtualized (APIC-write emulation).
 WRITE_VIRTUALIZED = frozenset([ID, TPR, EOI, LDR, DFR, SVR, ESR, ICR_LOW, ICR_HIGH,
                                TIMER_INITIAL_COUNT, TIMER_DIVIDE_CONFIG, *_LVTS])
-
-
-def read_virtualized(offset: int, size: int) -> bool:
-    """The read lies entirely within the first 4 bytes of a register SDM 29.4.2 lists."""
-    return (offset & 0xF) + size <= 4 and offset & 0xFF0 in READ_VIRTUALIZED
+# Every (offset, size) of a read that lies within the first 4 bytes of one of those registers.
+READS = frozenset((reg + first, size) for reg in READ_VIRTUALIZED for size in (1, 2, 4)
+                  for first in range(4 - size + 1))
 
 
 def write_virtualized(offset: int, size: int) -> bool:
@@ -86,7 +84,7 @@ class ApicAccess:
     def read(self, address: int, size: int, exit_for) -> int:
         """A read of the APIC page: virtualized, an APIC-access exit, or ``exit_for``'s."""
         offset = address & PAGE_OFFSET
-        if self.register_virtualization and read_virtualized(offset, size):
+        if self.register_virtualization and (offset, size) in READS:
             self.virtualized_reads += 1
             return self.lapic.read(offset, size)
         if self.access_exits:
