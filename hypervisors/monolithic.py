@@ -41,7 +41,7 @@ class MonolithicHypervisor:
         try:
             self.board = PcBoard(vm.pio, vm.clock, vm.kick, vm.reconfigured, sink,
                                  self._guest_exit, on_reset=self._guest_reset, drives=drives,
-                                 ram_size=ram_size)
+                                 ram_size=ram_size, mmio=vm.mmio)
         except (OSError, ValueError):
             vm.close()
             raise

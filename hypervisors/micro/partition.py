@@ -65,7 +65,7 @@ class ChildPartition:
         self.channel = ParentChannel(channel, vm.clock, self._on_record, self._on_lost,
                                      self._on_state, self._on_isa_lines)
         self._isa_levels = 0
-        install_proxies(vm.pio, layout, self.channel)
+        install_proxies(vm.pio, layout, self.channel, vm.mmio)
         self.synic = SynIC(vm.memory, vm.kick)
         self.chipset = Chipset(vm, extint=PicMirror(self.channel))
         vm.irq_chip = CompositeChip(self.synic, self.chipset.lapic)

@@ -46,6 +46,8 @@ class Op(enum.IntEnum):
     SIGNAL_EVENT = 7     # value = connection id, aux = flag number -> value = HV status
     MODULES = 8          # -> payload: the project modules loaded in the parent, one a line
     DRAIN = 9            # nothing to do: the notifications the last reply had no room for
+    MMIO_READ = 10       # size, value = guest-physical address  -> value
+    MMIO_WRITE = 11      # size, value = guest-physical address, payload = the data (LE)
 
 
 class Record(enum.IntEnum):

@@ -6,8 +6,7 @@ port devices of vmm/pc/board.py may live in the parent partition.
 The local APIC is the vCPU's interrupt controller: it takes the IOAPIC's messages, and the 8259
 pair (``extint``) through LINT0 in ExtINT mode (virtual wire, as a BIOS leaves it), so guests that
 never touch an APIC see the PIC as before. ISA IRQs reach the IOAPIC as on a PC (MP table): IRQ 0
-on pin 2, the others on their own pin. pc-testdev's scratch MMIO page (0xFF000000) is here too:
-MMIO is the hypervisor's, so it is on both architectures' boards.
+on pin 2, the others on their own pin.
 """
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from emu.events import GP
 from emu.paging import Fault
 from vmm.devices.ioapic import IOAPIC_DEFAULT_BASE, IOAPIC_WINDOW, IoApic
 from vmm.devices.lapic import APIC_DEFAULT_BASE, APIC_WINDOW, ApicBaseFault, LocalApic
-from vmm.devices.pc_testdev import IOMEM_BASE, IOMEM_LEN, TestdevIomem
 
 PIT_IRQ_PIN = 2
 IA32_APIC_BASE = 0x1B
@@ -40,7 +38,6 @@ class Chipset:
         self.lapic.on_reconfigure = self.ioapic.on_reconfigure = vm.reconfigured
         vm.mmio.insert(self.lapic, APIC_DEFAULT_BASE, APIC_WINDOW)
         vm.mmio.insert(self.ioapic, IOAPIC_DEFAULT_BASE, IOAPIC_WINDOW)
-        vm.mmio.insert(TestdevIomem(), IOMEM_BASE, IOMEM_LEN)
         vm.irq_chip = self.lapic
         vm.timers.append(self.lapic)
         vm.msrs[IA32_APIC_BASE] = (self.lapic.read_apic_base, self._write_apic_base)
