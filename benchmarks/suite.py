@@ -38,6 +38,7 @@ MODULES = [
     "benchmarks.mmu",
     "benchmarks.scheduling",
     "benchmarks.xv6",
+    "benchmarks.apic",
     "benchmarks.vms",
 ]
 BENCHMARKS = {module.NAME: module for module in map(importlib.import_module, MODULES)}

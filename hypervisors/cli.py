@@ -114,6 +114,10 @@ EXIT_ON_HELP = ("with --engine vtx: extra VM exits to turn on, comma-separated, 
                 + ", ".join(EXIT_ON_NAMES))
 EPT_HELP = ("with --engine vtx: 'off' models first-generation VT-x without EPT: shadow page "
             "tables, with CR3-load, INVLPG and #PF exits forced on (default: on)")
+APICV_HELP = ("APIC virtualization (default: on). vtx: the 'virtualize APIC accesses' and "
+              "'APIC-register virtualization' controls (reads of most APIC registers exit-free, "
+              "the rest APIC_ACCESS/APIC_WRITE exits); trap/bt: reads of the same registers "
+              "answered inside the intercept; 'off': every APIC access an EPT_VIOLATION")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "snapshot's)")
     run.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
     run.add_argument("--ept", choices=("on", "off"), default="on", help=EPT_HELP)
+    run.add_argument("--apicv", choices=("on", "off"), default="on", help=APICV_HELP)
     run.add_argument("--stats", action="store_true", help="print per-exit-reason statistics (per "
                      "VM beside the total with several guests, and the CPU each VM received "
                      "against its entitlement)")
@@ -231,6 +236,7 @@ def add_debug_parser(commands) -> None:
     debug.add_argument("--engine", choices=sorted(ENGINES), default="trap")
     debug.add_argument("--exit-on", metavar="LIST", default="", help=EXIT_ON_HELP)
     debug.add_argument("--ept", choices=("on", "off"), default="on", help=EPT_HELP)
+    debug.add_argument("--apicv", choices=("on", "off"), default="on", help=APICV_HELP)
     debug.add_argument("--ram", metavar="SIZE", type=parse_size, default=32 << 20,
                        help="guest RAM (default 32M)")
     debug.add_argument("--input", metavar="TEXT", default="",
@@ -305,8 +311,8 @@ def make_scheduler(args, images) -> ProportionalShare | None:
     lists = {"shares": args.shares, "reservation": args.reservation, "limit": args.limit}
     if len(images) == 1 and not any(lists.values()):
         return None
-    if args.gdb or args.stdin or args.vga or args.wall_clock:
-        raise ValueError("--gdb, --stdin, --vga and --wall-clock run one guest alone on the CPU "
+    if args.gdb or args.stdin or args.wall_clock:
+        raise ValueError("--gdb, --stdin and --wall-clock run one guest alone on the CPU "
                          "(not with several guests, --shares, --reservation or --limit)")
     for flag, values in lists.items():
         if values and len(values) not in (1, len(images)):
@@ -452,15 +458,27 @@ def restore_guest(args) -> int:
     return exit_status(result, args.qemu_exit_codes)
 
 
-def show_text_screen(buffer: bytes) -> None:
-    """--vga: the text-mode screen the guest left, framed, if it wrote anything there."""
+def show_text_screen(buffer: bytes, title: str = "") -> None:
+    """--vga: the text-mode screen the guest left, framed (``title`` in the top rule: which VM),
+    if it wrote anything there."""
     if not any(buffer[0::2]):
         return
     lines = render_text(buffer, trim=True)
     while lines and not lines[-1]:
         lines.pop()
     rule = "+" + "-" * COLUMNS + "+"
-    print("\n".join([rule, *(f"|{line:<{COLUMNS}}|" for line in lines), rule]), file=sys.stderr)
+    top = f"+-{title}{'-' * (COLUMNS - 1 - len(title))}+" if title else rule
+    print("\n".join([top, *(f"|{line:<{COLUMNS}}|" for line in lines), rule]), file=sys.stderr)
+
+
+def show_text_screens(args, machines) -> None:
+    """--vga with any hypervisor: each VM's screen, from its RAM (the CGA text buffer is guest
+    memory, which the hypervisor holds under both architectures); titled when several ran."""
+    if not args.vga:
+        return
+    for n, (vm, image) in enumerate(machines, 1):
+        title = f" VM {n} ({image.name}) " if len(machines) > 1 else ""
+        show_text_screen(vm.memory.read(TEXT_BUFFER, TEXT_BYTES), title)
 
 
 def guest_sink(images, n: int, image):
@@ -481,6 +499,7 @@ def run_monolithic(args, images, observers, scheduler) -> tuple[tuple[list, None
             if args.inject_device_fault:
                 inject_fault(hypervisor.vm.pio, args.inject_device_fault)
         results = run_side_by_side(machines, scheduler)
+        show_text_screens(args, [(h.vm, image) for h, image in machines])
         vcpus = dict(zip(scheduler.accounts, (h.vcpu for h, _ in machines)))
         return (results, None), share_report(scheduler, vcpus) if args.stats else ""
     finally:
@@ -492,8 +511,8 @@ def run_micro(args, images, observers, scheduler) -> tuple[tuple[list, str | Non
     """Every guest in its own child partition, sharing the CPU; with several, each output line
     is prefixed with '[N:name] '. Returns the results and the parent partition's failure report,
     and with --stats and a scheduler the CPU share report."""
-    if args.gdb or args.stdin or args.vga:
-        raise ValueError("--gdb, --stdin and --vga are not supported under --hypervisor micro")
+    if args.gdb or args.stdin:
+        raise ValueError("--gdb and --stdin are not supported under --hypervisor micro")
     hypervisor = MicroHypervisor(**hypervisor_options(args), sink=write_stdout,
                                  observers=observers, timeout=args.timeout,
                                  max_exits=args.max_exits, wall_clock=args.wall_clock,
@@ -507,6 +526,8 @@ def run_micro(args, images, observers, scheduler) -> tuple[tuple[list, str | Non
                 hypervisor, guests_, args.service_parent_at_exit, scheduler)
         else:
             results = hypervisor.run_all(guests_, scheduler)
+        show_text_screens(args, [(partition.vm, image)
+                                 for partition, (_, image) in zip(partitions, guests_)])
         shares = ""
         if scheduler is not None and args.stats:
             vcpus = dict(zip(scheduler.accounts, (p.vcpu for p in partitions)))
@@ -537,6 +558,8 @@ def hypervisor_options(args) -> dict:
         options["exit_on"] = args.exit_on
     if args.ept == "off":
         options["ept"] = False
+    if args.apicv == "off":
+        options["apicv"] = False
     return options
 
 

@@ -16,7 +16,6 @@ from typing import Callable
 from hypervisors.images import GuestImage, hand_over
 from vmm.cpusched.dispatch import VcpuClient, dispatch
 from vmm.cpusched.scheduler import ProportionalShare
-from vmm.devices.pc_testdev import IOMEM_BASE, IOMEM_LEN, TestdevIomem
 from vmm.engines import make_engine
 from vmm.exits import EXIT_HANDLERS
 from vmm.pc.board import PcBoard
@@ -37,18 +36,17 @@ class MonolithicHypervisor:
                  sink: Callable[[bytes], None] = lambda data: None, input_data: bytes = b"",
                  input_stream=None, observers=(), timeout: float | None = None,
                  max_exits: int | None = None, wall_clock: bool = False, exit_on: str = "",
-                 drives=(), ept: bool = True):
-        engine_model = make_engine(engine, exit_on, ept)
+                 drives=(), ept: bool = True, apicv: bool = True):
+        engine_model = make_engine(engine, exit_on, ept, apicv)
         self.vm = vm = Vm(ram_size, wall_clock)
         try:
             self.board = PcBoard(vm.pio, vm.clock, vm.kick, vm.reconfigured, sink,
                                  self._guest_exit, on_reset=self._guest_reset, drives=drives,
-                                 ram_size=ram_size)
+                                 ram_size=ram_size, mmio=vm.mmio)
         except (OSError, ValueError):
             vm.close()
             raise
         self.chipset = Chipset(vm, extint=self.board.pic)
-        vm.mmio.insert(TestdevIomem(), IOMEM_BASE, IOMEM_LEN)   # pc-testdev's scratch page
         self.board.isa_listeners.append(self.chipset.set_isa_irq)
         vm.timers.append(self.board.pit)
         if input_data or input_stream is not None:
@@ -62,6 +60,7 @@ class MonolithicHypervisor:
             vm.timers.append(line)
         self.vcpu = Vcpu(self.vm, engine_model, self.handlers, observers, timeout,
                          max_exits, wall_clock)
+        self.board.a20.on_change = self.vcpu.engine.mmu.set_a20
 
     def _guest_exit(self, value: int) -> None:
         self.vcpu.guest_exit(value)

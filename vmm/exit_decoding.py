@@ -87,7 +87,21 @@ def address_qualification(exit: VmExit) -> str:
     return f"{name} {exit.qualification:#x}"
 
 
-QUALIFICATIONS = {R.IO_INSTRUCTION: io_qualification, R.CR_ACCESS: cr_qualification,
+def apic_access_qualification(exit: VmExit) -> str:
+    """SDM Table 28-6 (linear accesses): the offset in the APIC page, the access type."""
+    q = exit.qualification
+    access = {0: "data read", 1: "data write", 2: "instruction fetch"}.get(q >> 12 & 0xF,
+                                                                          f"type {q >> 12 & 0xF}")
+    return f"APIC page offset {q & 0xFFF:#05x}, linear {access}"
+
+
+def apic_write_qualification(exit: VmExit) -> str:
+    """SDM 28.2.1: an APIC-write exit's qualification is the offset of the register written."""
+    return f"APIC register {exit.qualification & 0xFFF:#05x} written"
+
+
+QUALIFICATIONS = {R.IO_INSTRUCTION: io_qualification, R.APIC_ACCESS: apic_access_qualification,
+                  R.APIC_WRITE: apic_write_qualification, R.CR_ACCESS: cr_qualification,
                   R.DR_ACCESS: dr_qualification, R.EXCEPTION_NMI: event_qualification,
                   R.INVLPG: address_qualification, R.GDTR_IDTR_ACCESS: address_qualification,
                   R.LDTR_TR_ACCESS: address_qualification}

@@ -20,6 +20,8 @@ from typing import Callable, Protocol
 from vmm.run_state import LAST_EXITS, RunState
 from vmm.vmcs import ExitReason, VmExit
 
+APIC_LINEAR_WRITE = 1   # an APIC-access exit's access type for a data write (SDM Table 28-6)
+
 HYPERVISOR_LEAF = 0x40000000
 HYPERVISOR_SIGNATURE = b"TrapVisorVMM"
 HV_STATUS_INVALID_HYPERCALL_CODE = 0x0002
@@ -175,6 +177,18 @@ def handle_ept_violation(vcpu, exit: VmExit) -> Outcome:
     return vcpu.engine.emulate_mmio(exit)
 
 
+def handle_apic_access(vcpu, exit: VmExit) -> Outcome:
+    """APIC_ACCESS (44): a read or write of the APIC page that APIC virtualization does not
+    satisfy; APIC_WRITE (56): a virtualized write whose effect the VMM makes happen (SDM 29.4.3,
+    engines/apic_access.py). Either way the access reaches the local APIC model."""
+    bus = vcpu.vm.mmio
+    if exit.reason is ExitReason.APIC_WRITE or exit.qualification >> 12 & 0xF == APIC_LINEAR_WRITE:
+        bus.write(exit.guest_physical, exit.size, exit.value)
+    else:
+        exit.value = bus.read(exit.guest_physical, exit.size)
+    return Outcome.RESUME
+
+
 def handle_interrupt_window(vcpu, exit: VmExit) -> Outcome:
     """The guest can take interrupts again: the run loop injects the pending one on entry."""
     return Outcome.RESUME
@@ -212,6 +226,8 @@ EXIT_HANDLERS: dict[ExitReason, Handler] = {
     ExitReason.LDTR_TR_ACCESS: handle_emulated,
     ExitReason.BT_CALLOUT: handle_emulated,
     ExitReason.EPT_VIOLATION: handle_ept_violation,
+    ExitReason.APIC_ACCESS: handle_apic_access,
+    ExitReason.APIC_WRITE: handle_apic_access,
     ExitReason.INTERRUPT_WINDOW: handle_interrupt_window,
     ExitReason.IO_INSTRUCTION: handle_io,
 }

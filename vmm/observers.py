@@ -47,7 +47,8 @@ class ExitStats:
                    for key in sorted(self.per_vm)]
         if self.engine is not None:
             tables.append(self.engine.mmu_report())
-            tables += [text for text in (self.engine.translation_report(),) if text]
+            tables += [text for text in (self.engine.translation_report(),
+                                         self.engine.apic_report()) if text]
         return "\n\n".join(tables)
 
     def _table(self, which: str) -> str:

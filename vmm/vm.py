@@ -38,6 +38,7 @@ class Vm:
         self.lin = LinearMemory(self.memory, self.cpu.cr)
         self.pio = Bus("pio")
         self.mmio = Bus("mmio", on_insert=self.cpu.map_mmio)
+        self.lapic = None       # the vCPU's local APIC, once a chipset puts one in (vmm/pc)
         self.clock = WallClock() if wall_clock else InstructionClock(self.cpu)
         self.irq_chip: InterruptController | None = None
         # MSRs the platform answers (IA32_APIC_BASE): index -> (read(), write(value))

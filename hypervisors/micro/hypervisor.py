@@ -137,14 +137,15 @@ class MicroHypervisor:
                  input_stream=None, observers=(), timeout: float | None = None,
                  max_exits: int | None = None, wall_clock: bool = False,
                  exit_on: str = "", disk: str | None = None, inject_fault: str | None = None,
-                 drives=(), ept: bool = True):
-        make_engine(engine, exit_on, ept)  # refuses a bad engine or control before anything starts
+                 drives=(), ept: bool = True, apicv: bool = True):
+        make_engine(engine, exit_on, ept, apicv)  # refuses a bad engine or control before anything starts
         if input_stream is not None:
             raise ValueError("--stdin is not supported by the micro hypervisor yet "
                              "(use --input TEXT)")
         self.engine = engine
         self.exit_on = exit_on
         self.ept = ept
+        self.apicv = apicv
         self.ram_size = ram_size
         self.sink = sink
         self.config = PartitionConfig(ram_size, input_data, disk or "", inject_fault or "",
@@ -169,7 +170,7 @@ class MicroHypervisor:
             vm.close()
             raise
         partition = ChildPartition(partition_id, name or f"vm{partition_id}", vm,
-                                   make_engine(self.engine, self.exit_on, self.ept), sink or self.sink, channel, layout,
+                                   make_engine(self.engine, self.exit_on, self.ept, self.apicv), sink or self.sink, channel, layout,
                                    **self.vcpu_options)
         self.partitions.append(partition)
         self.parent_children.append(partition)

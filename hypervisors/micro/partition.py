@@ -67,7 +67,7 @@ class ChildPartition:
                                      self._on_state, self._on_isa_lines)
         self._isa_levels = 0
         self._device_reply: tuple[bool, bytes] | None = None
-        install_proxies(vm.pio, layout, self.channel)
+        install_proxies(vm.pio, layout, self.channel, vm.mmio)
         self.synic = SynIC(vm.memory, vm.kick)
         self.chipset = Chipset(vm, extint=PicMirror(self.channel))
         vm.irq_chip = CompositeChip(self.synic, self.chipset.lapic)
@@ -88,6 +88,10 @@ class ChildPartition:
             self.vcpu.guest_exit(record.value)
         elif record.op == Record.INPUT_DONE:
             self.vcpu.input_done()
+        elif record.op == Record.RESET:
+            self.vcpu.guest_reset()
+        elif record.op == Record.A20:
+            self.vcpu.engine.mmu.set_a20(bool(record.value))
         elif record.op == Record.POST:
             self.synic.post(record.aux, record.value, record.payload)
         elif record.op == Record.SIGNAL:

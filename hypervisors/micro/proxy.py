@@ -128,12 +128,34 @@ class ProxyDevice:
         self.channel.call(Op.IO_WRITE, size, self.base + offset, value)
 
 
-def install_proxies(bus: Bus, layout: bytes, channel: ParentChannel) -> None:
-    """Claim on the hypervisor's bus exactly the windows the parent's devices occupy, so an
-    unclaimed port reads all-ones here without a round trip, as it would on the parent's bus."""
+class ProxyMmio:
+    """An MMIO window whose device model runs in the parent: every access is a round trip
+    (1, 2 or 4 bytes; the parent refuses other sizes with a FAULT)."""
+
+    def __init__(self, name: str, base: int, channel: ParentChannel):
+        self.name = name
+        self.base = base
+        self.channel = channel
+
+    def read(self, offset: int, size: int) -> int:
+        value = self.channel.call(Op.MMIO_READ, size, 0, self.base + offset)
+        return value & ((1 << 8 * size) - 1)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.channel.call(Op.MMIO_WRITE, size, 0, self.base + offset,
+                          (value & ((1 << 8 * size) - 1)).to_bytes(size, "little"))
+
+
+def install_proxies(bus: Bus, layout: bytes, channel: ParentChannel, mmio: Bus) -> None:
+    """Claim on the hypervisor's buses exactly the windows the parent's devices occupy, so an
+    unclaimed port reads all-ones here without a round trip, as it would on the parent's bus
+    ('mBASE' lines are MMIO windows)."""
     for line in layout.decode().splitlines():
         base, length, name = line.split(" ", 2)
-        bus.insert(ProxyDevice(name, int(base), channel), int(base), int(length))
+        if base.startswith("m"):
+            mmio.insert(ProxyMmio(name, int(base[1:]), channel), int(base[1:]), int(length))
+        else:
+            bus.insert(ProxyDevice(name, int(base), channel), int(base), int(length))
 
 
 class PicMirror:

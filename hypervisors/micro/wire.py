@@ -48,6 +48,8 @@ class Op(enum.IntEnum):
     DRAIN = 9            # nothing to do: the notifications the last reply had no room for
     SAVE_DEVICES = 10    # -> DEVICE_STATE (the partition's device state), or REFUSED
     RESTORE_DEVICES = 11 # payload = a DEVICE_STATE blob to load -> value 0, or REFUSED
+    MMIO_READ = 12       # size, value = guest-physical address  -> value
+    MMIO_WRITE = 13      # size, value = guest-physical address, payload = the data (LE)
 
 
 class Record(enum.IntEnum):
@@ -62,6 +64,8 @@ class Record(enum.IntEnum):
     INPUT_DONE = 0x86    # the typed input script is over and the console has gone quiet
     DEVICE_STATE = 0x87  # payload = the partition's device state (MessagePack, device_state.py)
     REFUSED = 0x88       # payload = why SAVE_DEVICES or RESTORE_DEVICES was refused
+    RESET = 0x89         # the guest pulsed the CPU's reset line (i8042 0xFE, port 0x92 bit 0)
+    A20 = 0x8A           # value = the A20 gate's new state (1 open, 0 closed: bit 20 masked)
 
 
 class Control(enum.IntEnum):

@@ -15,6 +15,7 @@ from hypervisors.micro.slot import REQUEST_CAPACITY
 from hypervisors.micro.wire import HEADER, MAX_PAYLOAD, Op, Record, pack
 
 DEBUG_CONSOLE = 0xE9
+TESTDEV_PAGE = 0xFF000000           # pc-testdev's MMIO scratch page, on the parent's board
 
 
 @pytest.fixture
@@ -37,7 +38,12 @@ def answers(child: HostileChild, record: bytes,
     (pack(200, 1, DEBUG_CONSOLE), b"refused: op 200 is not a request"),
     (pack(Op.IO_READ, 3, DEBUG_CONSOLE), b"refused: a 3-byte access to port 0xe9"),
     (pack(Op.IO_WRITE, 3, DEBUG_CONSOLE, 0x41), b"refused: a 3-byte access to port 0xe9"),
-], ids=["modules", "unknown-op", "in-of-3-bytes", "out-of-3-bytes"])
+    (pack(Op.MMIO_READ, 8, 0, TESTDEV_PAGE),
+     b"refused: a 8-byte MMIO access at 0xff000000 (the channel carries 1, 2 or 4 bytes)"),
+    (pack(Op.MMIO_WRITE, 4, 0, TESTDEV_PAGE, payload=b"ab"),
+     b"refused: a 4-byte MMIO access at 0xff000000"),
+], ids=["modules", "unknown-op", "in-of-3-bytes", "out-of-3-bytes", "mmio-of-8-bytes",
+        "mmio-write-short-data"])
 def test_a_request_the_channel_does_not_carry_is_refused_and_the_partition_goes_on(
         parent, capfd, record, refusal):
     child = HostileChild(parent, 1, GuestMemory(RAM_SIZE))

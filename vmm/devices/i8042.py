@@ -48,6 +48,12 @@ class A20Gate(PlainState):
     def enabled(self) -> bool:
         return any(self.drivers.values())
 
+    def load_state(self, state: dict) -> None:
+        """A restored gate tells the CPU side its state, whatever it was before."""
+        super().load_state(state)
+        if self.on_change is not None:
+            self.on_change(self.enabled)
+
     def drive(self, source: str, level: bool) -> None:
         before = self.enabled
         self.drivers[source] = level

@@ -52,6 +52,9 @@ ESR_RECEIVE_ILLEGAL_VECTOR = 1 << 6
 ESR_ILLEGAL_REGISTER = 1 << 7
 
 
+_SIZE_MASKS = {size: all_ones(size) for size in (1, 2, 4, 8)}
+
+
 class ApicBaseFault(ValueError):
     """A WRMSR to IA32_APIC_BASE that sets a reserved bit: the CPU side raises #GP(0)."""
 
@@ -165,10 +168,11 @@ class LocalApic(PlainState):
     def read(self, offset: int, size: int) -> int:
         if not self.hw_enabled:
             return all_ones(size)
-        shift = (offset & 3) * 8
         if offset & 0xC:
             return 0
-        return (self._read_register(offset & 0xFF0) >> shift) & all_ones(size)
+        reader = self._READERS.get(offset & 0xFF0)
+        value = reader(self) if reader is not None else self._read_register(offset & 0xFF0)
+        return value >> (offset & 3) * 8 & _SIZE_MASKS[size]
 
     def write(self, offset: int, size: int, value: int) -> None:
         if not self.hw_enabled or size != 4 or offset & 0xF:

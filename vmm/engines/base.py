@@ -10,6 +10,7 @@ from emu.events import EventKind
 from emu.memory import Access
 from emu.paging import CR0_PG, BusError, Fault
 from emu.tlb import FILL_FETCH, FILL_WRITE
+from vmm.engines.apic_access import ApicAccess
 from vmm.mmu.mmu import Mmu, Unbacked
 from vmm.exits import Outcome
 from vmm.run_state import RunState, outside_ram
@@ -31,10 +32,12 @@ class EngineBase:
     name = "?"
 
     window_scanner = None   # the CodeScanner whose window sites hold_interrupt arms
+    apic_access: ApicAccess | None = None   # how accesses to the local APIC's page are handled
 
-    def __init__(self):
+    def __init__(self, apicv: bool = True):
         self.disasm = Disassembler()
         self.unmapped: tuple[Access, int, int] | None = None
+        self.apicv = apicv
 
     def attach(self, vcpu) -> None:
         self.vcpu = vcpu
@@ -45,6 +48,23 @@ class EngineBase:
         self.mmu = self.make_mmu()
         self.mmu.attach()
         self.vm.restore_hooks.append(self.mmu.reset)   # a snapshot restored: nothing cached holds
+        if self.vm.lapic is not None:
+            self.apic_access = self.make_apic_access(self.vm.lapic, vcpu.exits.take)
+
+    def make_apic_access(self, lapic, take_exit) -> ApicAccess:
+        """A software VMM's APIC page (apic_access.py): with --apicv on, reads of the stable
+        registers are answered inside the intercept; vtx overrides with its VT-x controls."""
+        return ApicAccess(lapic, take_exit, self.block_rip, hardware=False, access_exits=False,
+                          register_virtualization=self.apicv)
+
+    def block_rip(self) -> int:
+        """The RIP an exit from inside a memory callback reports: the translation block's start
+        (Unicorn does not sync EIP before an MMIO callback)."""
+        return self.cpu.eip_reg.value & 0xFFFFFFFF
+
+    def apic_report(self) -> str:
+        """--stats: how the APIC page was handled (empty when the guest has no local APIC)."""
+        return self.apic_access.report() if self.apic_access is not None else ""
 
     def make_mmu(self) -> Mmu:
         """The engine's MMU: the guest walk (engines with shadow tables override)."""
@@ -91,11 +111,18 @@ class EngineBase:
 
     # ----- MMIO: exits under a VMM (native overrides with the bare bus) -------------------------
     def on_mmio_read(self, address: int, size: int) -> int:
+        apic = self.apic_access
+        if apic is not None and address & ~0xFFF == apic.lapic.base:
+            return apic.read(address, size, self.mmio_exit)
         exit = self.mmio_exit(address, size, None)
         self.take_exit(exit)
         return exit.value
 
     def on_mmio_write(self, address: int, size: int, value: int) -> None:
+        apic = self.apic_access
+        if apic is not None and address & ~0xFFF == apic.lapic.base:
+            apic.write(address, size, value, self.mmio_exit)
+            return
         self.take_exit(self.mmio_exit(address, size, value))
 
     def mmio_exit(self, address: int, size: int, value: int | None) -> VmExit:
@@ -103,8 +130,7 @@ class EngineBase:
         takes it as a hidden #PF on a not-present shadow PTE; the exit names what VT-x would).
         Its RIP is the start of the translation block: Unicorn does not sync EIP before an MMIO
         callback. A read answers all-ones unless a handler does."""
-        exit = VmExit(EPT_VIOLATION, self.cpu.eip_reg.value & 0xFFFFFFFF,
-                      ept_qualification(write=value is not None))
+        exit = VmExit(EPT_VIOLATION, self.block_rip(), ept_qualification(write=value is not None))
         exit.guest_physical, exit.size = address, size
         exit.value = (1 << 8 * size) - 1 if value is None else value
         return exit

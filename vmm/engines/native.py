@@ -60,6 +60,9 @@ class NativeEngine(EngineBase):
         if self.vcpu.state is RUNNING:  # else the run has ended: no device sees it
             self.vm.pio.write(port, size, value)
 
+    def make_apic_access(self, lapic, take_exit) -> None:
+        """No intercepts: an APIC access reaches the model directly (no ApicAccess)."""
+
     def on_mmio_read(self, address: int, size: int) -> int:
         return self.vm.mmio.read(address, size)
 

@@ -3,7 +3,10 @@ actions cause VM exits under the vtx engine, and the VM-entry event-injection fi
 
 Defaults follow a VMM with EPT (as KVM sets up a guest): CPUID, VMCALL, HLT and all port I/O exit;
 CR3 loads, INVLPG, MSRs (MSR bitmaps with nothing set), descriptor-table instructions and the
-exception bitmap do not. ``parse_exit_on`` reads the command line's ``--exit-on`` list.
+exception bitmap do not; the local APIC's page is virtualized ("virtualize APIC accesses" and
+"APIC-register virtualization", SDM 25.6.2 and ch. 29: engines/apic_access.py), which
+``without_apicv`` (--apicv off) turns off. ``parse_exit_on`` reads the command line's
+``--exit-on`` list.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ class VmxControls:
     wbinvd_exiting: bool = False
     descriptor_table_exiting: bool = False
     enable_ept: bool = True                 # secondary control; off: shadow paging (see below)
+    virtualize_apic_accesses: bool = True   # secondary: the APIC page's accesses are APIC exits
+    apic_register_virtualization: bool = True  # secondary: most APIC reads exit-free (ch. 29)
     interrupt_window_exiting: bool = False
     # VM-entry interruption-information field (SDM 24.8.3) and its error code.
     entry_interruption_info: int = 0
@@ -58,6 +63,10 @@ class VmxControls:
         self.enable_ept = False
         self.cr3_load_exiting = self.invlpg_exiting = True
         self.exception_bitmap |= 1 << 14
+
+    def without_apicv(self) -> None:
+        """No APIC virtualization: the APIC page is MMIO, every access an EPT violation."""
+        self.virtualize_apic_accesses = self.apic_register_virtualization = False
 
     def exception_exits(self, vector: int) -> bool:
         return bool(self.exception_bitmap >> vector & 1)

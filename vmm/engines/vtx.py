@@ -17,6 +17,7 @@ from emu.events import BP, ERROR_CODE_VECTORS, OF, UD, EventDelivery, EventKind,
 from emu.memory import Access
 from emu.paging import PF_P, PF_U, PF_W
 from emu.tlb import FILL_WRITE
+from vmm.engines.apic_access import ApicAccess
 from vmm.engines.base import VMCALL_BYTES, EngineBase
 from vmm.engines.emulate import effective_address
 from vmm.engines.plans import GPR_NUMBER
@@ -56,6 +57,15 @@ class VtxEngine(EngineBase):
     def __init__(self, controls: VmxControls | None = None):
         super().__init__()
         self.controls = controls or VmxControls()
+
+    def make_apic_access(self, lapic, take_exit) -> ApicAccess:
+        """The APIC page under the controls' virtualize APIC accesses / APIC-register
+        virtualization (SDM ch. 29; engines/apic_access.py)."""
+        c = self.controls
+        return ApicAccess(lapic, take_exit, self.block_rip, hardware=True,
+                          access_exits=c.virtualize_apic_accesses,
+                          register_virtualization=(c.virtualize_apic_accesses
+                                                   and c.apic_register_virtualization))
 
     def attach(self, vcpu) -> None:
         super().attach(vcpu)

@@ -20,6 +20,12 @@ TLB flushes: QEMU itself flushes its TLB on MOV CR3 and task switches, on CR0.PG
 CR4.PSE/PGE/PAE/SMEP changes and (one page) on INVLPG, under every engine; this MMU keeps no
 translation of its own (shadow.py's subclass does, and is flushed on the same events).
 Global pages are flushed with the rest on CR3 loads (a TLB may always drop an entry).
+
+A20: with the gate closed (i8042 output port bit 1 and port 0x92 bit 1 both clear) physical
+address bit 20 is forced to 0 on every access, as the A20M# pin of a PC AT does: the
+guest-physical frame of every fill is masked, and ``set_a20`` flushes the TLB when the gate
+changes. Only the CPU's own accesses pass here; what the VMM itself reads or writes in guest
+memory (event delivery's stack frames, the IVT) is not masked.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from vmm.mmu.grants import Grants
 KIND = {FILL_READ: READ, FILL_WRITE: WRITE, FILL_FETCH: FETCH}
 PROT_ALL = PROT_R | PROT_W | PROT_X
 PAGE = 0x1000
+A20_BIT = 1 << 20
 
 
 @dataclass
@@ -61,6 +68,7 @@ class Mmu:
         self.stats = MmuStats()
         self.refusal: Unbacked | None = None
         self._translate = self.walker.translate     # bound once: the fill is a hot path
+        self.a20_mask = -1
 
     def attach(self) -> None:
         """Become the CPU's MMU (every cached translation is dropped)."""
@@ -75,11 +83,18 @@ class Mmu:
     def flush(self) -> None:
         self.cpu.flush_tlb()
 
+    def set_a20(self, enabled: bool) -> None:
+        """The A20 gate changed (vmm/devices/i8042.py's A20Gate): mask bit 20 or stop masking."""
+        mask = -1 if enabled else ~A20_BIT
+        if mask != self.a20_mask:
+            self.a20_mask = mask
+            self.flush()
+
     # ----- the fill -----------------------------------------------------------------------------
     def fill(self, page: int, access: int) -> tuple[int, int] | None:
         self.stats.fills += 1
         if not self.cr[0] & CR0_PG:
-            return self.route(page, access, True, True)
+            return self.route(page & self.a20_mask, access, True, True)
         try:
             walk = self.guest_walk(page, access)
         except BusError as error:
@@ -89,7 +104,7 @@ class Mmu:
             self.stats.page_faults += 1
             self.cpu.tlb.raise_page_fault(walk)
             return None
-        return self.route(walk.frame, access, walk.writable, walk.dirty)
+        return self.route(walk.frame & self.a20_mask, access, walk.writable, walk.dirty)
 
     def guest_walk(self, page: int, access: int) -> Translation | int:
         """The guest's translation of ``page`` for this access at the current CPL, or the

@@ -23,7 +23,8 @@ from vmm.devices.debug import DebugConsole, DebugExit, NullDevice
 from vmm.devices.i8042 import A20Gate, I8042, SystemControlPortA
 from vmm.devices.ide import DiskImage, IdeChannel
 from vmm.devices.mc146818 import Mc146818
-from vmm.devices.pc_testdev import TestdevFlush, TestdevIoport, TestdevIrq
+from vmm.devices.pc_testdev import (IOMEM_BASE, IOMEM_LEN, TestdevFlush, TestdevIomem,
+                                    TestdevIoport, TestdevIrq)
 from vmm.devices.pci_host import PciHostNoDevices
 from vmm.devices.pic8259 import Pic8259Pair
 from vmm.devices.pit8254 import Pit8254
@@ -43,13 +44,14 @@ class PcBoard:
     ``on_reconfigure``: a device changed how it can interrupt or observe time;
     ``sink``: serial and 0xE9 console output; ``on_exit``: the guest's isa-debug-exit status;
     ``on_reset``: the guest pulsed the CPU's reset line (i8042 0xFE, port 0x92 bit 0);
-    ``drives``: raw disk images for the IDE primary master and slave (no IDE without any).
+    ``drives``: raw disk images for the IDE primary master and slave (no IDE without any);
+    ``mmio``: the bus for the board's MMIO device, pc-testdev's scratch page at 0xFF000000.
     The RTC shows the host's time at start-up plus the guest's virtual time since."""
 
     def __init__(self, pio: Bus, clock, on_intr: Callable[[], None],
                  on_reconfigure: Callable[[], None], sink: Callable[[bytes], None],
                  on_exit: Callable[[int], None], *, on_reset: Callable[[], None] | None = None,
-                 drives=(), ram_size: int = 0):
+                 drives=(), ram_size: int = 0, mmio: Bus | None = None):
         if len(drives) > MAX_DRIVES:
             raise ValueError(f"the IDE primary channel takes {MAX_DRIVES} drives, "
                              f"not {len(drives)}")
@@ -72,6 +74,8 @@ class PcBoard:
         self.ide = IdeChannel(self.isa_line(IDE_PRIMARY_IRQ), *self.disks) if self.disks else None
         self.pic.on_reconfigure = self.pit.on_reconfigure = on_reconfigure
         self._register(on_exit, sink, on_reset)
+        if mmio is not None:
+            mmio.insert(TestdevIomem(), IOMEM_BASE, IOMEM_LEN)
 
     def _register(self, on_exit, sink, on_reset) -> None:
         testdev = TestdevIoport()

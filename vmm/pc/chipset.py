@@ -29,7 +29,9 @@ class Chipset:
     ``vm.mmio``."""
 
     def __init__(self, vm, extint):
-        self.lapic = LocalApic(vm.clock, extint=extint, on_intr=vm.kick)
+        self.vm = vm
+        self.lapic = vm.lapic = LocalApic(vm.clock, extint=extint, on_intr=vm.kick,
+                                          on_relocate=self._relocate)
         self.ioapic = IoApic(self.lapic.receive)
         self.lapic.sources.append(self.ioapic)
         self.lapic.on_eoi = self.ioapic.eoi
@@ -46,6 +48,20 @@ class Chipset:
             self.lapic.write_apic_base(value)
         except ApicBaseFault:
             raise Fault(GP, 0) from None
+
+    def _relocate(self, old: int, new: int) -> None:
+        """IA32_APIC_BASE moved the register page: the window follows it (the old page is then
+        unbacked, as on a PC). Not modelled: a page over RAM or another window. A real APIC
+        page shadows the RAM under it; this VMM maps MMIO beside RAM only, so there the APIC
+        has no window (its registers are unreachable, RAM shows through) until moved again."""
+        mmio = self.vm.mmio
+        if any(device is self.lapic for _, _, device in mmio.entries()):
+            mmio.remove(self.lapic)
+        if new >= self.vm.memory.size and not any(
+                base < new + APIC_WINDOW and new < base + length
+                for base, length, _ in mmio.entries()):
+            mmio.insert(self.lapic, new, APIC_WINDOW)
+        self.vm.cpu.flush_tlb()
 
     def set_isa_irq(self, irq: int, level: bool) -> None:
         """An ISA IRQ line changed (the board's ``isa_listeners``)."""

@@ -58,10 +58,12 @@ CHANNEL_FDS = 5        # socket, RAM, slot, doorbell to the parent, doorbell to 
 REPLY_ROOM = REPLY_CAPACITY - HEADER.size - ISA_LINES.size   # what notifications may fill
 
 
-def port_layout(pio: Bus) -> bytes:
-    """The port windows, one 'base length name' line each, for the hypervisor's proxies."""
-    return "\n".join(f"{base} {length} {device.name}"
-                     for base, length, device in pio.entries()).encode()
+def port_layout(pio: Bus, mmio: Bus) -> bytes:
+    """The port windows, one 'base length name' line each, then the MMIO windows as
+    'mBASE length name', for the hypervisor's proxies."""
+    return "\n".join([f"{base} {length} {device.name}" for base, length, device in pio.entries()]
+                     + [f"m{base} {length} {device.name}"
+                        for base, length, device in mmio.entries()]).encode()
 
 
 class PartitionWorker:
@@ -76,9 +78,11 @@ class PartitionWorker:
         self.outbox: list[tuple[int, int, int, bytes]] = []
         self.lock = threading.Lock()
         self.failed = False
+        self.mmio = Bus("mmio")
         self.board = PcBoard(Bus("pio"), self.clock, self._raised, self._reconfigured,
-                             self.console, self._guest_exit, drives=config.drives,
-                             ram_size=config.ram_size)
+                             self.console, self._guest_exit, on_reset=self._guest_reset,
+                             drives=config.drives, ram_size=config.ram_size, mmio=self.mmio)
+        self.board.a20.on_change = self._a20
         self.board.isa_listeners.append(self._isa_irq)
         self.input = ScriptedInput(self.board.uart, config.input_data, self.clock,
                                    lambda: self.board.last_output_ns, self._input_done)
@@ -92,7 +96,8 @@ class PartitionWorker:
                          Op.POLL_INPUT: self._poll_input, Op.POST_MESSAGE: self._post_message,
                          Op.SIGNAL_EVENT: self._signal_event, Op.DRAIN: self._drain,
                          Op.SAVE_DEVICES: self._save_devices,
-                         Op.RESTORE_DEVICES: self._restore_devices}
+                         Op.RESTORE_DEVICES: self._restore_devices,
+                         Op.MMIO_READ: self._mmio_read, Op.MMIO_WRITE: self._mmio_write}
 
     def _vmbus_server(self, ram_fd: int, config: PartitionConfig):
         """The VMBus server with its VSPs; child RAM reaches it only as the GPADL accessor."""
@@ -120,6 +125,14 @@ class PartitionWorker:
     def _guest_exit(self, status: int) -> None:
         with self.lock:
             self.outbox.append((Record.GUEST_EXIT, 0, status, b""))
+
+    def _guest_reset(self) -> None:
+        with self.lock:
+            self.outbox.append((Record.RESET, 0, 0, b""))
+
+    def _a20(self, enabled: bool) -> None:
+        with self.lock:
+            self.outbox.append((Record.A20, 0, int(enabled), b""))
 
     def _input_done(self) -> None:
         with self.lock:
@@ -181,6 +194,11 @@ class PartitionWorker:
         if handler is None:
             self._notify_fault(f"refused: op {message.op} is not a request on a partition's "
                                "channel")
+        elif message.op in (Op.MMIO_READ, Op.MMIO_WRITE) and (
+                message.size not in PORT_SIZES or message.op == Op.MMIO_WRITE
+                and len(message.payload) != message.size):
+            self._notify_fault(f"refused: a {message.size}-byte MMIO access at "
+                               f"{message.value:#x} (the channel carries 1, 2 or 4 bytes)")
         elif message.op in (Op.IO_READ, Op.IO_WRITE) and message.size not in PORT_SIZES:
             self._notify_fault(f"refused: a {message.size}-byte access to port "
                                f"{message.aux:#x} (IN and OUT move 1, 2 or 4 bytes)")
@@ -271,6 +289,13 @@ class PartitionWorker:
         self.board.pio.write(message.aux, message.size, message.value)
         return 0
 
+    def _mmio_read(self, message: Message) -> int:
+        return self.mmio.read(message.value, message.size)
+
+    def _mmio_write(self, message: Message) -> int:
+        self.mmio.write(message.value, message.size, int.from_bytes(message.payload, "little"))
+        return 0
+
     def _acknowledge(self, message: Message) -> int:
         return self.board.pic.acknowledge()
 
@@ -353,7 +378,7 @@ class RootPartition:
             return pack(Record.FAULT, payload=f"{type(exc).__name__}: {exc}".encode())
         threading.Thread(target=worker.serve, name=f"partition-{partition_id}",
                          daemon=True).start()
-        return pack(Record.REPLY, payload=port_layout(worker.board.pio))
+        return pack(Record.REPLY, payload=port_layout(worker.board.pio, worker.mmio))
 
     def _worker(self, partition_id: int, data: bytes, fds: list[int]) -> PartitionWorker:
         """A worker for a new partition; its descriptors are closed if it cannot be built."""
