@@ -128,14 +128,9 @@ class ProxyDevice:
         self.channel.call(Op.IO_WRITE, size, self.base + offset, value)
 
 
-class ProxyMmio:
+class ProxyMmio(ProxyDevice):
     """An MMIO window whose device model runs in the parent: every access is a round trip
     (1, 2 or 4 bytes; the parent refuses other sizes with a FAULT)."""
-
-    def __init__(self, name: str, base: int, channel: ParentChannel):
-        self.name = name
-        self.base = base
-        self.channel = channel
 
     def read(self, offset: int, size: int) -> int:
         value = self.channel.call(Op.MMIO_READ, size, 0, self.base + offset)

@@ -7,8 +7,7 @@ keeps the chipset (LAPIC, IOAPIC: vmm/pc/chipset.py), the parent partition every
 the board's own state and the typed input, which it sends and takes as a blob over the child's
 channel (wire Op.SAVE_DEVICES / Op.RESTORE_DEVICES, parent/device_state.py). What only micro
 has is refused rather than lost: a guest that enabled the SynIC or hypercalls (VMBus) cannot be
-saved, and a monolithic snapshot whose guest wrote pc-testdev's scratch page (which micro does
-not map) cannot continue here.
+saved.
 """
 from __future__ import annotations
 
@@ -54,10 +53,6 @@ class PartitionMachine:
 
     def load_devices(self, state: dict) -> None:
         saved = dict(state["devices"])
-        scratch = saved.pop(machine.SCRATCH, None)
-        if scratch is not None and not _blank(scratch):
-            raise StateError("the guest wrote pc-testdev's scratch page at "
-                             f"{machine.SCRATCH[5:]}, which the micro hypervisor does not map")
         for key, device in self._local().items():
             if key not in saved:
                 raise StateError(f"the saved machine has no {key} ({device.name})")
@@ -81,13 +76,6 @@ class PartitionMachine:
 
     def close(self) -> None:
         self.hypervisor.close()
-
-
-def _blank(scratch) -> bool:
-    """Whether a saved pc-testdev scratch page was never written (all zero)."""
-    buffer = scratch.get("buffer") if isinstance(scratch, dict) else None
-    data = buffer.get("~bytearray") if isinstance(buffer, dict) else None
-    return isinstance(data, bytes) and not any(data)
 
 
 def refuse_enlightened(partition: ChildPartition) -> None:

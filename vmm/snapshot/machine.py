@@ -15,7 +15,6 @@ whatever registered itself in ``vm.restore_hooks`` (an MMU's shadow, event deliv
 from __future__ import annotations
 
 from vmm.clock import InstructionClock
-from vmm.devices.pc_testdev import IOMEM_BASE
 from vmm.snapshot import ram
 from vmm.snapshot.engine_state import load_engine, save_engine
 from vmm.snapshot.format import DIFF, FULL, Snapshot, SnapshotError
@@ -23,7 +22,6 @@ from vmm.snapshot.state import StateError
 
 VCPU_STATE = ("instructions", "uncounted", "halted", "interrupt_shadow", "_window_step")
 DEVICE_KEYS = ("board", "devices", "inputs")
-SCRATCH = f"mmio:{IOMEM_BASE:#x}"   # pc-testdev's scratch page: only the monolithic board maps it
 
 
 def capture(hypervisor, base: Snapshot | None = None,
@@ -78,15 +76,13 @@ def save_devices(vm, board) -> dict:
 
 
 def load_devices(vm, board, state: dict) -> None:
-    """The inverse of ``save_devices``. A snapshot from the micro hypervisor lacks the scratch
-    page, which its guest could not reach: it stays as built."""
+    """The inverse of ``save_devices``."""
     board.load_state(state["board"])
     devices, saved = devices_of(vm), state["devices"]
-    if set(devices) - {SCRATCH} != set(saved) - {SCRATCH}:
+    if set(devices) != set(saved):
         raise StateError(f"devices differ: saved {sorted(saved)}, here {sorted(devices)}")
     for key, device in devices.items():
-        if key in saved:
-            device.load_state(saved[key])
+        device.load_state(saved[key])
     if len(vm.input_sources) != len(state["inputs"]):
         raise StateError("the saved run had other input (--input) than this one")
     for source, saved_input in zip(vm.input_sources, state["inputs"]):

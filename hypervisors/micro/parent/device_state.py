@@ -24,19 +24,21 @@ class Refused(ValueError):
     """A save or restore this partition will not do; the message says why, on one line."""
 
 
-def _devices(pio) -> dict:
-    """Every device on the parent's port bus for this child, named as machine.py names them."""
+def _devices(worker) -> dict:
+    """Every device on the parent's port and MMIO buses for this child, named as machine.py
+    names them."""
     found = {}
-    for base, _length, device in pio.entries():
-        if device not in found.values():
-            found[f"pio:{base:#x}"] = device
+    for bus in (worker.board.pio, worker.mmio):
+        for base, _length, device in bus.entries():
+            if device not in found.values():
+                found[f"{bus.kind}:{base:#x}"] = device
     return found
 
 
 def _state(worker) -> dict:
     return {"board": worker.board.save_state(),
             "devices": {key: device.save_state()
-                        for key, device in _devices(worker.board.pio).items()},
+                        for key, device in _devices(worker).items()},
             "inputs": [worker.input.save_state()] if worker.scripted else []}
 
 
@@ -132,7 +134,7 @@ def _item(old: list, item, where: str) -> None:
 
 def _load(worker, state: dict) -> None:
     worker.board.load_state(state["board"])
-    for key, device in _devices(worker.board.pio).items():
+    for key, device in _devices(worker).items():
         device.load_state(state["devices"][key])
     for saved in state["inputs"]:
         worker.input.load_state(saved)
