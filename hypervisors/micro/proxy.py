@@ -18,6 +18,8 @@ from hypervisors.micro.wire import (
     HEADER,
     INPUT_ALIVE,
     INT_OUTPUT,
+    IO_READ,
+    IO_WRITE,
     ISA_LINES,
     MORE,
     NO_DEADLINE,
@@ -54,7 +56,7 @@ class ParentChannel:
         self.seq = 0
         self.round_trips = 0
 
-    def call(self, op: Op, size: int = 0, aux: int = 0, value: int = 0,
+    def call(self, op: int, size: int = 0, aux: int = 0, value: int = 0,
              payload: bytes = b"") -> int:
         if self.lost is not None:
             return ALL_ONES
@@ -135,11 +137,11 @@ class ProxyDevice:
         self.channel = channel
 
     def read(self, offset: int, size: int) -> int:
-        value = self.channel.call(Op.IO_READ, size, self.base + offset)
+        value = self.channel.call(IO_READ, size, self.base + offset)
         return value & ((1 << 8 * size) - 1)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        self.channel.call(Op.IO_WRITE, size, self.base + offset, value)
+        self.channel.call(IO_WRITE, size, self.base + offset, value)
 
 
 def install_proxies(bus: Bus, layout: bytes, channel: ParentChannel) -> None:

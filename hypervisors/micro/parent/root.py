@@ -257,8 +257,8 @@ class PartitionWorker:
             state |= INT_OUTPUT
         if pic.all_masked():
             state |= ALL_MASKED
-        if input_deadline is not None or pit.counting():
-            state |= COUNTING
+        if deadline is not None or input_deadline is not None or pit.counting():
+            state |= COUNTING     # (an IRQ0 deadline means counter 0 counts)
         if host_input.alive():
             state |= INPUT_ALIVE
         if input_deadline is not None and (deadline is None or input_deadline < deadline):
@@ -284,7 +284,8 @@ class PartitionWorker:
         slot = self.link.map
         HEADER.pack_into(slot, offset, op, size, aux, value & 0xFFFFFFFF, time, len(payload))
         offset += HEADER.size
-        slot[offset:offset + len(payload)] = payload
+        if payload:
+            slot[offset:offset + len(payload)] = payload
         return offset + len(payload)
 
     # ----- requests ------------------------------------------------------------------------------
