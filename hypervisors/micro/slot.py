@@ -12,17 +12,25 @@ death. No record is framed on a socket.
 The hypervisor chooses the slot's mode when it creates it (``placement``) and writes it, with
 the CPU each end's thread runs on, into the slot's header page:
 
-- POLL (two or more CPUs allowed): the two ends run on different CPUs and a waiter first polls
-  the sequence number, for a window it adapts as KVM's halt polling does (kvm_vcpu_halt: a wait
-  that slept but would have been caught by a longer poll doubles the window, up to
-  POLL_MAX_SECONDS; a wait longer than that halves it, down to nothing), so a busy channel has
-  no system call and no wake-up per message and an idle one burns no CPU. A waiter that goes to
-  sleep says so in its own sleep word; a publisher rings only a peer that said so. The classic
-  store-then-load race between the two (Dekker's) is closed with membarrier(2): the sleeper
-  publishes its word, then makes every running thread of both processes execute a full barrier
-  (MEMBARRIER_CMD_GLOBAL_EXPEDITED) before it looks at the sequence number a last time, so
-  either it sees the publication or the publisher sees the word. Without membarrier the mode
-  is SLEEP.
+- POLL (two or more CPUs allowed): while the channel is busy the two ends run on different
+  CPUs and a waiter first polls the sequence number, for a window it adapts as KVM's halt
+  polling does (kvm_vcpu_halt: a wait that slept but would have been caught by a longer poll
+  doubles the window, up to POLL_MAX_SECONDS; a wait longer than that halves it, down to
+  nothing), so a busy channel has no system call and no wake-up per message and an idle one
+  burns no CPU. The window also closes, and does not grow, while the machine is contended (a
+  poller lost its CPU mid-poll, or /proc/loadavg counts more runnable tasks than CPUs): as KVM
+  stops polling when another task wants the CPU, since the CPU time a poller takes from others
+  they take back from its peer or from the vCPU. Once the parent's window has closed (requests come further apart than that),
+  its worker sleeps *beside* the hypervisor's thread, on its CPU, and says so (PARENT_BESIDE):
+  a wake-up on the same core is a local one, while one on another core costs an
+  inter-processor interrupt and, on a loaded machine, waiting for a competitor's time slice;
+  the hypervisor does not poll for a parent beside it. A waiter that goes to sleep says so in
+  its own sleep word; a publisher rings only a peer that said so. The classic store-then-load
+  race between the two (Dekker's: each side's store may still sit in its CPU's store buffer
+  while it loads the other's word) is closed without a barrier on the fast path: the first
+  sleep of a wait lasts at most RECHECK_SECONDS, then the waiter looks at the sequence number
+  again (by then both stores are visible: poll() itself takes locks, which drain the store
+  buffer), so a publication that raced with the sleep is seen after at most that long.
 - SLEEP (one CPU): both ends' threads share the CPU, polling is useless (the peer cannot run
   while we poll), so every wait sleeps and every publication rings: a wake-up on the same core.
 
@@ -35,10 +43,8 @@ import contextlib
 import ctypes
 import enum
 import fcntl
-import functools
 import mmap
 import os
-import platform
 import select
 import socket
 import time
@@ -49,7 +55,7 @@ PAGE = 4096
 WORDS = 32                       # u32 words of the slot header page the protocol uses
 REQ_SEQ, REQ_LEN, HYPERVISOR_SLEEPS = 0, 1, 2    # written by the hypervisor
 MODE, HYPERVISOR_CPU, PARENT_CPU = 3, 4, 5       # written before the parent maps the slot
-REP_SEQ, REP_LEN, PARENT_SLEEPS = 16, 17, 18     # written by the parent (another cache line)
+REP_SEQ, REP_LEN, PARENT_SLEEPS, PARENT_BESIDE = 16, 17, 18, 19  # written by the parent
 SLEEP, POLL = 0, 1               # the modes (MODE's values)
 MODE_NAMES = {SLEEP: "sleep", POLL: "poll"}
 REQUEST_OFFSET = PAGE
@@ -60,10 +66,10 @@ SLOT_SIZE = REPLY_OFFSET + -(-REPLY_CAPACITY // PAGE) * PAGE
 POLL_START_SECONDS = 20e-6     # the window a poll-mode waiter starts with, and grows back from
 POLL_MAX_SECONDS = 200e-6      # the longest poll; a longer wait shrinks the window
 CHECKS = range(32)             # sequence-number reads between two looks at the clock
+PREEMPTED_SECONDS = 50e-6      # a gap this long between two looks: the poller lost its CPU
+CONTENTION_SAMPLE = 255        # successful polls between two looks at /proc/loadavg, minus 1
+RECHECK_SECONDS = 1e-3         # a poll-mode waiter's first sleep, before it looks again
 SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-MEMBARRIER_CMD_GLOBAL_EXPEDITED = 1 << 1
-MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED = 1 << 2
-SYS_MEMBARRIER = {"x86_64": 324}  # the channel's ordering argument is x86's TSO: x86-64 only
 
 
 class PeerGone(EOFError):
@@ -79,25 +85,20 @@ class Side(enum.Enum):
               REPLY_OFFSET, REQUEST_OFFSET, REQUEST_CAPACITY)
 
 
-@functools.cache
-def _membarrier():
-    """The membarrier(2) system call, registered for this process (a target of every other
-    registered process's barriers), or None where it cannot be had."""
-    number = SYS_MEMBARRIER.get(platform.machine())
-    if number is None:
+def _open_loadavg() -> int | None:
+    try:
+        return os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
-    syscall = ctypes.CDLL(None, use_errno=True).syscall
-    if syscall(number, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0) != 0:
-        return None
-    return functools.partial(syscall, number, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0)
 
 
 def placement(partition_id: int) -> tuple[int, int, int]:
-    """(mode, hypervisor CPU, parent CPU) for a partition: the allowed CPUs in turn; in POLL
-    mode the parent's worker on the next one, so the two ends never share a core."""
+    """(mode, hypervisor CPU, parent CPU) for a partition: the allowed CPUs in turn; POLL, with
+    the parent's worker on the next CPU so the two ends never share a core, wherever two or
+    more CPUs are allowed."""
     allowed = sorted(os.sched_getaffinity(0))
     cpu = allowed[partition_id % len(allowed)]
-    if len(allowed) > 1 and _membarrier() is not None:
+    if len(allowed) > 1:
         return POLL, cpu, allowed[(partition_id + 1) % len(allowed)]
     return SLEEP, cpu, cpu
 
@@ -122,13 +123,10 @@ def check_slot(fd: int) -> None:
 
 
 def slot_mode(fd: int) -> int:
-    """The mode the slot names; ValueError if it is none, or POLL where membarrier(2) cannot be
-    had (without the barrier a poll-mode end could sleep through a publication)."""
+    """The mode the slot names; ValueError if it is none."""
     mode = int.from_bytes(os.pread(fd, 4, 4 * MODE), "little")
     if mode not in MODE_NAMES:
         raise ValueError(f"the channel slot's mode {mode} is neither sleep (0) nor poll (1)")
-    if mode == POLL and _membarrier() is None:
-        raise ValueError("the channel slot asks for poll mode, which needs membarrier(2)")
     return mode
 
 
@@ -149,9 +147,10 @@ class SlotEnd:
         self.poller.register(wait_fd, select.POLLIN)
         self.poller.register(liveness, select.POLLIN)
         self.peer_gone = False
-        self.barrier = _membarrier() if self.polling else None
         self.window = POLL_START_SECONDS if self.polling else 0.0
         self.polls = self.sleeps = 0      # waits answered while polling, waits that slept
+        self.beside = False               # the parent's worker: on the hypervisor's CPU
+        self.loadavg = _open_loadavg()
 
     def describe(self) -> str:
         """The mode and the CPUs, for reports: 'poll (hypervisor on CPU 1, parent on CPU 0)'."""
@@ -194,69 +193,108 @@ class SlotEnd:
         """Return once ``word`` holds ``seq``; PeerGone if the peer closed its socket first,
         TimeoutError if ``timeout`` seconds of sleep pass without it."""
         words = self.words
-        if self.window:
-            until = time.perf_counter() + self.window
-            while True:
-                for _ in CHECKS:
-                    if words[word] == seq:
-                        self.polls += 1
-                        return
-                if time.perf_counter() >= until:
-                    break
+        window = 0.0 if words[PARENT_BESIDE] else self.window
+        if window and self._poll(word, seq, False, window):
+            return
         started = time.perf_counter()
-        self._announce_sleep()
+        words[self.sleep_word] = 1
+        recheck = self.polling
         try:
             while words[word] != seq:
-                self._sleep(timeout)
+                self._sleep(timeout, recheck)
+                recheck = False
         finally:
-            self._slept(started)
+            self._slept(started, window)
 
     def wait_for_change(self, word: int, seen: int) -> int:
-        """Return ``word``'s new value once it differs from ``seen``; PeerGone as above."""
+        """The parent's wait for a request: return ``word``'s new value once it differs from
+        ``seen``; PeerGone as above. In poll mode the worker first moves beside the
+        hypervisor's thread if its window has closed, or back to its own CPU if it opened."""
         words = self.words
-        if self.window:
-            until = time.perf_counter() + self.window
-            while True:
-                for _ in CHECKS:
-                    if words[word] != seen:
-                        self.polls += 1
-                        return words[word]
-                if time.perf_counter() >= until:
-                    break
+        if self.polling and self.beside != (not self.window):
+            self._move(not self.window)
+        window = self.window
+        if window and self._poll(word, seen, True, window):
+            return words[word]
         started = time.perf_counter()
-        self._announce_sleep()
+        words[self.sleep_word] = 1
+        recheck = self.polling
         try:
             while words[word] == seen:
-                self._sleep()
+                self._sleep(None, recheck)
+                recheck = False
         finally:
-            self._slept(started)
+            self._slept(started, window)
         return words[word]
 
-    def _announce_sleep(self) -> None:
-        """Tell the peer to ring, then make sure it saw that or we see its publication."""
-        self.words[self.sleep_word] = 1
-        if self.barrier is not None:
-            self.barrier()
+    def _poll(self, word: int, value: int, changed: bool, window: float) -> bool:
+        """Poll ``word`` for up to ``window`` seconds until it holds ``value`` (``changed``:
+        until it no longer does). False when the window passed, or when this thread lost its
+        CPU meanwhile (the machine is contended: the window closes)."""
+        words = self.words
+        last = time.perf_counter()
+        until = last + window
+        while True:
+            for _ in CHECKS:
+                if (words[word] != value) is changed:
+                    self.polls += 1
+                    if not self.polls & CONTENTION_SAMPLE and self._contended():
+                        self.window = 0.0
+                    return True
+            now = time.perf_counter()
+            if now - last > PREEMPTED_SECONDS:
+                self.window = 0.0
+                return False
+            if now >= until:
+                return False
+            last = now
 
-    def _slept(self, started: float) -> None:
-        """Awake again: adapt the poll window to how long the wait was (KVM's halt polling)."""
+    def _move(self, beside: bool) -> None:
+        """Run the calling thread on the hypervisor's CPU (``beside``) or on this end's own,
+        and say where it runs; it stays put if the CPU cannot be had."""
+        try:
+            os.sched_setaffinity(0, {self.words[HYPERVISOR_CPU if beside else self.cpu_word]})
+        except (OSError, ValueError, OverflowError):
+            return
+        self.beside = beside
+        self.words[PARENT_BESIDE] = beside
+
+    def _slept(self, started: float, polled: float) -> None:
+        """Awake again after polling for ``polled`` seconds: adapt the poll window to how long
+        the wait was (KVM's halt polling); a wait that did not poll for a parent beside us says
+        nothing about the window."""
         self.words[self.sleep_word] = 0
         self.sleeps += 1
-        if not self.polling:
+        if not self.polling or polled != self.window:
             return
-        waited = self.window + time.perf_counter() - started
+        waited = polled + time.perf_counter() - started
         if waited > POLL_MAX_SECONDS:
             self.window = self.window / 2 if self.window > POLL_START_SECONDS else 0.0
-        elif self.window < POLL_MAX_SECONDS:
+        elif self.window < POLL_MAX_SECONDS and not self._contended():
             self.window = min(max(2 * self.window, POLL_START_SECONDS), POLL_MAX_SECONDS)
 
-    def _sleep(self, timeout: float | None = None) -> None:
-        """Sleep until the doorbell rings; PeerGone once the socket said so on an earlier sleep
-        (the caller looks at the slot once more in between: the last answer may be there)."""
+    def _contended(self) -> bool:
+        """Whether a task waits for a CPU: more runnable tasks (/proc/loadavg's count, this
+        thread and its peer among them) than the machine has CPUs (KVM's halt polling asks
+        single_task_running for the same reason)."""
+        if self.loadavg is None:
+            return False
+        running = os.pread(self.loadavg, 64, 0).split()[3].split(b"/")[0]
+        return int(running) > os.cpu_count()
+
+    def _sleep(self, timeout: float | None = None, recheck: bool = False) -> None:
+        """Sleep until the doorbell rings (``recheck``: or RECHECK_SECONDS pass); PeerGone once
+        the socket said so on an earlier sleep (the caller looks at the slot once more in
+        between: the last answer may be there)."""
         if self.peer_gone:
             raise PeerGone("the peer closed the channel or broke its protocol")
-        events = self.poller.poll(None if timeout is None else timeout * 1000)
+        limit = timeout
+        if recheck and (timeout is None or timeout > RECHECK_SECONDS):
+            limit = RECHECK_SECONDS
+        events = self.poller.poll(None if limit is None else limit * 1000)
         if not events:
+            if limit != timeout:
+                return
             raise TimeoutError(f"no answer within {timeout} s")
         for fd, _events in events:
             if fd == self.wait_fd:
@@ -291,3 +329,5 @@ class SlotEnd:
         for fd in (self.ring_fd, self.wait_fd):
             os.close(fd)
         self.liveness.close()
+        if self.loadavg is not None:
+            os.close(self.loadavg)

@@ -2,8 +2,8 @@
 PartitionWorker, both ends in this process, in each mode (sleep: both ends on one CPU; poll: on
 two): requests and replies through the slot, notifications that overflow a reply arriving whole
 and in order through DRAINs, a peer's death seen as the end of the channel, each end's thread on
-the CPU the slot names, a poll window that closes while the channel idles, and slots the parent
-must refuse."""
+the CPU the slot names (the parent's beside the hypervisor's once its poll window has closed), a
+poll window that closes while the channel idles, and slots the parent must refuse."""
 from __future__ import annotations
 
 import fcntl
@@ -19,6 +19,8 @@ from hypervisors.micro.parent.root import PartitionWorker
 from hypervisors.micro.proxy import ALL_ONES, ParentChannel
 from hypervisors.micro.slot import (
     HYPERVISOR_CPU,
+    PARENT_BESIDE,
+    PARENT_SLEEPS,
     POLL,
     POLL_MAX_SECONDS,
     SLEEP,
@@ -44,7 +46,7 @@ class Pair:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         chosen, hypervisor_cpu, parent_cpu = placement(1)
         if mode == POLL and chosen != POLL:
-            pytest.skip("poll mode needs two CPUs and membarrier(2)")
+            pytest.skip("poll mode needs two CPUs")
         self.cpus = (hypervisor_cpu, parent_cpu if mode == POLL else hypervisor_cpu)
         slot = create_slot(mode, *self.cpus)
         to_parent, to_us = os.eventfd(0, os.EFD_CLOEXEC), os.eventfd(0, os.EFD_CLOEXEC)
@@ -102,11 +104,20 @@ def test_a_dead_peer_ends_the_channel_and_every_later_call_answers_all_ones(pair
     assert pair.channel.call(Op.IO_READ, 1, POST_CODE) == ALL_ONES and len(pair.lost) == 1
 
 
+def worker_asleep(pair) -> set[int]:
+    """The worker's CPUs once it sleeps (it moves, if at all, before it sleeps)."""
+    deadline = time.monotonic() + 10
+    while not pair.worker.link.words[PARENT_SLEEPS] and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return os.sched_getaffinity(pair.thread.native_id)
+
+
 def test_each_end_runs_on_the_cpu_the_slot_names_for_it(pair):
     hypervisor_cpu, parent_cpu = pair.cpus
     before = os.sched_getaffinity(0)
     pair.channel.call(Op.IO_READ, 1, POST_CODE)             # the worker is serving by now
-    assert os.sched_getaffinity(pair.thread.native_id) == {parent_cpu}
+    beside = pair.worker.link.words[PARENT_BESIDE]
+    assert worker_asleep(pair) == {hypervisor_cpu if beside else parent_cpu}
     with pair.channel.link.pinned():
         assert os.sched_getaffinity(0) == {hypervisor_cpu}
     assert os.sched_getaffinity(0) == before
@@ -126,6 +137,8 @@ def test_an_idle_channel_stops_polling_and_a_sleeping_end_is_still_woken(pair):
         assert pair.channel.call(Op.IO_READ, 1, POST_CODE) == 0
     assert worker.window == 0 and worker.sleeps >= 6
     assert pair.worker.board.post.reads == 6
+    assert worker_asleep(pair) == {pair.cpus[0]}      # beside the hypervisor's thread
+    assert worker.words[PARENT_BESIDE] == worker.polling
 
 
 def test_the_parent_refuses_a_slot_it_could_be_made_to_fault_on():
