@@ -10,7 +10,8 @@ parent are built first (harness.run_vm). Each repetition measures both placement
 and the ratio is taken per repetition (median and spread of those ratios; goal: at most 8x,
 issue 12's target; KVM's 2012 figure for the same split is ~2.8x). The channel round trip is
 timed after a warm-up, on the CPU the vCPU thread would run on. The records name the channel's
-mode (slot.py: poll, the two ends on different CPUs, or sleep, both on one) and its CPUs.
+mode (slot.py: poll, the two ends on different CPUs, or sleep, both on one), its CPUs, and how
+many of each repetition's round-trip replies were caught polling (the rest were slept for).
 """
 from __future__ import annotations
 
@@ -69,7 +70,10 @@ def channel_round_trip_us(iterations: int) -> tuple[float, str]:
             started = time.perf_counter()
             for _ in range(iterations):
                 channel.call(Op.IO_READ, 1, 0x80)
-            return (time.perf_counter() - started) / iterations * 1e6, channel.link.describe()
+            seconds = time.perf_counter() - started
+        link = channel.link
+        return seconds / iterations * 1e6, (f"{link.describe()}, {link.polls} of "
+                                            f"{link.polls + link.sleeps} replies polled")
     finally:
         hypervisor.close()
 
@@ -80,15 +84,15 @@ def bench_records(quick: bool) -> list[dict]:
     images = {kind: {flag: guest(n, flag) for flag in (True, False)}
               for kind, n in iterations.items()}
     timings = {kind: ([], []) for kind in HYPERVISORS}
-    channel, modes = [], set()
+    channel, modes = [], []
     for _ in range(reps):
         for kind, cls in HYPERVISORS.items():
             for samples, seconds in zip(timings[kind], loop_seconds(cls, images[kind])):
                 samples.append(seconds)
         round_trip, mode = channel_round_trip_us(iterations["micro"])
         channel.append(round_trip)
-        modes.add(mode)
-    mode = " / ".join(sorted(modes))
+        modes.append(mode)
+    mode = "; ".join(modes)
     records = {kind: cost(NAME, "trap", kind, "io_exit_us", *timings[kind], iterations[kind],
                           "us", iterations=iterations[kind]) for kind in HYPERVISORS}
     forwarded = ratio_of(NAME, "trap", "micro", "forwarded_io_x_in_process", records["micro"],

@@ -67,7 +67,7 @@ POLL_START_SECONDS = 20e-6     # the window a poll-mode waiter starts with, and 
 POLL_MAX_SECONDS = 200e-6      # the longest poll; a longer wait shrinks the window
 CHECKS = range(32)             # sequence-number reads between two looks at the clock
 PREEMPTED_SECONDS = 50e-6      # a gap this long between two looks: the poller lost its CPU
-CONTENTION_SAMPLE = 255        # successful polls between two looks at /proc/loadavg, minus 1
+CONTENTION_PERIOD = 10e-3      # seconds between two looks at /proc/loadavg (one costs ~5 µs)
 RECHECK_SECONDS = 1e-3         # a poll-mode waiter's first sleep, before it looks again
 SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 
@@ -151,6 +151,7 @@ class SlotEnd:
         self.polls = self.sleeps = 0      # waits answered while polling, waits that slept
         self.beside = False               # the parent's worker: on the hypervisor's CPU
         self.loadavg = _open_loadavg()
+        self.contention, self.next_sample = False, 0.0
 
     def describe(self) -> str:
         """The mode and the CPUs, for reports: 'poll (hypervisor on CPU 1, parent on CPU 0)'."""
@@ -238,7 +239,7 @@ class SlotEnd:
             for _ in CHECKS:
                 if (words[word] != value) is changed:
                     self.polls += 1
-                    if not self.polls & CONTENTION_SAMPLE and self._contended():
+                    if self._contended(last):
                         self.window = 0.0
                     return True
             now = time.perf_counter()
@@ -267,20 +268,22 @@ class SlotEnd:
         self.sleeps += 1
         if not self.polling or polled != self.window:
             return
-        waited = polled + time.perf_counter() - started
+        now = time.perf_counter()
+        waited = polled + now - started
         if waited > POLL_MAX_SECONDS:
             self.window = self.window / 2 if self.window > POLL_START_SECONDS else 0.0
-        elif self.window < POLL_MAX_SECONDS and not self._contended():
+        elif self.window < POLL_MAX_SECONDS and not self._contended(now):
             self.window = min(max(2 * self.window, POLL_START_SECONDS), POLL_MAX_SECONDS)
 
-    def _contended(self) -> bool:
+    def _contended(self, now: float) -> bool:
         """Whether a task waits for a CPU: more runnable tasks (/proc/loadavg's count, this
         thread and its peer among them) than the machine has CPUs (KVM's halt polling asks
-        single_task_running for the same reason)."""
-        if self.loadavg is None:
-            return False
-        running = os.pread(self.loadavg, 64, 0).split()[3].split(b"/")[0]
-        return int(running) > os.cpu_count()
+        single_task_running for the same reason); looked at once per CONTENTION_PERIOD."""
+        if now >= self.next_sample and self.loadavg is not None:
+            self.next_sample = now + CONTENTION_PERIOD
+            running = os.pread(self.loadavg, 64, 0).split()[3].split(b"/")[0]
+            self.contention = int(running) > os.cpu_count()
+        return self.contention
 
     def _sleep(self, timeout: float | None = None, recheck: bool = False) -> None:
         """Sleep until the doorbell rings (``recheck``: or RECHECK_SECONDS pass); PeerGone once
