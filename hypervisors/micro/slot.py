@@ -20,17 +20,18 @@ the CPU each end's thread runs on, into the slot's header page:
   burns no CPU. The window also closes, and does not grow, while the machine is contended (a
   poller lost its CPU mid-poll, or /proc/loadavg counts more runnable tasks than CPUs): as KVM
   stops polling when another task wants the CPU, since the CPU time a poller takes from others
-  they take back from its peer or from the vCPU. Once the parent's window has closed (requests come further apart than that),
-  its worker sleeps *beside* the hypervisor's thread, on its CPU, and says so (PARENT_BESIDE):
+  they take back from its peer or from the vCPU. Once the parent's window has closed (requests
+  come further apart, or the machine is busy), its worker sleeps *beside* the hypervisor's
+  thread, on its CPU, and says so (PARENT_BESIDE):
   a wake-up on the same core is a local one, while one on another core costs an
   inter-processor interrupt and, on a loaded machine, waiting for a competitor's time slice;
   the hypervisor does not poll for a parent beside it. A waiter that goes to sleep says so in
   its own sleep word; a publisher rings only a peer that said so. The classic store-then-load
   race between the two (Dekker's: each side's store may still sit in its CPU's store buffer
-  while it loads the other's word) is closed without a barrier on the fast path: the first
-  sleep of a wait lasts at most RECHECK_SECONDS, then the waiter looks at the sequence number
-  again (by then both stores are visible: poll() itself takes locks, which drain the store
-  buffer), so a publication that raced with the sleep is seen after at most that long.
+  while it loads the other's word) is closed without a barrier on the fast path: a waiter
+  sleeps at most until RECHECK_SECONDS after it said it sleeps, then looks at the sequence
+  number again (store buffers drain in far less), so a publication that raced with the sleep
+  is seen after at most that long; only later sleeps are unbounded.
 - SLEEP (one CPU): both ends' threads share the CPU, polling is useless (the peer cannot run
   while we poll), so every wait sleeps and every publication rings: a wake-up on the same core.
 
@@ -68,7 +69,7 @@ POLL_MAX_SECONDS = 200e-6      # the longest poll; a longer wait shrinks the win
 CHECKS = range(32)             # sequence-number reads between two looks at the clock
 PREEMPTED_SECONDS = 50e-6      # a gap this long between two looks: the poller lost its CPU
 CONTENTION_PERIOD = 10e-3      # seconds between two looks at /proc/loadavg (one costs ~5 µs)
-RECHECK_SECONDS = 1e-3         # a poll-mode waiter's first sleep, before it looks again
+RECHECK_SECONDS = 1e-3         # a poll-mode sleeper looks again this long after it slept
 SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 
 
@@ -199,11 +200,10 @@ class SlotEnd:
             return
         started = time.perf_counter()
         words[self.sleep_word] = 1
-        recheck = self.polling
+        recheck = started + RECHECK_SECONDS if self.polling else None
         try:
             while words[word] != seq:
                 self._sleep(timeout, recheck)
-                recheck = False
         finally:
             self._slept(started, window)
 
@@ -219,11 +219,10 @@ class SlotEnd:
             return words[word]
         started = time.perf_counter()
         words[self.sleep_word] = 1
-        recheck = self.polling
+        recheck = started + RECHECK_SECONDS if self.polling else None
         try:
             while words[word] == seen:
                 self._sleep(None, recheck)
-                recheck = False
         finally:
             self._slept(started, window)
         return words[word]
@@ -285,15 +284,18 @@ class SlotEnd:
             self.contention = int(running) > os.cpu_count()
         return self.contention
 
-    def _sleep(self, timeout: float | None = None, recheck: bool = False) -> None:
-        """Sleep until the doorbell rings (``recheck``: or RECHECK_SECONDS pass); PeerGone once
-        the socket said so on an earlier sleep (the caller looks at the slot once more in
-        between: the last answer may be there)."""
+    def _sleep(self, timeout: float | None = None, recheck: float | None = None) -> None:
+        """Sleep until the doorbell rings, or until the ``recheck`` time if that is sooner
+        (the caller then looks at the slot again); PeerGone once the socket said so on an
+        earlier sleep (the caller looks at the slot once more in between: the last answer may
+        be there)."""
         if self.peer_gone:
             raise PeerGone("the peer closed the channel or broke its protocol")
         limit = timeout
-        if recheck and (timeout is None or timeout > RECHECK_SECONDS):
-            limit = RECHECK_SECONDS
+        if recheck is not None:
+            left = recheck - time.perf_counter()
+            if left > 0 and (timeout is None or timeout > left):
+                limit = left
         events = self.poller.poll(None if limit is None else limit * 1000)
         if not events:
             if limit != timeout:
