@@ -17,11 +17,13 @@ the CPU each end's thread runs on, into the slot's header page:
   polling does (kvm_vcpu_halt: a wait that slept but would have been caught by a longer poll
   doubles the window, up to POLL_MAX_SECONDS; a wait longer than that halves it, down to
   nothing), so a busy channel has no system call and no wake-up per message and an idle one
-  burns no CPU. The window also closes, and does not grow, while the machine is contended (a
-  poller lost its CPU mid-poll, or /proc/loadavg counts more runnable tasks than CPUs): as KVM
-  stops polling when another task wants the CPU, since the CPU time a poller takes from others
-  they take back from its peer or from the vCPU. Once the parent's window has closed (requests
-  come further apart, or the machine is busy), its worker sleeps *beside* the hypervisor's
+  burns no CPU. While the machine is contended (/proc/loadavg counts more runnable tasks than
+  CPUs) the window grows no further than POLL_START_SECONDS (KVM stops polling altogether
+  when another task wants the CPU, single_task_running): the CPU time a poller takes from others they take
+  back from its peer or from the vCPU (measured: with 200 µs windows on a loaded machine a
+  guest doing sparse I/O ran 3-4x slower than in-process, with 20 µs ~2x), while a busy
+  channel's replies still come within a short poll. Once the parent's window has closed
+  (requests come further apart than that), its worker sleeps *beside* the hypervisor's
   thread, on its CPU, and says so (PARENT_BESIDE):
   a wake-up on the same core is a local one, while one on another core costs an
   inter-processor interrupt and, on a loaded machine, waiting for a competitor's time slice;
@@ -67,7 +69,6 @@ SLOT_SIZE = REPLY_OFFSET + -(-REPLY_CAPACITY // PAGE) * PAGE
 POLL_START_SECONDS = 20e-6     # the window a poll-mode waiter starts with, and grows back from
 POLL_MAX_SECONDS = 200e-6      # the longest poll; a longer wait shrinks the window
 CHECKS = range(32)             # sequence-number reads between two looks at the clock
-PREEMPTED_SECONDS = 50e-6      # a gap this long between two looks: the poller lost its CPU
 CONTENTION_PERIOD = 10e-3      # seconds between two looks at /proc/loadavg (one costs ~5 µs)
 RECHECK_SECONDS = 1e-3         # a poll-mode sleeper looks again this long after it slept
 SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
@@ -229,8 +230,8 @@ class SlotEnd:
 
     def _poll(self, word: int, value: int, changed: bool, window: float) -> bool:
         """Poll ``word`` for up to ``window`` seconds until it holds ``value`` (``changed``:
-        until it no longer does). False when the window passed, or when this thread lost its
-        CPU meanwhile (the machine is contended: the window closes)."""
+        until it no longer does); False when the window passed. A contended machine caps the
+        window."""
         words = self.words
         last = time.perf_counter()
         until = last + window
@@ -239,15 +240,11 @@ class SlotEnd:
                 if (words[word] != value) is changed:
                     self.polls += 1
                     if self._contended(last):
-                        self.window = 0.0
+                        self.window = min(self.window, POLL_START_SECONDS)
                     return True
-            now = time.perf_counter()
-            if now - last > PREEMPTED_SECONDS:
-                self.window = 0.0
+            last = time.perf_counter()
+            if last >= until:
                 return False
-            if now >= until:
-                return False
-            last = now
 
     def _move(self, beside: bool) -> None:
         """Run the calling thread on the hypervisor's CPU (``beside``) or on this end's own,
@@ -271,8 +268,9 @@ class SlotEnd:
         waited = polled + now - started
         if waited > POLL_MAX_SECONDS:
             self.window = self.window / 2 if self.window > POLL_START_SECONDS else 0.0
-        elif self.window < POLL_MAX_SECONDS and not self._contended(now):
-            self.window = min(max(2 * self.window, POLL_START_SECONDS), POLL_MAX_SECONDS)
+        elif self.window < POLL_MAX_SECONDS:
+            most = POLL_START_SECONDS if self._contended(now) else POLL_MAX_SECONDS
+            self.window = min(max(2 * self.window, POLL_START_SECONDS), most)
 
     def _contended(self, now: float) -> bool:
         """Whether a task waits for a CPU: more runnable tasks (/proc/loadavg's count, this
