@@ -12,7 +12,7 @@ death. No record is framed on a socket.
 The hypervisor chooses the slot's mode when it creates it (``placement``) and writes it, with
 the CPU each end's thread runs on, into the slot's header page:
 
-- POLL (two or more CPUs allowed): while the channel is busy the two ends run on different
+- POLL (two or more CPUs allowed, and a machine that is not busy): while the channel is busy the two ends run on different
   CPUs and a waiter first polls the sequence number, for a window it adapts as KVM's halt
   polling does (kvm_vcpu_halt: a wait that slept but would have been caught by a longer poll
   doubles the window, up to POLL_MAX_SECONDS; a wait longer than that halves it, down to
@@ -34,7 +34,7 @@ the CPU each end's thread runs on, into the slot's header page:
   sleeps at most until RECHECK_SECONDS after it said it sleeps, then looks at the sequence
   number again (store buffers drain in far less), so a publication that raced with the sleep
   is seen after at most that long; only later sleeps are unbounded.
-- SLEEP (one CPU): both ends' threads share the CPU, polling is useless (the peer cannot run
+- SLEEP (one CPU, or a busy machine): both ends' threads share the CPU, polling is useless (the peer cannot run
   while we poll), so every wait sleeps and every publication rings: a wake-up on the same core.
 
 Stores are published in program order (the sequence number last), which x86's total store order
@@ -96,11 +96,14 @@ def _open_loadavg() -> int | None:
 
 def placement(partition_id: int) -> tuple[int, int, int]:
     """(mode, hypervisor CPU, parent CPU) for a partition: the allowed CPUs in turn; POLL, with
-    the parent's worker on the next CPU so the two ends never share a core, wherever two or
-    more CPUs are allowed."""
+    the parent's worker on the next CPU so the two ends never share a core, where two or more
+    CPUs are allowed and the machine is not busy (its 1-minute load average below its CPU
+    count: on a busy machine polls lose their CPU and cross-core wake-ups wait for time
+    slices; measured at load ~6 on 2 CPUs, a guest's UART console ran 3-4x slower in poll
+    mode than in sleep mode)."""
     allowed = sorted(os.sched_getaffinity(0))
     cpu = allowed[partition_id % len(allowed)]
-    if len(allowed) > 1:
+    if len(allowed) > 1 and os.getloadavg()[0] < os.cpu_count():
         return POLL, cpu, allowed[(partition_id + 1) % len(allowed)]
     return SLEEP, cpu, cpu
 
