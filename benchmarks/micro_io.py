@@ -8,7 +8,10 @@ NOP instead) / N, under the trap engine, median over the repetitions, N per plac
 (ITERATIONS). Only the guest's run is timed: the micro child partition and its devices in the
 parent are built first (harness.run_vm). Each repetition measures both placements back to back
 and the ratio is taken per repetition (median and spread of those ratios; goal: at most 8x,
-issue 12's target; KVM's 2012 figure for the same split is ~2.8x). The channel round trip is timed after a warm-up.
+issue 12's target; KVM's 2012 figure for the same split is ~2.8x). The channel round trip is
+timed after a warm-up, on the CPU the vCPU thread would run on. The records name the channel's
+mode (slot.py: poll, the two ends on different CPUs, or sleep, both on one), its CPUs, and how
+many of each repetition's round-trip replies were caught polling (the rest were slept for).
 """
 from __future__ import annotations
 
@@ -55,18 +58,22 @@ def loop_seconds(cls: type, images: dict) -> tuple[float, float]:
     return with_in, without
 
 
-def channel_round_trip_us(iterations: int) -> float:
-    """IO_READ of port 0x80 straight through the channel: the wire and the parent, no CPU."""
+def channel_round_trip_us(iterations: int) -> tuple[float, str]:
+    """IO_READ of port 0x80 straight through the channel: the wire and the parent, no CPU;
+    and the channel's mode and CPUs."""
     hypervisor = MicroHypervisor(engine="trap")
     try:
         channel = hypervisor.create_partition().channel
-        with channel.link.pinned():     # where the vCPU thread runs: beside the parent's worker
+        with channel.link.pinned():     # where the vCPU thread runs (ChildPartition.pinned)
             for _ in range(WARM_UP):
                 channel.call(Op.IO_READ, 1, 0x80)
             started = time.perf_counter()
             for _ in range(iterations):
                 channel.call(Op.IO_READ, 1, 0x80)
-            return (time.perf_counter() - started) / iterations * 1e6
+            seconds = time.perf_counter() - started
+        link = channel.link
+        return seconds / iterations * 1e6, (f"{link.describe()}, {link.polls} of "
+                                            f"{link.polls + link.sleeps} replies polled")
     finally:
         hypervisor.close()
 
@@ -77,16 +84,21 @@ def bench_records(quick: bool) -> list[dict]:
     images = {kind: {flag: guest(n, flag) for flag in (True, False)}
               for kind, n in iterations.items()}
     timings = {kind: ([], []) for kind in HYPERVISORS}
-    channel = []
+    channel, modes = [], []
     for _ in range(reps):
         for kind, cls in HYPERVISORS.items():
             for samples, seconds in zip(timings[kind], loop_seconds(cls, images[kind])):
                 samples.append(seconds)
-        channel.append(channel_round_trip_us(iterations["micro"]))
+        round_trip, mode = channel_round_trip_us(iterations["micro"])
+        channel.append(round_trip)
+        modes.append(mode)
+    mode = "; ".join(modes)
     records = {kind: cost(NAME, "trap", kind, "io_exit_us", *timings[kind], iterations[kind],
                           "us", iterations=iterations[kind]) for kind in HYPERVISORS}
     forwarded = ratio_of(NAME, "trap", "micro", "forwarded_io_x_in_process", records["micro"],
-                         records["monolithic"], paired=True, kvm_2012=round(KVM_2012, 2))
+                         records["monolithic"], paired=True, kvm_2012=round(KVM_2012, 2),
+                         channel=mode)
     verdict(forwarded, GOAL)
     return [*records.values(),
-            with_spread(NAME, "-", "micro", "channel_round_trip_us", channel, "us"), forwarded]
+            with_spread(NAME, "-", "micro", "channel_round_trip_us", channel, "us", channel=mode),
+            forwarded]

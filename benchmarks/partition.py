@@ -61,5 +61,5 @@ def delegate(module: str, quick: bool, lines: list[str]) -> list[dict]:
         lines.append(f"    {module:<28} {reason}")
         return [missing(NAME, "-", "micro", module, "-", reason)]
     lines += [f"    {r['engine'] + '/' + r['hypervisor']:<16} {r['metric']:<40} {value_text(r)}"
-              for r in records]
+              + (f"  channel: {r['channel']}" if "channel" in r else "") for r in records]
     return records

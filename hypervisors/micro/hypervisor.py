@@ -20,7 +20,7 @@ from typing import Callable
 
 from hypervisors.images import GuestImage
 from hypervisors.micro.partition import ChildPartition
-from hypervisors.micro.slot import Side, SlotEnd, cpu_for, create_slot
+from hypervisors.micro.slot import Side, SlotEnd, create_slot, placement
 from hypervisors.micro.wire import HEADER, Control, PartitionConfig, Record, pack
 from vmm.cpusched.dispatch import ThreadedClient, VcpuClient, dispatch
 from vmm.cpusched.policy import Controls
@@ -81,7 +81,7 @@ class ParentProcess:
         gets the other end of a stream socket (kept open only to tell each side the other
         lives), the RAM, the shared slot and its two doorbells (to the parent, to us)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        slot = create_slot(cpu_for(partition_id))
+        slot = create_slot(*placement(partition_id))
         to_parent, to_us = (os.eventfd(0, os.EFD_CLOEXEC) for _ in range(2))
         try:
             layout = self.request(Control.CREATE_PARTITION, partition_id, config.encode(),

@@ -215,8 +215,9 @@ class ChildPartition:
             return self.failed(exc)
 
     def pinned(self):
-        """A context that runs the calling thread on the CPU of this partition's worker in the
-        parent (a wake-up across cores costs ~25 µs each way)."""
+        """A context that runs the calling thread on the CPU the channel's placement gave this
+        partition's vCPU: beside the parent's worker in sleep mode (a wake-up across cores
+        costs ~50 µs each way), on the other CPU in poll mode (slot.py)."""
         return self.channel.link.pinned()
 
     def failed(self, exc: BaseException) -> RunResult:

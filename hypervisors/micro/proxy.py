@@ -18,12 +18,15 @@ from hypervisors.micro.wire import (
     HEADER,
     INPUT_ALIVE,
     INT_OUTPUT,
+    IO_READ,
+    IO_WRITE,
     ISA_LINES,
     MORE,
     NO_DEADLINE,
+    REPLY,
+    MalformedRecord,
     Message,
     Op,
-    Record,
     unpack_record,
 )
 from vmm.bus import Bus
@@ -53,7 +56,7 @@ class ParentChannel:
         self.seq = 0
         self.round_trips = 0
 
-    def call(self, op: Op, size: int = 0, aux: int = 0, value: int = 0,
+    def call(self, op: int, size: int = 0, aux: int = 0, value: int = 0,
              payload: bytes = b"") -> int:
         if self.lost is not None:
             return ALL_ONES
@@ -68,7 +71,8 @@ class ParentChannel:
 
     def _round_trip(self, op: int, size: int = 0, aux: int = 0, value: int = 0,
                     payload: bytes = b"") -> int:
-        """One request through the slot; the reply's value, after its notifications."""
+        """One request through the slot; the reply's value, after its notifications. The
+        usual answer, a lone REPLY without ISA lines, is read straight from the slot."""
         link, start = self.link, self.link.out_offset
         HEADER.pack_into(link.map, start, op, size, aux, value & 0xFFFFFFFF, self.clock.now_ns(),
                          len(payload))
@@ -78,23 +82,35 @@ class ParentChannel:
         link.publish(seq, HEADER.size + len(payload))
         link.wait_for(REP_SEQ, seq)
         offset, end = link.incoming(REP_LEN)
-        reply, offset = unpack_record(link.map, offset, end)
-        if reply.op != Record.REPLY:
-            reply = self._notifications(reply, offset, end)
+        if end - offset == HEADER.size and link.map[offset] == REPLY:
+            _op, state, _aux, result, deadline, length = HEADER.unpack_from(link.map, offset)
+            if length:
+                raise MalformedRecord(f"a REPLY announces {length} payload bytes but carries 0")
+            lines = b""
+        else:
+            state, result, deadline, lines = self._records(offset, end)
         self.round_trips += 1
-        self.state = reply.size
-        self.deadline = None if reply.time == NO_DEADLINE else reply.time
-        if reply.payload:
-            self.on_isa_lines(*ISA_LINES.unpack(reply.payload))
-        self.on_state(self.state)
-        return reply.value
+        self.state = state
+        self.deadline = None if deadline == NO_DEADLINE else deadline
+        if lines:
+            self.on_isa_lines(*ISA_LINES.unpack(lines))
+        self.on_state(state)
+        return result
+
+    def _records(self, offset: int, end: int) -> tuple[int, int, int, bytes]:
+        """(state, value, deadline, ISA lines) of the REPLY that ends the records at
+        ``offset``, after handing each notification before it to ``on_record``."""
+        reply, offset = unpack_record(self.link.map, offset, end)
+        if reply.op != REPLY:
+            reply = self._notifications(reply, offset, end)
+        return reply.size, reply.value, reply.time, reply.payload
 
     def _notifications(self, first: Message, offset: int, end: int) -> Message:
         """Hand ``first`` and the records after it to ``on_record``, all read out of the slot
         before the first is handled; the REPLY that ends them."""
         records = [first]
         reply, offset = unpack_record(self.link.map, offset, end)
-        while reply.op != Record.REPLY:
+        while reply.op != REPLY:
             records.append(reply)
             reply, offset = unpack_record(self.link.map, offset, end)
         for record in records:
@@ -121,11 +137,11 @@ class ProxyDevice:
         self.channel = channel
 
     def read(self, offset: int, size: int) -> int:
-        value = self.channel.call(Op.IO_READ, size, self.base + offset)
+        value = self.channel.call(IO_READ, size, self.base + offset)
         return value & ((1 << 8 * size) - 1)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        self.channel.call(Op.IO_WRITE, size, self.base + offset, value)
+        self.channel.call(IO_WRITE, size, self.base + offset, value)
 
 
 class ProxyMmio(ProxyDevice):

@@ -21,13 +21,23 @@ import traceback
 
 from hypervisors.loaded_modules import loaded_modules
 from hypervisors.micro.parent import device_state, gpadl, vsp
-from hypervisors.micro.slot import REPLY_CAPACITY, REQ_LEN, REQ_SEQ, Side, SlotEnd, check_slot
+from hypervisors.micro.slot import (
+    REPLY_CAPACITY,
+    REQ_LEN,
+    REQ_SEQ,
+    Side,
+    SlotEnd,
+    check_slot,
+    slot_mode,
+)
 from hypervisors.micro.wire import (
     ALL_MASKED,
     COUNTING,
     HEADER,
     INPUT_ALIVE,
     INT_OUTPUT,
+    IO_READ,
+    IO_WRITE,
     ISA_LINES,
     MAX_PAYLOAD,
     MORE,
@@ -35,6 +45,7 @@ from hypervisors.micro.wire import (
     PORT_SIZES,
     RAISED,
     RECONFIGURED,
+    REPLY,
     Control,
     MalformedRecord,
     Message,
@@ -55,6 +66,7 @@ HV_STATUS_INVALID_CONNECTION_ID = 0x0012
 DEFAULT_DISK_SIZE = 1 << 20
 CONTROL_RECORD_MAX = 1 << 20
 CHANNEL_FDS = 5        # socket, RAM, slot, doorbell to the parent, doorbell to the hypervisor
+ALL_ONES = 0xFFFFFFFF
 REPLY_ROOM = REPLY_CAPACITY - HEADER.size - ISA_LINES.size   # what notifications may fill
 
 
@@ -91,8 +103,7 @@ class PartitionWorker:
         if config.fault_device:
             inject_fault(self.board.pio, config.fault_device)
         self.server = self._vmbus_server(ram_fd, config)
-        self.handlers = {Op.IO_READ: self._io_read, Op.IO_WRITE: self._io_write,
-                         Op.ACKNOWLEDGE: self._acknowledge, Op.UPDATE_TIMERS: self._update_timers,
+        self.handlers = {Op.ACKNOWLEDGE: self._acknowledge, Op.UPDATE_TIMERS: self._update_timers,
                          Op.POLL_INPUT: self._poll_input, Op.POST_MESSAGE: self._post_message,
                          Op.SIGNAL_EVENT: self._signal_event, Op.DRAIN: self._drain,
                          Op.SAVE_DEVICES: self._save_devices,
@@ -162,56 +173,77 @@ class PartitionWorker:
             while True:
                 seen = self.link.wait_for_change(REQ_SEQ, seen)
                 try:
-                    message = self._request()
+                    self._serve(seen)
                 except MalformedRecord as exc:
                     self.failed = True
                     self._notify_fault(f"the channel ends: {exc}")
-                    self._reply(seen, 0xFFFFFFFF)
+                    self._reply(seen, ALL_ONES)
                     return
-                self._reply(seen, self._answer(message))
         except (EOFError, OSError):
             return
         finally:
             self.link.close()
 
+    def _serve(self, seq: int) -> None:
+        """Answer the request published as ``seq``; MalformedRecord if it cannot be framed.
+        Most requests are a header alone, read straight from the slot (copied out at once:
+        the child may rewrite the slot)."""
+        link = self.link
+        if link.words[REQ_LEN] == HEADER.size:
+            op, size, aux, value, time, length = HEADER.unpack_from(link.map, link.in_offset)
+            if not length:
+                self._reply(seq, self._answer(op, size, aux, value, time, b""))
+                return
+        self._reply(seq, self._answer(*self._request()))
+
     def _request(self) -> Message:
         """The one record in the request area (copied out: the child may rewrite the slot)."""
         start, end = self.link.incoming(REQ_LEN)
-        if end - start == HEADER.size:   # most requests: a header alone, no payload
-            fields = HEADER.unpack_from(self.link.map, start)
-            if not fields[5]:
-                return Message(*fields[:5], b"")
         message, after = unpack_record(self.link.map, start, end)
         if after != end:
             raise MalformedRecord(f"{end - after} bytes follow the record")
         return message
 
-    def _answer(self, message: Message) -> int:
-        if message.time > self.clock.now_ns():
-            self.clock.set(message.time)
-        value = 0xFFFFFFFF
-        handler = self.handlers.get(message.op)
+    def _answer(self, op: int, size: int, aux: int, value: int, time: int,
+                payload: bytes) -> int:
+        """The request's result: all-ones when it is refused or the partition has failed."""
+        if time > self.clock.now_ns():
+            self.clock.set(time)
+        if op == IO_READ or op == IO_WRITE:
+            return self._port(op, size, aux, value)
+        handler = self.handlers.get(op)
         if handler is None:
-            self._notify_fault(f"refused: op {message.op} is not a request on a partition's "
-                               "channel")
-        elif message.op in (Op.MMIO_READ, Op.MMIO_WRITE) and (
-                message.size not in PORT_SIZES or message.op == Op.MMIO_WRITE
-                and len(message.payload) != message.size):
-            self._notify_fault(f"refused: a {message.size}-byte MMIO access at "
-                               f"{message.value:#x} (the channel carries 1, 2 or 4 bytes)")
-        elif message.op in (Op.IO_READ, Op.IO_WRITE) and message.size not in PORT_SIZES:
-            self._notify_fault(f"refused: a {message.size}-byte access to port "
-                               f"{message.aux:#x} (IN and OUT move 1, 2 or 4 bytes)")
+            self._notify_fault(f"refused: op {op} is not a request on a partition's channel")
+        elif (op == Op.MMIO_READ or op == Op.MMIO_WRITE) and (
+                size not in PORT_SIZES or op == Op.MMIO_WRITE and len(payload) != size):
+            self._notify_fault(f"refused: a {size}-byte MMIO access at {value:#x} "
+                               "(the channel carries 1, 2 or 4 bytes)")
         elif not self.failed:
             try:
-                value = handler(message)
-            except Exception as exc:  # a driver fault stays in this partition: report it
-                self._fault(message, exc)
-        return value
+                return handler(Message(op, size, aux, value, time, payload))
+            except Exception as exc:  # noqa: BLE001 - a driver fault stays in this partition
+                self._fault(f"request {op}", exc)
+        return ALL_ONES
 
-    def _fault(self, message: Message, exc: Exception) -> None:
+    def _port(self, op: int, size: int, port: int, value: int) -> int:
+        """IN (IO_READ) or OUT (IO_WRITE) on the board's port bus."""
+        if size not in PORT_SIZES:
+            self._notify_fault(f"refused: a {size}-byte access to port {port:#x} "
+                               "(IN and OUT move 1, 2 or 4 bytes)")
+        elif not self.failed:
+            try:
+                if op == IO_READ:
+                    return self.board.pio.read(port, size)
+                self.board.pio.write(port, size, value)
+                return 0
+            except Exception as exc:  # noqa: BLE001 - a driver fault stays in this partition
+                hit = self.board.pio.lookup(port)
+                self._fault(f"{hit[0].name} (port {port:#x})" if hit else f"port {port:#x}",
+                            exc)
+        return ALL_ONES
+
+    def _fault(self, where: str, exc: Exception) -> None:
         self.failed = True
-        where = self._device_at(message) or f"request {message.op}"
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         self._notify_fault(f"{where}: {type(exc).__name__}: {exc} "
                            f"(raised at {os.path.basename(frame.filename)}:{frame.lineno})")
@@ -221,12 +253,6 @@ class PartitionWorker:
         were; a device failure or an unframeable channel (``failed``) ends the partition."""
         with self.lock:
             self.outbox.append((Record.FAULT, 0, 0, text.encode()[:MAX_PAYLOAD]))
-
-    def _device_at(self, message: Message) -> str:
-        if message.op not in (Op.IO_READ, Op.IO_WRITE):
-            return ""
-        hit = self.board.pio.lookup(message.aux)
-        return f"{hit[0].name} (port {message.aux:#x})" if hit else ""
 
     def _reply(self, seq: int, value: int) -> None:
         """The notifications that fit, then the REPLY with the mirrored state, into the slot."""
@@ -239,7 +265,7 @@ class PartitionWorker:
         if self.outbox:
             offset = self._put_notifications(offset)
             state |= MORE if self.outbox else 0
-        self._put(offset, Record.REPLY, state, 0, value, deadline, lines)
+        self._put(offset, REPLY, state, 0, value, deadline, lines)
         self.link.publish(seq, offset + HEADER.size + len(lines) - start)
 
     def _state_and_deadline(self) -> tuple[int, int]:
@@ -251,8 +277,8 @@ class PartitionWorker:
             state |= INT_OUTPUT
         if pic.all_masked():
             state |= ALL_MASKED
-        if input_deadline is not None or pit.counting():
-            state |= COUNTING
+        if deadline is not None or input_deadline is not None or pit.counting():
+            state |= COUNTING     # (an IRQ0 deadline means counter 0 counts)
         if host_input.alive():
             state |= INPUT_ALIVE
         if input_deadline is not None and (deadline is None or input_deadline < deadline):
@@ -278,17 +304,11 @@ class PartitionWorker:
         slot = self.link.map
         HEADER.pack_into(slot, offset, op, size, aux, value & 0xFFFFFFFF, time, len(payload))
         offset += HEADER.size
-        slot[offset:offset + len(payload)] = payload
+        if payload:
+            slot[offset:offset + len(payload)] = payload
         return offset + len(payload)
 
     # ----- requests ------------------------------------------------------------------------------
-    def _io_read(self, message: Message) -> int:
-        return self.board.pio.read(message.aux, message.size)
-
-    def _io_write(self, message: Message) -> int:
-        self.board.pio.write(message.aux, message.size, message.value)
-        return 0
-
     def _mmio_read(self, message: Message) -> int:
         return self.mmio.read(message.value, message.size)
 
@@ -387,6 +407,7 @@ class RootPartition:
                 raise ValueError(f"a partition needs {CHANNEL_FDS} descriptors, not {len(fds)}")
             channel_fd, ram_fd, slot_fd, to_parent, to_hypervisor = fds
             check_slot(slot_fd)
+            slot_mode(slot_fd)
             config = PartitionConfig.decode(data[HEADER.size:])
             link = SlotEnd(Side.PARENT, slot_fd, to_hypervisor, to_parent,
                            socket.socket(fileno=channel_fd))
