@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emu.asm import assemble, assemble_file
+from fuzz.link import Linker, Unlinkable
 from fuzz.ops import Op, random_op
 
 RUNTIME = Path(__file__).resolve().parent / "runtime.asm"
@@ -27,6 +28,17 @@ def runtime() -> tuple[bytes, dict[str, int]]:
     image = assemble_file(RUNTIME)
     assert image.origin == BOOT_ADDRESS
     return image.code, image.symbols
+
+
+@functools.cache
+def linker() -> Linker:
+    return Linker(runtime_header(), runtime()[1]["BODY"])
+
+
+def runtime_header() -> list[str]:
+    """The runtime's symbols as the body names them."""
+    symbols = runtime()[1]
+    return [f"{name} equ {symbols[name]:#x}" for name in RUNTIME_SYMBOLS]
 
 
 @dataclass(frozen=True)
@@ -91,12 +103,20 @@ class StructuredCase:
 
     @functools.cached_property
     def assembled(self) -> tuple[bytes, list[int]]:
+        """The image and its op addresses: the body linked from units assembled once
+        (fuzz/link.py), or assembled whole where an op's unit cannot be linked."""
+        try:
+            body, starts = linker().link([tuple(op.lines()) for op in self.ops])
+        except Unlinkable:
+            body, starts = self.assemble_body()
         code, symbols = runtime()
-        header = ["bits 32", f"org {symbols['BODY']:#x}",
-                  *(f"{name} equ {symbols[name]:#x}" for name in RUNTIME_SYMBOLS)]
-        body = assemble("\n".join([*header, *self.body_lines()]) + "\n")
-        return (code.ljust(symbols["BODY"] - BOOT_ADDRESS, b"\0") + body.code,
-                [body.symbols[f"op_{index}"] for index in range(len(self.ops))])
+        return code.ljust(symbols["BODY"] - BOOT_ADDRESS, b"\0") + body, starts
+
+    def assemble_body(self) -> tuple[bytes, list[int]]:
+        """The body as one program through the assembler, the reference the linker matches."""
+        body = assemble("\n".join(["bits 32", f"org {runtime()[1]['BODY']:#x}",
+                                   *runtime_header(), *self.body_lines()]) + "\n")
+        return body.code, [body.symbols[f"op_{index}"] for index in range(len(self.ops))]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from fuzz.campaign import campaign, run_case
 from fuzz.cli import load
 from fuzz.known import KNOWN
 from fuzz.pool import Bounds, Pool
-from fuzz.program import StructuredCase
+from fuzz.program import StructuredCase, linker
 
 REPRODUCERS = sorted((ROOT / "tests" / "fuzz").glob("*.asm"))
 CI_SEEDS = range(0, 120)          # the bounded campaign: fixed seeds, 30 ops each
@@ -78,6 +78,15 @@ def test_a_case_is_its_seed_and_its_source_gives_back_its_ops(seed, length):
     assert case == StructuredCase.generate(seed, length)
     assert StructuredCase.from_source(case.source("runtime.asm"), seed) == case
     assert len(case.op_addresses()) == length and case.image()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 40))
+def test_a_linked_body_is_the_bytes_the_assembler_makes_of_the_whole_program(seed, length):
+    """fuzz/link.py's units, linked, give the image and op addresses of one assembly."""
+    case = StructuredCase.generate(seed, length)
+    body, starts = linker().link([tuple(op.lines()) for op in case.ops])
+    assert (body, starts) == case.assemble_body()
 
 
 def test_the_command_replays_a_reproducer():
