@@ -383,6 +383,11 @@ class Cpu:
         self._old_exception.value = -1
         return self._error_code.value & 0xFFFFFFFF, bool(self._is_int.value)
 
+    @property
+    def exception_is_software(self) -> bool:
+        """The event in flight was raised by INT n/INT3/INTO (QEMU's exception_is_int)."""
+        return bool(self._is_int.value)
+
     def raise_fault(self, error_code: int) -> None:
         """Make the next take_exception() report a hardware exception with this error code (an
         exception the MMU raises outside Unicorn: a #PF from a refused TLB fill)."""

@@ -9,6 +9,7 @@ agree with native, and trap too unless its header says `trap-fidelity: trap`."""
 from __future__ import annotations
 
 import re
+import struct
 import time
 from pathlib import Path
 
@@ -17,11 +18,12 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import ROOT, trapvisor
 from fuzz import parent as parent_fuzz
-from fuzz.campaign import campaign, run_case
+from fuzz.campaign import ENGINES, campaign, run_case
 from fuzz.cli import load
 from fuzz.known import KNOWN
 from fuzz.pool import Bounds, Pool
-from fuzz.program import StructuredCase, linker
+from fuzz.program import BOOT_ADDRESS, StructuredCase, linker
+from fuzz.records import EVENT, parse
 
 REPRODUCERS = sorted((ROOT / "tests" / "fuzz").glob("*.asm"))
 CI_SEEDS = range(0, 120)          # the bounded campaign: fixed seeds, 30 ops each
@@ -48,6 +50,19 @@ def test_reproducer_shows_exactly_its_expected_divergences(pool, path):
                        f"from fuzz/known.py and its `known:` line in {path.name}")
     assert shown == header(path, "known")
     assert {d.engine for d in result.divergences if d.expected} == header(path, "trap-fidelity")
+
+
+def test_int6_is_a_software_interrupt_under_every_engine(pool):
+    """INT 6 at ring 0 pushes the address past it (CD 06 just before); at ring 3 through the
+    runtime's DPL-0 gate it is #GP((6 << 3) | 2), not #UD."""
+    case = load(ROOT / "tests" / "fuzz" / "int6-as-invalid-opcode.asm")
+    image = case.image()
+    for engine in ENGINES:
+        events = [r for r in parse(pool.run(engine, image, Bounds()).output) if r.tag == EVENT]
+        assert [(r.op, r.raw[2]) for r in events] == [(0, 6), (1, 13)], engine
+        pushed = int.from_bytes(events[0].raw[3:7], "little") - BOOT_ADDRESS
+        assert image[pushed - 2:pushed] == b"\xcd\x06", engine
+        assert struct.unpack_from("<I", events[1].raw, 3)[0] == 0x32, engine
 
 
 def test_every_known_divergence_has_a_reproducer():
