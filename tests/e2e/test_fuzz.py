@@ -21,9 +21,11 @@ from fuzz import parent as parent_fuzz
 from fuzz.campaign import ENGINES, campaign, run_case
 from fuzz.cli import load
 from fuzz.known import KNOWN
+from fuzz.parent_ide import IMAGE_SECTORS, DiskFixture
 from fuzz.pool import Bounds, Pool
 from fuzz.program import BOOT_ADDRESS, StructuredCase, linker
 from fuzz.records import EVENT, parse
+from vmm.devices.ide import SECTOR
 
 REPRODUCERS = sorted((ROOT / "tests" / "fuzz").glob("*.asm"))
 CI_SEEDS = range(0, 120)          # the bounded campaign: fixed seeds, 30 ops each
@@ -117,3 +119,26 @@ def test_hostile_intercepts_never_take_the_parent_partition_down():
     assert not tally.failures, tally.report() + "\n" + "\n".join(tally.failures)
     assert tally.answers["reply"] > tally.cases          # most records were served
     assert any(answer.startswith("malformed") for answer in tally.answers)
+
+
+def test_hostile_ata_programs_stay_inside_the_disk_image(tmp_path):
+    """Item 4 with the IDE channel in scope: sector counts, LBAs and REP transfers past a small
+    image leave its neighbours, its size and its partial last sector alone, the parent up."""
+    disk = DiskFixture(tmp_path)
+    tally = parent_fuzz.run_with_disk(80, 0, disk)
+    assert not tally.failures, tally.report() + "\n" + "\n".join(tally.failures)
+    assert tally.ide_programs >= 25 and tally.ide_records > 100 * tally.ide_programs
+    sectors = disk.image.read_bytes()[:IMAGE_SECTORS * SECTOR]
+    assert sectors != bytes(len(sectors))          # some hostile writes did land, inside it
+
+
+@pytest.mark.parametrize("victim", ["before.img", "after.img", "disk.img"])
+def test_the_disk_check_sees_a_byte_written_outside_the_image(tmp_path, victim):
+    disk = DiskFixture(tmp_path)
+    assert disk.damage() == ""
+    with open(tmp_path / victim, "r+b") as file:
+        file.seek(0, 2)
+        file.seek(file.tell() - 1)
+        file.write(b"\0")
+    assert disk.damage()
+
