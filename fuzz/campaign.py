@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from fuzz.outcome import Outcome, Run
 from fuzz.pool import Bounds, Pool
-from fuzz.program import RandomBytesCase, StructuredCase
+from fuzz.program import RandomBytesCase, StructuredCase, record_log
 from fuzz.verdict import Divergence, judge
 
 ENGINES = ("native", "trap", "bt", "vtx")
@@ -75,13 +75,16 @@ def make_case(kind: str, seed: int, length: int):
 
 
 def run_case(pool: Pool, case, bounds: Bounds, engines=ENGINES) -> CaseResult:
-    image = case.image()
-    runs = {engine: pool.run(engine, image, bounds) for engine in engines}
+    """Every engine's run of ``case``; a structured case logs its records to RAM."""
+    logged = isinstance(case, StructuredCase)
+    image, log = (case.logged_image(), record_log()) if logged else (case.image(), None)
+    runs = {engine: pool.run(engine, image, bounds, log) for engine in engines}
     if any(not run.outcome.unfinished for run in runs.values()):
         longer = replace(bounds, timeout=bounds.timeout * RETRY_TIMEOUT_FACTOR)
         for engine, run in runs.items():
             if run.outcome is Outcome.TIMEOUT:
-                runs[engine] = replace(pool.run(engine, image, longer), retried_after=run.seconds)
+                runs[engine] = replace(pool.run(engine, image, longer, log),
+                                       retried_after=run.seconds)
     return CaseResult(case, runs, judge(case, runs))
 
 

@@ -30,6 +30,12 @@ def runtime() -> tuple[bytes, dict[str, int]]:
     return image.code, image.symbols
 
 
+def record_log() -> tuple[int, int]:
+    """Where a logged image keeps its records: (RECORD_LOG, the address of LOG_LENGTH)."""
+    symbols = runtime()[1]
+    return symbols["RECORD_LOG"], symbols["LOG_LENGTH"]
+
+
 @functools.cache
 def linker() -> Linker:
     return Linker(runtime_header(), runtime()[1]["BODY"])
@@ -96,6 +102,12 @@ class StructuredCase:
 
     def image(self) -> bytes:
         return self.assembled[0]
+
+    def logged_image(self) -> bytes:
+        """The image with the runtime's ``log_mode`` set: records go to RAM (RECORD_LOG)."""
+        offset = runtime()[1]["log_mode"] - BOOT_ADDRESS
+        image = self.image()
+        return image[:offset] + b"\1" + image[offset + 1:]
 
     def op_addresses(self) -> list[int]:
         """Where each op starts (its ``op_N`` label)."""

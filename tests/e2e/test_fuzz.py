@@ -23,7 +23,7 @@ from fuzz.cli import load
 from fuzz.known import KNOWN
 from fuzz.parent_ide import IMAGE_SECTORS, DiskFixture
 from fuzz.pool import Bounds, Pool
-from fuzz.program import BOOT_ADDRESS, StructuredCase, linker
+from fuzz.program import BOOT_ADDRESS, StructuredCase, linker, record_log
 from fuzz.records import EVENT, parse
 from vmm.devices.ide import SECTOR
 
@@ -104,6 +104,18 @@ def test_a_linked_body_is_the_bytes_the_assembler_makes_of_the_whole_program(see
     case = StructuredCase.generate(seed, length)
     body, starts = linker().link([tuple(op.lines()) for op in case.ops])
     assert (body, starts) == case.assemble_body()
+
+
+@pytest.mark.parametrize("seed", [8000000, 8000003, 9100004])
+def test_a_logged_run_shows_what_the_console_shows(pool, seed):
+    """Records logged to RAM (the campaigns' mode) are the bytes the 0xE9 console gets, under
+    every engine, however the run ends (these seeds exit, triple-fault and halt)."""
+    case = StructuredCase.generate(seed, 30)
+    for engine in ENGINES:
+        console = pool.run(engine, case.image(), Bounds())
+        logged = pool.run(engine, case.logged_image(), Bounds(), record_log())
+        assert console.output and logged.output == console.output, engine
+        assert logged.verdict == console.verdict, engine
 
 
 def test_the_command_replays_a_reproducer():
