@@ -12,7 +12,8 @@ every one that moved by -0x01010101 a relative reference out of it (the shift ch
 of such a field, so none hides in the comparison); the index and end are written over marker
 values. A unit is then linked at any address by adding the move to those fields. A unit whose
 two assemblies differ in any other way (length, an unexplained byte) is not linked: the whole
-case is assembled the ordinary way instead. tests/e2e/test_fuzz.py checks that linking gives the same bytes as the assembler.
+case is assembled the ordinary way instead. tests/e2e/test_fuzz.py checks that linking gives
+the same bytes as the assembler.
 """
 from __future__ import annotations
 

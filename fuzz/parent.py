@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.memory import GuestMemory
+from fuzz.parent_ide import DiskFixture, ide_program
 from hypervisors.micro.hypervisor import ParentProcess
 from hypervisors.micro.slot import REP_LEN, REP_SEQ, REQUEST_CAPACITY, PeerGone
-from fuzz.parent_ide import DiskFixture, ide_program
 from hypervisors.micro.wire import (
     HEADER,
     MAX_PAYLOAD,

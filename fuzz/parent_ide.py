@@ -19,10 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hypervisors.micro.wire import Op, pack
-from vmm.devices.ide import (CMD_EXECUTE_DIAGNOSTIC, CMD_FLUSH_CACHE, CMD_IDENTIFY,
-                             CMD_INITIALIZE_PARAMETERS, CMD_READ_MULTIPLE, CMD_READ_SECTORS,
-                             CMD_READ_VERIFY, CMD_SET_MULTIPLE, CMD_WRITE_MULTIPLE,
-                             CMD_WRITE_SECTORS, SECTOR)
+from vmm.devices.ide import (
+    CMD_EXECUTE_DIAGNOSTIC,
+    CMD_FLUSH_CACHE,
+    CMD_IDENTIFY,
+    CMD_INITIALIZE_PARAMETERS,
+    CMD_READ_MULTIPLE,
+    CMD_READ_SECTORS,
+    CMD_READ_VERIFY,
+    CMD_SET_MULTIPLE,
+    CMD_WRITE_MULTIPLE,
+    CMD_WRITE_SECTORS,
+    SECTOR,
+)
 from vmm.pc.board import IDE_PRIMARY, IDE_PRIMARY_CONTROL
 
 IMAGE_SECTORS = 8
