@@ -54,17 +54,37 @@ def test_reproducer_shows_exactly_its_expected_divergences(pool, path):
     assert {d.engine for d in result.divergences if d.expected} == header(path, "trap-fidelity")
 
 
+def events_of(pool, engine: str, image: bytes) -> list:
+    return [r for r in parse(pool.run(engine, image, Bounds()).output) if r.tag == EVENT]
+
+
 def test_int6_is_a_software_interrupt_under_every_engine(pool):
     """INT 6 at ring 0 pushes the address past it (CD 06 just before); at ring 3 through the
-    runtime's DPL-0 gate it is #GP((6 << 3) | 2), not #UD."""
+    runtime's DPL-0 gate it is #GP((6 << 3) | 2) at the INT, not #UD."""
     case = load(ROOT / "tests" / "fuzz" / "int6-as-invalid-opcode.asm")
     image = case.image()
     for engine in ENGINES:
-        events = [r for r in parse(pool.run(engine, image, Bounds()).output) if r.tag == EVENT]
+        events = events_of(pool, engine, image)
         assert [(r.op, r.raw[2]) for r in events] == [(0, 6), (1, 13)], engine
         pushed = int.from_bytes(events[0].raw[3:7], "little") - BOOT_ADDRESS
         assert image[pushed - 2:pushed] == b"\xcd\x06", engine
-        assert struct.unpack_from("<I", events[1].raw, 3)[0] == 0x32, engine
+        error_code, eip = struct.unpack_from("<II", events[1].raw, 3)
+        assert (error_code, image[eip - BOOT_ADDRESS:][:2]) == (0x32, b"\xcd\x06"), engine
+
+
+def test_a_software_event_whose_delivery_faults_is_reported_at_its_instruction(pool):
+    """#NP for INT 0x44 (gate not present), #GP for INT 0x30, INT3 and INTO from ring 3 (DPL-0
+    gates): each frame's EIP is the instruction's own address, under every engine."""
+    image = load(ROOT / "tests" / "fuzz" / "software-event-faults.asm").image()
+    expected = [(0, 11, 0x44 << 3 | 2, b"\xcd\x44"), (1, 13, 0x30 << 3 | 2, b"\xcd\x30"),
+                (2, 13, 3 << 3 | 2, b"\xcc"), (3, 13, 4 << 3 | 2, b"\xce")]
+    for engine in ENGINES:
+        seen = []
+        for record in events_of(pool, engine, image):
+            error_code, eip = struct.unpack_from("<II", record.raw, 3)
+            at = image[eip - BOOT_ADDRESS:eip - BOOT_ADDRESS + 2]
+            seen.append((record.op, record.raw[2], error_code, at[:1] if at[0] != 0xCD else at))
+        assert seen == expected, engine
 
 
 def test_every_known_divergence_has_a_reproducer():
