@@ -70,10 +70,11 @@ class ParentTally:
 
     def report(self) -> str:
         answers = ", ".join(f"{k} {v}" for k, v in sorted(self.answers.items()))
-        return (f"{self.cases} hostile partitions, {self.records} records in {self.seconds:.1f} s "
-                f"({self.records / max(self.seconds, 1e-9):.0f} records/s): {answers}; "
-                f"{self.ide_programs} ATA programs ({self.ide_records} IDE records); "
-                f"{len(self.failures)} failure(s)")
+        total = self.records + self.ide_records
+        return (f"{self.cases} hostile partitions, {total} records in {self.seconds:.1f} s "
+                f"({total / max(self.seconds, 1e-9):.0f} records/s); {self.records} random "
+                f"records: {answers}; {self.ide_programs} ATA programs ({self.ide_records} "
+                f"records); {len(self.failures)} failure(s)")
 
 
 def random_record(rng: random.Random) -> bytes:
