@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +20,17 @@ BOOT_ADDRESS = 0x7C00
 RUNTIME_SYMBOLS = ("BODY", "SCRATCH", "IDT_BASE", "CURRENT_OP", "RECOVERY", "RECOVERY_ESP",
                    "checkpoint", "finish", "gdt_descriptor", "idt_descriptor")
 MAX_OPS = 255            # the op index is one byte in the records
+# The assembler's keystone and capstone handles are shared and not thread-safe (a campaign's
+# --jobs threads building cases at once crashed the process): one assembly at a time.
+ASSEMBLER = threading.RLock()
 OP_MARKER = re.compile(r"\s+; op: (\w+)$")
 OP_END = re.compile(r"op_\d+_end:$")
 
 
 @functools.cache
 def runtime() -> tuple[bytes, dict[str, int]]:
-    image = assemble_file(RUNTIME)
+    with ASSEMBLER:
+        image = assemble_file(RUNTIME)
     assert image.origin == BOOT_ADDRESS
     return image.code, image.symbols
 
@@ -117,10 +122,11 @@ class StructuredCase:
     def assembled(self) -> tuple[bytes, list[int]]:
         """The image and its op addresses: the body linked from units assembled once
         (fuzz/link.py), or assembled whole where an op's unit cannot be linked."""
-        try:
-            body, starts = linker().link([tuple(op.lines()) for op in self.ops])
-        except Unlinkable:
-            body, starts = self.assemble_body()
+        with ASSEMBLER:
+            try:
+                body, starts = linker().link([tuple(op.lines()) for op in self.ops])
+            except Unlinkable:
+                body, starts = self.assemble_body()
         code, symbols = runtime()
         return code.ljust(symbols["BODY"] - BOOT_ADDRESS, b"\0") + body, starts
 
@@ -158,4 +164,5 @@ class RandomBytesCase:
 
     @classmethod
     def from_source(cls, text: str, seed: int = 0) -> "RandomBytesCase":
-        return cls(seed, assemble(text).code)
+        with ASSEMBLER:
+            return cls(seed, assemble(text).code)
