@@ -45,6 +45,16 @@ def frame_differs_in_if_iopl_only(divergence) -> bool:
 
 
 IF_IOPL = 0x3200
+GP = 13
+
+
+def engine_gp0_where_native_differs(divergence) -> bool:
+    """The engine's first differing record is a #GP(0) event where native's is something else
+    (another event, or the next checkpoint)."""
+    ours, theirs = divergence.records
+    if theirs is None or theirs.tag != EVENT or theirs.raw[2] != GP:
+        return False
+    return theirs.raw[3:7] == bytes(4) and (ours is None or ours.raw[:3] != theirs.raw[:3])
 
 
 KNOWN: tuple[KnownDivergence, ...] = (
@@ -67,6 +77,13 @@ KNOWN: tuple[KnownDivergence, ...] = (
           "PUSHF at guest ring 3 pushes the real IF (1) and IOPL (0): user code is neither "
           "trapped nor audited, so the virtual flags never show",
           op=r"^\.user:$(?s:.*)^pushfd$"),
+    known("trap-user-iopl3-cli-sti", "trap",
+          "CLI/STI at guest ring 3 after the guest set IOPL 3 (by IRET or POPF at ring 0): the "
+          "machine runs them; under trap ring 3 runs on the real IOPL 0, the virtual IOPL 3 "
+          "never reaches it (an IRET from real ring 1 cannot raise IOPL), so they raise #GP(0), "
+          "reflected to the guest (found by the campaign from seed 8000000: seeds 8002689, "
+          "8002936, 8003124, 8004464)",
+          op=r"^\.user:$(?s:.*)^(?:cli|sti)$", when=engine_gp0_where_native_differs),
     known("hypervisor-cpuid-leaves", "trap bt vtx",
           "by design: CPUID leaves 0x40000000.. name this VMM (the bare machine has none)",
           op=r"^mov eax, 0x40000000\nxor ecx, ecx\ncpuid$"),
