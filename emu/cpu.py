@@ -18,10 +18,17 @@ from unicorn.unicorn_py3.unicorn import uclib
 from emu.divide_guard import DivideGuard
 from emu.hooks import CpuHandler, Hooks
 from emu.memory import GuestMemory
+from emu.paging import Fault
 from emu.qemu_state import NO_UNTIL, QemuState
 from emu.tlb import PROT_ALL, Fill, VirtualTlb
 
 PAGE_MASK = 0xFFF
+
+# IA32_EFER and the bits this CPU's CPUID lets a WRMSR write (SCE, LME, NXE; LMA is read-only
+# and ignored): any other bit is reserved and makes the WRMSR #GP(0) (SDM Vol. 4, Table 2-2).
+IA32_EFER = 0xC0000080
+EFER_WRITABLE = 1 << 0 | 1 << 8 | 1 << 10 | 1 << 11
+GP = 13
 
 # Segment register indices as QEMU numbers them (R_ES .. R_GS).
 ES, CS, SS, DS, FS, GS = range(6)
@@ -337,7 +344,10 @@ class Cpu:
         return self._uc.msr_read(index)
 
     def msr_write(self, index: int, value: int) -> None:
-        """WRMSR on the real CPU (with its side effects), without the guest's privilege checks."""
+        """WRMSR on the real CPU (with its side effects), without the guest's privilege checks.
+        A reserved IA32_EFER bit is the CPU's #GP(0) (Fault), which QEMU would drop silently."""
+        if index == IA32_EFER and value & ~EFER_WRITABLE:
+            raise Fault(GP, 0)
         self._uc.msr_write(index, value)
 
     # ----- the whole state (snapshots) ----------------------------------------------------------
@@ -381,6 +391,11 @@ class Cpu:
         becomes #DF and the one after a silent stop (Unicorn issue #1883)."""
         self._old_exception.value = -1
         return self._error_code.value & 0xFFFFFFFF, bool(self._is_int.value)
+
+    @property
+    def exception_is_software(self) -> bool:
+        """The event in flight was raised by INT n/INT3/INTO (QEMU's exception_is_int)."""
+        return bool(self._is_int.value)
 
     # ----- segments -----------------------------------------------------------------------------
     def load_segment(self, seg: int, selector: int, base: int, limit: int, flags: int) -> None:

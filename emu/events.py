@@ -14,6 +14,7 @@ from enum import Enum
 from emu.cpu import (CS, DESC_B, DS, ES, FS, GS, SS, ESP, FLAG_AC, FLAG_IF, FLAG_NT, FLAG_RF,
                      FLAG_TF, FLAG_VM, Cpu)
 from emu.event_plans import DeliveryPlans
+from emu.memory import GuestMemoryError
 from emu.paging import Fault, LinearMemory
 from emu.segments import NP, SS_FAULT, TS, Descriptor, DescriptorTables, pushed_esp
 
@@ -176,6 +177,9 @@ class EventDelivery:
                 self._deliver_once(vector, kind, error_code)
                 return
             except Fault as fault:
+                if software:
+                    self._back_to_instruction(vector, kind)
+                    software = False
                 if fault.vector == PF:
                     self.cpu.write_cr(2, fault.cr2)
                 if vector == DF:
@@ -186,6 +190,23 @@ class EventDelivery:
                     vector, error_code = fault.vector, fault.error_code
                 chain.append(vector)
                 kind = EventKind.HARDWARE_EXCEPTION
+
+    def _back_to_instruction(self, vector: int, kind: EventKind) -> None:
+        """A software event whose delivery faults (a gate's DPL below CPL, a gate not present
+        or past the IDT's limit...) never happened: the fault is reported at the INT n, INT3
+        or INTO itself (SDM Vol. 3, 6.12.1.1 and 6.5), though the engines deliver software
+        events with EIP already past the instruction. EIP goes back over it: CD nn (INT n,
+        INT 3 too), CC (INT3) or CE (INTO) just before EIP."""
+        length = 2 if kind is INT_N else 1
+        eip = (self.cpu.eip - length) & 0xFFFFFFFF
+        try:
+            before = self.lin.read((self.cpu.segs[CS].base + eip) & 0xFFFFFFFF, length,
+                                   touch=False)
+        except (Fault, GuestMemoryError):
+            return
+        if before == (bytes((0xCD, vector)) if kind is INT_N else bytes((0xCC,))) or (
+                kind is SOFTWARE_EXCEPTION and before == b"\xce"):
+            self.cpu.eip = eip
 
     def _deliver_once(self, vector: int, kind: EventKind, error_code: int | None) -> None:
         if not self.view.protected():

@@ -3,7 +3,7 @@ processes), a replay of stored reproducers, or the parent-partition intercept fu
 
     trapvisor fuzz --cases 10000 --seed S --jobs 2        # a long campaign
     trapvisor fuzz --replay tests/fuzz/*.asm              # what each reproducer shows now
-    trapvisor fuzz --parent --cases 2000 --seed S         # hostile intercept messages
+    trapvisor fuzz --parent --cases 2000 --seed S         # hostile intercepts, ATA programs
 
 Exit status 0 when nothing new diverged, 1 when something did (each new divergence is minimised
 and printed with its seed; --save DIR writes the reproducers), 2 for bad input.
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replay", metavar="FILE", nargs="+",
                         help="run stored reproducers (.asm) instead of a campaign")
     parser.add_argument("--parent", action="store_true", help="fuzz the micro hypervisor's "
-                        "parent partition with hostile intercept messages instead")
+                        "parent partition with hostile intercept messages and ATA programs "
+                        "against its IDE channel instead")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="print every divergence, expected and known ones too")
     return parser

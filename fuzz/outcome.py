@@ -44,6 +44,7 @@ class Run:
     instructions: int = 0
     seconds: float = 0.0
     fidelity: str = ""               # trap's list of sensitive instructions it could not see
+    retried_after: float = 0.0       # seconds of a first run cut short by --timeout
 
     @property
     def verdict(self) -> str:

@@ -7,6 +7,13 @@ the limit, a payload cut short, a published length past the request area), then 
 parent is still up, that a bystander partition it serves still answers, and that not a byte of
 child RAM changed and none of it is mapped in the parent (no GPADL was ever granted).
 
+Every board device the parent holds for a child is in reach (vmm/pc/board.py: the 8259 pair, the
+PIT, the i8042, the RTC, port 0x92, pc-testdev, the consoles, the CRTC, COM1, the PCI host, the
+IDE channel); the APICs live in the hypervisor, not the parent. Half the cases also run a hostile
+ATA program (fuzz/parent_ide.py) against a small disk image between two neighbour files, which
+must stay untouched, as must the image's size and its partial last sector; the IDE model must
+answer every access of a program (a FAULT from it is a failure, not a contained one).
+
 Per record the parent either replies (REPLY, after any notifications), contains a device
 failure (a FAULT record: the partition stops, the parent goes on), refuses the request (a FAULT
 record saying so: an unknown op, Op.MODULES, which only the control socket answers, a port access
@@ -18,11 +25,14 @@ from __future__ import annotations
 import os
 import random
 import struct
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from emu.memory import GuestMemory
+from fuzz.parent_ide import DiskFixture, ide_program
 from hypervisors.micro.hypervisor import ParentProcess
 from hypervisors.micro.slot import REP_LEN, REP_SEQ, REQUEST_CAPACITY, PeerGone
 from hypervisors.micro.wire import (
@@ -40,8 +50,10 @@ from hypervisors.micro.wire import (
 RAM_SIZE = 1 << 20
 CANARY = 0xA5
 DEBUG_CONSOLE = 0xE9
-DEVICE_PORTS = (0x20, 0x21, 0xA0, 0xA1, 0x40, 0x41, 0x42, 0x43, 0xE9, 0x80, 0xF4, 0xF5,
-                *range(0x3F8, 0x400))
+DEVICE_PORTS = (0x20, 0x21, 0xA0, 0xA1, *range(0x40, 0x44), *range(0x60, 0x65), 0x70, 0x71,
+                0x80, 0x92, *range(0xE0, 0xEA), *range(0xF4, 0xF8), 0x3D4, 0x3D5,
+                *range(0x3F8, 0x400), *range(0xCF8, 0xD00), *range(0x2000, 0x2018),
+                *range(0x1F0, 0x1F8), 0x3F6)
 REPLY_TIMEOUT = 10.0
 MESSAGES_PER_CASE = 24
 
@@ -53,12 +65,16 @@ class ParentTally:
     answers: Counter = field(default_factory=Counter)      # reply / fault / dropped
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    ide_programs: int = 0
+    ide_records: int = 0
 
     def report(self) -> str:
         answers = ", ".join(f"{k} {v}" for k, v in sorted(self.answers.items()))
-        return (f"{self.cases} hostile partitions, {self.records} records in {self.seconds:.1f} s "
-                f"({self.records / max(self.seconds, 1e-9):.0f} records/s): {answers}; "
-                f"{len(self.failures)} failure(s)")
+        total = self.records + self.ide_records
+        return (f"{self.cases} hostile partitions, {total} records in {self.seconds:.1f} s "
+                f"({total / max(self.seconds, 1e-9):.0f} records/s); {self.records} random "
+                f"records: {answers}; {self.ide_programs} ATA programs ({self.ide_records} "
+                f"records); {len(self.failures)} failure(s)")
 
 
 def random_record(rng: random.Random) -> bytes:
@@ -94,9 +110,10 @@ def malformed_record(rng: random.Random) -> tuple[bytes, int]:
 class HostileChild:
     """A partition of the parent, driven through its raw channel slot."""
 
-    def __init__(self, parent: ParentProcess, partition_id: int, memory: GuestMemory):
+    def __init__(self, parent: ParentProcess, partition_id: int, memory: GuestMemory,
+                 drives: tuple[str, ...] = ()):
         self.link, _layout = parent.create_partition(
-            partition_id, PartitionConfig(RAM_SIZE, b"", "", ""), memory.fd)
+            partition_id, PartitionConfig(RAM_SIZE, b"", "", "", drives), memory.fd)
         self.seq = 0
 
     def exchange(self, record: bytes, length: int | None = None) -> list[Message] | str:
@@ -143,6 +160,11 @@ def memfd_mapped_in(pid: int, memory: GuestMemory) -> list[str]:
 
 
 def run(cases: int, seed: int) -> ParentTally:
+    with tempfile.TemporaryDirectory(prefix="trapvisor-fuzz-disk-") as directory:
+        return run_with_disk(cases, seed, DiskFixture(Path(directory)))
+
+
+def run_with_disk(cases: int, seed: int, disk: DiskFixture) -> ParentTally:
     tally = ParentTally()
     started = time.perf_counter()
     parent = ParentProcess()
@@ -152,8 +174,9 @@ def run(cases: int, seed: int) -> ParentTally:
         bystander = HostileChild(parent, 1, bystander_ram)
         for number in range(cases):
             rng = random.Random(seed + number)
-            child = HostileChild(parent, number + 2, victim_ram)
-            for _ in range(rng.randint(1, MESSAGES_PER_CASE)):
+            child = HostileChild(parent, number + 2, victim_ram, (str(disk.image),))
+            problem = run_ide(child, rng, tally) if rng.random() < 0.5 else ""
+            for _ in range(0 if problem else rng.randint(1, MESSAGES_PER_CASE)):
                 answer = child.send(random_record(rng))
                 tally.records += 1
                 tally.answers[answer] += 1
@@ -164,7 +187,7 @@ def run(cases: int, seed: int) -> ParentTally:
                     tally.answers[f"malformed: {child.send(*malformed_record(rng))}"] += 1
             child.close()
             tally.cases += 1
-            problem = check(parent, bystander, victim_ram)
+            problem = problem or check(parent, bystander, victim_ram) or disk.damage()
             if problem:
                 tally.failures.append(f"seed {seed + number}: {problem}")
                 break
@@ -172,6 +195,18 @@ def run(cases: int, seed: int) -> ParentTally:
         parent.close()
         tally.seconds = time.perf_counter() - started
     return tally
+
+
+def run_ide(child: HostileChild, rng: random.Random, tally: ParentTally) -> str:
+    """One hostile ATA program; what went wrong, if the channel did not answer every record."""
+    program = ide_program(rng)
+    tally.ide_programs += 1
+    for record in program:
+        answer = child.send(record)
+        tally.ide_records += 1
+        if answer != "reply":
+            return f"the IDE channel answered {answer!r} to {record[:HEADER.size].hex()}"
+    return ""
 
 
 def check(parent: ParentProcess, bystander: HostileChild, victim_ram: GuestMemory) -> str:

@@ -35,9 +35,10 @@ class Worker:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self.stderr, text=True, bufsize=1)
 
-    def run(self, engine: str, image: bytes, bounds: Bounds) -> Run:
+    def run(self, engine: str, image: bytes, bounds: Bounds, log=None) -> Run:
         request = dict(engine=engine, image=image.hex(), timeout=bounds.timeout,
-                       max_exits=bounds.max_exits, max_instructions=bounds.max_instructions)
+                       max_exits=bounds.max_exits, max_instructions=bounds.max_instructions,
+                       log=log)
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
@@ -87,13 +88,14 @@ class Pool:
         self.workers: list[Worker] = []
         self.lock = threading.Lock()
 
-    def run(self, engine: str, image: bytes, bounds: Bounds) -> Run:
+    def run(self, engine: str, image: bytes, bounds: Bounds, log=None) -> Run:
+        """``log``: where a logged image keeps its records (fuzz/program.py record_log)."""
         worker = getattr(self.local, "worker", None)
         if worker is None or not worker.alive:
             worker = self.local.worker = Worker()
             with self.lock:
                 self.workers.append(worker)
-        return worker.run(engine, image, bounds)
+        return worker.run(engine, image, bounds, log)
 
     def close(self) -> None:
         with self.lock:

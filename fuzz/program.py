@@ -7,10 +7,12 @@ from __future__ import annotations
 import functools
 import random
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from emu.asm import assemble, assemble_file
+from fuzz.link import Linker, Unlinkable
 from fuzz.ops import Op, random_op
 
 RUNTIME = Path(__file__).resolve().parent / "runtime.asm"
@@ -18,15 +20,36 @@ BOOT_ADDRESS = 0x7C00
 RUNTIME_SYMBOLS = ("BODY", "SCRATCH", "IDT_BASE", "CURRENT_OP", "RECOVERY", "RECOVERY_ESP",
                    "checkpoint", "finish", "gdt_descriptor", "idt_descriptor")
 MAX_OPS = 255            # the op index is one byte in the records
+# The assembler's keystone and capstone handles are shared and not thread-safe (a campaign's
+# --jobs threads building cases at once crashed the process): one assembly at a time.
+ASSEMBLER = threading.RLock()
 OP_MARKER = re.compile(r"\s+; op: (\w+)$")
 OP_END = re.compile(r"op_\d+_end:$")
 
 
 @functools.cache
 def runtime() -> tuple[bytes, dict[str, int]]:
-    image = assemble_file(RUNTIME)
+    with ASSEMBLER:
+        image = assemble_file(RUNTIME)
     assert image.origin == BOOT_ADDRESS
     return image.code, image.symbols
+
+
+def record_log() -> tuple[int, int]:
+    """Where a logged image keeps its records: (RECORD_LOG, the address of LOG_LENGTH)."""
+    symbols = runtime()[1]
+    return symbols["RECORD_LOG"], symbols["LOG_LENGTH"]
+
+
+@functools.cache
+def linker() -> Linker:
+    return Linker(runtime_header(), runtime()[1]["BODY"])
+
+
+def runtime_header() -> list[str]:
+    """The runtime's symbols as the body names them."""
+    symbols = runtime()[1]
+    return [f"{name} equ {symbols[name]:#x}" for name in RUNTIME_SYMBOLS]
 
 
 @dataclass(frozen=True)
@@ -85,18 +108,33 @@ class StructuredCase:
     def image(self) -> bytes:
         return self.assembled[0]
 
+    def logged_image(self) -> bytes:
+        """The image with the runtime's ``log_mode`` set: records go to RAM (RECORD_LOG)."""
+        offset = runtime()[1]["log_mode"] - BOOT_ADDRESS
+        image = self.image()
+        return image[:offset] + b"\1" + image[offset + 1:]
+
     def op_addresses(self) -> list[int]:
         """Where each op starts (its ``op_N`` label)."""
         return self.assembled[1]
 
     @functools.cached_property
     def assembled(self) -> tuple[bytes, list[int]]:
+        """The image and its op addresses: the body linked from units assembled once
+        (fuzz/link.py), or assembled whole where an op's unit cannot be linked."""
+        with ASSEMBLER:
+            try:
+                body, starts = linker().link([tuple(op.lines()) for op in self.ops])
+            except Unlinkable:
+                body, starts = self.assemble_body()
         code, symbols = runtime()
-        header = ["bits 32", f"org {symbols['BODY']:#x}",
-                  *(f"{name} equ {symbols[name]:#x}" for name in RUNTIME_SYMBOLS)]
-        body = assemble("\n".join([*header, *self.body_lines()]) + "\n")
-        return (code.ljust(symbols["BODY"] - BOOT_ADDRESS, b"\0") + body.code,
-                [body.symbols[f"op_{index}"] for index in range(len(self.ops))])
+        return code.ljust(symbols["BODY"] - BOOT_ADDRESS, b"\0") + body, starts
+
+    def assemble_body(self) -> tuple[bytes, list[int]]:
+        """The body as one program through the assembler, the reference the linker matches."""
+        body = assemble("\n".join(["bits 32", f"org {runtime()[1]['BODY']:#x}",
+                                   *runtime_header(), *self.body_lines()]) + "\n")
+        return body.code, [body.symbols[f"op_{index}"] for index in range(len(self.ops))]
 
 
 @dataclass(frozen=True)
@@ -126,4 +164,5 @@ class RandomBytesCase:
 
     @classmethod
     def from_source(cls, text: str, seed: int = 0) -> "RandomBytesCase":
-        return cls(seed, assemble(text).code)
+        with ASSEMBLER:
+            return cls(seed, assemble(text).code)

@@ -3,7 +3,10 @@
 ; generated body calls. The body (fuzz/program.py) is assembled separately at BODY.
 ;
 ; Everything the case observes leaves on the 0xE9 console as binary records, the moment it is
-; made, so a run that ends early still shows how far it got (fuzz/records.py parses them):
+; made, so a run that ends early still shows how far it got (fuzz/records.py parses them); with
+; `log_mode` set (the fuzzer's campaigns do) each byte goes instead to RECORD_LOG in RAM, its count
+; to LOG_LENGTH, where fuzz/worker.py reads them after the run however it ended: the same bytes
+; without an I/O exit apiece.
 ;   'C' op  eax ecx edx ebx esp ebp esi edi  eflags  ds es fs gs  sum  cr0 cr4   after each op
 ;   'X' op  vector  three dwords from the top of the event's frame             each event
 ;   'F'     cr0 cr3 cr4                                                       at the end
@@ -28,6 +31,8 @@ CURRENT_OP   equ 0x6100
 RECOVERY     equ 0x6104
 RECOVERY_ESP equ 0x6108
 EVENTS       equ 0x610c
+LOG_LENGTH   equ 0x6110          ; bytes in RECORD_LOG so far
+RECORD_LOG   equ 0x200000        ; above anything a case writes, inside the identity map
 BODY         equ 0xa000
 STACK_TOP    equ 0x90000
 KERNEL_STACK equ 0x8f000         ; TSS.ESP0: events from ring 3 arrive here
@@ -56,6 +61,7 @@ protected_mode:
     mov esp, STACK_TOP
     xor eax, eax
     mov [EVENTS], eax
+    mov [LOG_LENGTH], eax
     mov [CURRENT_OP], eax
     mov edi, SCRATCH
     mov ecx, 64
@@ -167,13 +173,27 @@ checkpoint:                     ; after each op: registers, flags, data segments
     popfd
     ret
 
-emit:                           ; send ECX bytes from REC_BUF to the console
+emit:                           ; send ECX bytes from REC_BUF to the console (or the log)
     mov esi, REC_BUF
+    cmp byte [ss:log_mode], 0
+    jne .log
 .byte:
     mov al, [ss:esi]
     out CONSOLE, al
     inc esi
     loop .byte
+    ret
+.log:                           ; the same registers as the console's loop leaves, EDI kept
+    push edi
+    mov edi, [ss:LOG_LENGTH]
+.copy:
+    mov al, [ss:esi]
+    mov [ss:RECORD_LOG + edi], al
+    inc esi
+    inc edi
+    mov [ss:LOG_LENGTH], edi
+    loop .copy
+    pop edi
     ret
 
 event:                          ; [esp] = vector, then the frame the CPU pushed
@@ -255,3 +275,6 @@ tss:
 
 call_target:                    ; where the call gate leads: straight back to the caller
     retf
+
+log_mode:                       ; 1: records go to RECORD_LOG (fuzz/program.py sets it)
+    db 0

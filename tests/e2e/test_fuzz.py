@@ -9,6 +9,7 @@ agree with native, and trap too unless its header says `trap-fidelity: trap`."""
 from __future__ import annotations
 
 import re
+import struct
 import time
 from pathlib import Path
 
@@ -17,11 +18,14 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import ROOT, trapvisor
 from fuzz import parent as parent_fuzz
-from fuzz.campaign import campaign, run_case
+from fuzz.campaign import ENGINES, campaign, run_case
 from fuzz.cli import load
 from fuzz.known import KNOWN
+from fuzz.parent_ide import IMAGE_SECTORS, DiskFixture
 from fuzz.pool import Bounds, Pool
-from fuzz.program import StructuredCase
+from fuzz.program import BOOT_ADDRESS, StructuredCase, linker, record_log
+from fuzz.records import EVENT, parse
+from vmm.devices.ide import SECTOR
 
 REPRODUCERS = sorted((ROOT / "tests" / "fuzz").glob("*.asm"))
 CI_SEEDS = range(0, 120)          # the bounded campaign: fixed seeds, 30 ops each
@@ -48,6 +52,39 @@ def test_reproducer_shows_exactly_its_expected_divergences(pool, path):
                        f"from fuzz/known.py and its `known:` line in {path.name}")
     assert shown == header(path, "known")
     assert {d.engine for d in result.divergences if d.expected} == header(path, "trap-fidelity")
+
+
+def events_of(pool, engine: str, image: bytes) -> list:
+    return [r for r in parse(pool.run(engine, image, Bounds()).output) if r.tag == EVENT]
+
+
+def test_int6_is_a_software_interrupt_under_every_engine(pool):
+    """INT 6 at ring 0 pushes the address past it (CD 06 just before); at ring 3 through the
+    runtime's DPL-0 gate it is #GP((6 << 3) | 2) at the INT, not #UD."""
+    case = load(ROOT / "tests" / "fuzz" / "int6-as-invalid-opcode.asm")
+    image = case.image()
+    for engine in ENGINES:
+        events = events_of(pool, engine, image)
+        assert [(r.op, r.raw[2]) for r in events] == [(0, 6), (1, 13)], engine
+        pushed = int.from_bytes(events[0].raw[3:7], "little") - BOOT_ADDRESS
+        assert image[pushed - 2:pushed] == b"\xcd\x06", engine
+        error_code, eip = struct.unpack_from("<II", events[1].raw, 3)
+        assert (error_code, image[eip - BOOT_ADDRESS:][:2]) == (0x32, b"\xcd\x06"), engine
+
+
+def test_a_software_event_whose_delivery_faults_is_reported_at_its_instruction(pool):
+    """#NP for INT 0x44 (gate not present), #GP for INT 0x30, INT3 and INTO from ring 3 (DPL-0
+    gates): each frame's EIP is the instruction's own address, under every engine."""
+    image = load(ROOT / "tests" / "fuzz" / "software-event-faults.asm").image()
+    expected = [(0, 11, 0x44 << 3 | 2, b"\xcd\x44"), (1, 13, 0x30 << 3 | 2, b"\xcd\x30"),
+                (2, 13, 3 << 3 | 2, b"\xcc"), (3, 13, 4 << 3 | 2, b"\xce")]
+    for engine in ENGINES:
+        seen = []
+        for record in events_of(pool, engine, image):
+            error_code, eip = struct.unpack_from("<II", record.raw, 3)
+            at = image[eip - BOOT_ADDRESS:eip - BOOT_ADDRESS + 2]
+            seen.append((record.op, record.raw[2], error_code, at[:1] if at[0] != 0xCD else at))
+        assert seen == expected, engine
 
 
 def test_every_known_divergence_has_a_reproducer():
@@ -80,6 +117,27 @@ def test_a_case_is_its_seed_and_its_source_gives_back_its_ops(seed, length):
     assert len(case.op_addresses()) == length and case.image()
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 40))
+def test_a_linked_body_is_the_bytes_the_assembler_makes_of_the_whole_program(seed, length):
+    """fuzz/link.py's units, linked, give the image and op addresses of one assembly."""
+    case = StructuredCase.generate(seed, length)
+    body, starts = linker().link([tuple(op.lines()) for op in case.ops])
+    assert (body, starts) == case.assemble_body()
+
+
+@pytest.mark.parametrize("seed", [8000000, 8000003, 9100004])
+def test_a_logged_run_shows_what_the_console_shows(pool, seed):
+    """Records logged to RAM (the campaigns' mode) are the bytes the 0xE9 console gets, under
+    every engine, however the run ends (these seeds exit, triple-fault and halt)."""
+    case = StructuredCase.generate(seed, 30)
+    for engine in ENGINES:
+        console = pool.run(engine, case.image(), Bounds())
+        logged = pool.run(engine, case.logged_image(), Bounds(), record_log())
+        assert console.output and logged.output == console.output, engine
+        assert logged.verdict == console.verdict, engine
+
+
 def test_the_command_replays_a_reproducer():
     done = trapvisor("fuzz", "--replay",
                      str(ROOT / "tests" / "fuzz" / "hypervisor-cpuid-leaves.asm"))
@@ -93,3 +151,26 @@ def test_hostile_intercepts_never_take_the_parent_partition_down():
     assert not tally.failures, tally.report() + "\n" + "\n".join(tally.failures)
     assert tally.answers["reply"] > tally.cases          # most records were served
     assert any(answer.startswith("malformed") for answer in tally.answers)
+
+
+def test_hostile_ata_programs_stay_inside_the_disk_image(tmp_path):
+    """Item 4 with the IDE channel in scope: sector counts, LBAs and REP transfers past a small
+    image leave its neighbours, its size and its partial last sector alone, the parent up."""
+    disk = DiskFixture(tmp_path)
+    tally = parent_fuzz.run_with_disk(80, 0, disk)
+    assert not tally.failures, tally.report() + "\n" + "\n".join(tally.failures)
+    assert tally.ide_programs >= 25 and tally.ide_records > 100 * tally.ide_programs
+    sectors = disk.image.read_bytes()[:IMAGE_SECTORS * SECTOR]
+    assert sectors != bytes(len(sectors))          # some hostile writes did land, inside it
+
+
+@pytest.mark.parametrize("victim", ["before.img", "after.img", "disk.img"])
+def test_the_disk_check_sees_a_byte_written_outside_the_image(tmp_path, victim):
+    disk = DiskFixture(tmp_path)
+    assert disk.damage() == ""
+    with open(tmp_path / victim, "r+b") as file:
+        file.seek(0, 2)
+        file.seek(file.tell() - 1)
+        file.write(b"\0")
+    assert disk.damage()
+

@@ -247,6 +247,19 @@ class EngineBase:
             return EventKind.SOFTWARE_EXCEPTION, before[1:]
         return EventKind.SOFTWARE_INTERRUPT, b""
 
+    def int6_past(self) -> bool:
+        """Unicorn hands every exception 6 to its invalid-instruction hook, INT 6 (CD 06) too,
+        and leaves EIP at the INT, where for any other INT n it moves EIP past it. If INT 6 is
+        what raised it, move EIP past it as for the others and say so: it is a software
+        interrupt (gate DPL checked, the next instruction's address pushed), not a #UD fault."""
+        if not self.cpu.exception_is_software:
+            return False
+        insn = self.current_insn()
+        if insn is None or insn.mnemonic != "int" or insn.raw[-2:] != b"\xcd\x06":
+            return False
+        self.cpu.eip = self.cpu.eip + insn.size
+        return True
+
     def current_insn(self) -> Insn | None:
         cpu = self.cpu
         code = self.fetch(cpu.linear_pc())

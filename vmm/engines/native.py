@@ -74,7 +74,10 @@ class NativeEngine(EngineBase):
         return False
 
     def on_invalid_opcode(self) -> bool:
-        self.events.deliver(UD, EventKind.HARDWARE_EXCEPTION)
+        if self.int6_past():
+            self.on_interrupt(UD)
+        else:
+            self.events.deliver(UD, EventKind.HARDWARE_EXCEPTION)
         return True
 
     # ----- run loop -----------------------------------------------------------------------------

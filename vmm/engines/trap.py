@@ -96,7 +96,10 @@ class TrapEngine(EngineBase):
             exit.insn_bytes = VMCALL_BYTES
             self.take_exit(exit)
             return True
-        self._event_exit(UD, EventKind.HARDWARE_EXCEPTION, None)
+        if self.int6_past():
+            self.on_interrupt(UD)
+        else:
+            self._event_exit(UD, EventKind.HARDWARE_EXCEPTION, None)
         return True
 
     def _event_exit(self, vector: int, kind: EventKind, error_code: int | None,

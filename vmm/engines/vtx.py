@@ -156,6 +156,9 @@ class VtxEngine(EngineBase):
             exit.insn_bytes = VMCALL_BYTES
             self.take_exit(exit)
             return True
+        if self.int6_past():
+            self.on_interrupt(UD)
+            return True
         return self._exception(UD, EventKind.HARDWARE_EXCEPTION, None, b"")
 
     def on_interrupt(self, intno: int) -> None:
