@@ -1,4 +1,5 @@
-"""Benchmark `sched`: the proportional-share CPU scheduler (vmm/cpusched) on this machine.
+"""The proportional-share CPU scheduler (vmm/cpusched) on this machine: part of benchmark `vms`
+(vms.py calls ``measure``), as issue 14 asks for one section of many-VM figures.
 
 Fairness: three CPU-bound VMs (benchmarks/guests/spin.asm, which never ends) with shares
 1000:2000:4000 run under the monolithic hypervisor for 10 s of the machine's virtual time (1 s
@@ -29,8 +30,6 @@ from vmm.cpusched.dispatch import ThreadedClient, VcpuClient, dispatch
 from vmm.cpusched.policy import Controls
 from vmm.cpusched.scheduler import ProportionalShare
 
-NAME = "sched"
-TITLE = "Proportional-share CPU scheduler: fairness (1:2:4 shares) and the VM switch cost"
 SHARES = (1000, 2000, 4000)
 VIRTUAL_NS = {True: 1_000_000_000, False: 10_000_000_000}
 SWITCH_RUN = {True: 4_000_000, False: 20_000_000}     # instructions per timed run
@@ -95,7 +94,7 @@ def fairness(ctx: Context, section: Section) -> None:
             received, entitled = scheduler.share(account)
             ratio = scheduler.received_over_entitled(account)
             section.records.append(record(
-                NAME, ENGINE, "monolithic", "share_received_over_entitled", ratio, "ratio",
+                section.name, ENGINE, "monolithic", "share_received_over_entitled", ratio, "ratio",
                 vm=name, shares=account.controls.shares, instructions=vcpu.instructions,
                 received_share=received, entitled_share=entitled, virtual_seconds=virtual / 1e9,
                 goal=list(GOAL), within_goal=GOAL[0] <= ratio <= GOAL[1],
@@ -133,7 +132,7 @@ def switch_cost(ctx: Context, section: Section, hypervisor: str) -> None:
         switches = small[2] - big[2]
         samples.append((small[0] - big[0]) / switches * 1e6)
         wall.append((small[1] - big[1]) / switches * 1e6)
-    figure = with_spread(NAME, ENGINE, hypervisor, "vm_switch_us", samples, "us",
+    figure = with_spread(section.name, ENGINE, hypervisor, "vm_switch_us", samples, "us",
                          quantum_instructions=SMALL_QUANTUM, instructions=instructions,
                          clock="process CPU time", wall_us=wall)
     section.records.append(figure)
@@ -143,8 +142,9 @@ def switch_cost(ctx: Context, section: Section, hypervisor: str) -> None:
     section.lines.append(f"    VM switch under {hypervisor:<10} {value}")
 
 
-def run(ctx: Context) -> Section:
-    section = Section(NAME, TITLE)
+def measure(ctx: Context, section: Section) -> None:
+    """Fairness (1:2:4 shares) and the VM switch cost, into ``section``."""
+    section.lines.append("  Proportional-share CPU scheduler: fairness (1:2:4 shares), VM switch")
     fairness(ctx, section)
     for hypervisor in ("monolithic", "micro"):
         if isinstance(ctx.hypervisors.get(hypervisor), str):
@@ -152,4 +152,3 @@ def run(ctx: Context) -> Section:
                                  f"{ctx.hypervisors[hypervisor]}")
             continue
         switch_cost(ctx, section, hypervisor)
-    return section

@@ -36,7 +36,6 @@ MODULES = [
     "benchmarks.peers",
     "benchmarks.scale",
     "benchmarks.mmu",
-    "benchmarks.scheduling",
     "benchmarks.xv6",
     "benchmarks.apic",
     "benchmarks.vms",

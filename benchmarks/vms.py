@@ -15,7 +15,8 @@ off: the debugger before snapshots) and once from the nearest automatic snapshot
 from-boot over from-snapshot.
 
 Then live migration while a guest dirties memory at steady rates, and servicing the micro
-hypervisor's parent partition while children run (vms_moves.py).
+hypervisor's parent partition while children run (vms_moves.py); last the proportional-share
+scheduler's fairness and VM switch cost (scheduling.py).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import time
 
 from benchmarks.loops import Context
 from benchmarks.records import Section, ratio_of, record, with_spread
+from benchmarks.scheduling import measure as measure_scheduler
 from benchmarks.vms_moves import run_moves
 from hypervisors.images import resolve
 from hypervisors.monolithic import MonolithicHypervisor
@@ -104,6 +106,8 @@ def run(ctx: Context) -> Section:
     _report_jumps(section, JUMP_FROM[ctx.quick], [_jumps(JUMP_FROM[ctx.quick])
                                                   for _ in range(ctx.reps)])
     run_moves(ctx, section)
+    ctx.progress("scheduler")
+    measure_scheduler(ctx, section)
     return section
 
 

@@ -15,11 +15,16 @@ pytestmark = pytest.mark.bench
 
 
 @pytest.fixture(scope="module")
-def vms_records(tmp_path_factory) -> dict:
+def vms_json(tmp_path_factory) -> list[dict]:
     path = tmp_path_factory.mktemp("bench") / "vms.json"
     done = trapvisor("bench", "--quick", "--only", "vms", "--json", str(path), timeout=1500)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return {(r["hypervisor"], r["metric"]): r for r in json.loads(path.read_text())["records"]}
+    return json.loads(path.read_text())["records"]
+
+
+@pytest.fixture(scope="module")
+def vms_records(vms_json) -> dict:
+    return {(r["hypervisor"], r["metric"]): r for r in vms_json}
 
 
 def test_vms_records_are_possible_with_their_spread(vms_records):
@@ -48,3 +53,13 @@ def test_vms_servicing_rows(vms_records):
     for name in SERVICE_GUESTS:
         assert vms_records[("micro", f"servicing/{name}/paused_s")]["value"] > 0
         assert vms_records[("micro", f"servicing/{name}/bytes")]["value"] > 4096
+
+
+def test_vms_has_the_schedulers_fairness_per_vm_and_its_switch_cost(vms_json):
+    """Issue 14 puts the scheduler's figures in section vms: one fairness record per VM (1:2:4
+    shares; counted in guest instructions, so exact, not a timing) and the switch cost."""
+    fairness = [r for r in vms_json if r["metric"] == "share_received_over_entitled"]
+    assert sorted(r["shares"] for r in fairness) == [1000, 2000, 4000]
+    assert all(r["benchmark"] == "vms" and r["value"] > 0 for r in fairness), fairness
+    assert {r["hypervisor"] for r in vms_json if r["metric"] == "vm_switch_us"} == {
+        "monolithic", "micro"}
