@@ -18,7 +18,9 @@ Guest user code (real ring 3) is not translated: what it can observe already mat
 """
 from __future__ import annotations
 
-from emu.cpu import CS, FLAG_IF, FLAG_VM, IOPL_MASK, IOPL_SHIFT
+from emu.cpu import CS, ESP, FLAG_IF, FLAG_VM, IOPL_MASK, IOPL_SHIFT, SS
+from emu.paging import BusError, Fault
+from vmm.engines.base import MAX_INSN
 from vmm.engines.deprivilege import DeprivilegedGuest, TrapView
 from vmm.engines.emulate import (
     emulate_cli,
@@ -40,11 +42,14 @@ from vmm.engines.emulate import (
     emulate_sti,
     emulate_wrmsr,
     emulator_for,
+    stack_mask,
+    user,
 )
 from vmm.engines.plans import Plan, make_plan
 from vmm.engines.scanner import CodeScanner, Site, SiteKind
 from vmm.engines.sensitive import sensitive_emulator_for
 from vmm.engines.trap import TrapEngine
+from vmm.engines.walk_memo import WalkMemo
 from vmm.vmcs import ExitReason
 
 R = ExitReason
@@ -120,6 +125,10 @@ class BtEngine(TrapEngine):
     name = "bt"
     guest_class = BtGuest
 
+    def attach(self, vcpu) -> None:
+        self.walks = WalkMemo(vcpu.vm.lin)
+        super().attach(vcpu)
+
     def make_scanner(self) -> CodeScanner:
         self.window_scanner = CodeScanner(self.cpu, self.fetch, self.disasm, self.classify,
                                           self.translating, owner="bt", traps=self.traps,
@@ -165,8 +174,47 @@ class BtEngine(TrapEngine):
         site = self.scanner.sites.get(linear)
         if site is None or not self.translating() or not self.scanner.revalidate(site):
             return None
+        plan = self._site_plan(site)
+        if (plan.emulator is emulate_pushf and self.deprivileged.protected
+                and self._push_flags(site, plan)):
+            return self.cpu.eip
         self._callout(site)
         return self.cpu.eip
+
+    def _push_flags(self, site: Site, plan: Plan) -> bool:
+        """PUSHF translated in place: the virtual EFLAGS image goes on the stack inside the run,
+        with no exit (as VMware's translator emits PUSHF as a short sequence pushing the virtual
+        flags), through a remembered stack walk. False if the push faults: the callout's exit
+        then reflects the fault."""
+        guest, cpu = self.deprivileged, self.cpu
+        size = plan.insn.opsize // 8
+        mask = stack_mask(guest)
+        esp = cpu.gpr[ESP]
+        new = (esp - size) & mask
+        linear = (cpu.segs[SS].base + new) & 0xFFFFFFFF
+        image = (guest.view.flags() & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        try:
+            if WalkMemo.within_page(linear, size):
+                self.walks.write(linear, image, user(guest))
+            else:
+                guest.lin.write(linear, image, user(guest))
+        except (Fault, BusError):
+            return False
+        cpu.gpr[ESP] = (esp & ~mask) | new
+        site.hits += 1
+        eip = cpu.eip_reg
+        eip.value = (eip.value + plan.size) & plan.eip_mask
+        return True
+
+    def fetch(self, linear: int, length: int = MAX_INSN) -> bytes:
+        """Instruction bytes (see EngineBase.fetch); within one page through a remembered walk,
+        as every in-run callout re-reads its site's bytes."""
+        if length <= MAX_INSN and WalkMemo.within_page(linear, length):
+            try:
+                return self.walks.read(linear, length)
+            except (Fault, BusError):
+                pass
+        return super().fetch(linear, length)
 
     def _plan(self) -> Plan | None:
         """A #GP in translated code at a callout site that traps: the site's plan and reason."""
