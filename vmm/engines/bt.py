@@ -42,8 +42,6 @@ from vmm.engines.emulate import (
     emulate_sti,
     emulate_wrmsr,
     emulator_for,
-    stack_mask,
-    user,
 )
 from vmm.engines.plans import Plan, make_plan
 from vmm.engines.scanner import CodeScanner, Site, SiteKind
@@ -184,20 +182,18 @@ class BtEngine(TrapEngine):
     def _push_flags(self, site: Site, plan: Plan) -> bool:
         """PUSHF translated in place: the virtual EFLAGS image goes on the stack inside the run,
         with no exit (as VMware's translator emits PUSHF as a short sequence pushing the virtual
-        flags), through a remembered stack walk. False if the push faults: the callout's exit
-        then reflects the fault."""
-        guest, cpu = self.deprivileged, self.cpu
-        size = plan.insn.opsize // 8
-        mask = stack_mask(guest)
+        flags), through a remembered stack walk. Translated protected-mode code runs at real
+        ring 1 or 2, so the store is a supervisor one. False if the push faults: the callout's
+        exit then reflects the fault."""
+        cpu = self.cpu
+        size = plan.insn.opsize >> 3
+        mask = 0xFFFFFFFF if cpu.stack_bits == 32 else 0xFFFF
         esp = cpu.gpr[ESP]
         new = (esp - size) & mask
-        linear = (cpu.segs[SS].base + new) & 0xFFFFFFFF
-        image = (guest.view.flags() & ((1 << 8 * size) - 1)).to_bytes(size, "little")
+        image = self.deprivileged.view.flags() & ((1 << 8 * size) - 1)
         try:
-            if WalkMemo.within_page(linear, size):
-                self.walks.write(linear, image, user(guest))
-            else:
-                guest.lin.write(linear, image, user(guest))
+            self.walks.write((cpu.segs[SS].base + new) & 0xFFFFFFFF,
+                             image.to_bytes(size, "little"))
         except (Fault, BusError):
             return False
         cpu.gpr[ESP] = (esp & ~mask) | new
@@ -207,9 +203,9 @@ class BtEngine(TrapEngine):
         return True
 
     def fetch(self, linear: int, length: int = MAX_INSN) -> bytes:
-        """Instruction bytes (see EngineBase.fetch); within one page through a remembered walk,
-        as every in-run callout re-reads its site's bytes."""
-        if length <= MAX_INSN and WalkMemo.within_page(linear, length):
+        """Instruction bytes (see EngineBase.fetch) through a remembered walk, as every in-run
+        callout re-reads its site's bytes."""
+        if length <= MAX_INSN:
             try:
                 return self.walks.read(linear, length)
             except (Fault, BusError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 
-from emu.paging import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, LinearMemory, READ, WRITE
+from emu.paging import CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, READ, WRITE, LinearMemory
 
 _U32 = struct.Struct("<I")
 CR0_BITS = CR0_PG | CR0_WP
@@ -23,60 +23,64 @@ MAX_PAGES = 256
 
 
 class WalkMemo:
-    """Linear -> physical for single-page accesses, through remembered, revalidated walks."""
+    """Linear -> physical through remembered, revalidated walks; an access that crosses a page
+    goes through LinearMemory's walk."""
 
     def __init__(self, lin: LinearMemory):
         self.lin = lin
         self.cr = lin.cr
         self.mmap = lin.memory.mmap
-        self._walks: dict[tuple[int, int, bool], tuple] = {}
-        self.reused = 0
+        self.size = lin.memory.size
+        # (linear page | kind << 1 | user) -> (CR0 bits, CR3, CR4 bits, PDE address, PDE,
+        # leaf address, leaf, frame); a 4 MiB page's leaf is its PDE
+        self._walks: dict[int, tuple] = {}
         self.walked = 0
 
     def physical(self, linear: int, kind: int, user: bool) -> int:
-        """The physical address of ``linear`` for one access of ``kind`` (READ or WRITE) that
-        stays within its page. Raises the walk's Fault or BusError."""
+        """The physical address of ``linear`` for one access of ``kind`` (READ or WRITE).
+        Raises the walk's Fault or BusError."""
         cr = self.cr
-        if not cr[0] & CR0_PG:
+        cr0 = cr[0]
+        if not cr0 & CR0_PG:
             return linear
-        page = linear & ~(PAGE - 1)
-        key = (page, kind, user)
-        context = (cr[0] & CR0_BITS, cr[3], cr[4] & CR4_BITS)
-        known = self._walks.get(key)
-        if known is not None and known[0] == context and self._unchanged(known):
-            self.reused += 1
-            return known[5] | (linear & (PAGE - 1))
+        known = self._walks.get(linear & ~(PAGE - 1) | kind << 1 | user)
+        if (known is not None and known[0] == cr0 & CR0_BITS and known[1] == cr[3]
+                and known[2] == cr[4] & CR4_BITS
+                and _U32.unpack_from(self.mmap, known[3])[0] == known[4]
+                and _U32.unpack_from(self.mmap, known[5])[0] == known[6]):
+            return known[7] | (linear & (PAGE - 1))
+        return self._walk(linear, kind, user)
+
+    def _walk(self, linear: int, kind: int, user: bool) -> int:
+        cr, mmap = self.cr, self.mmap
         walk = self.lin.walker.walk(linear, kind, user)
         self.walked += 1
         if len(self._walks) >= MAX_PAGES:
             self._walks.clear()
-        unpack = _U32.unpack_from
-        pte = None if walk.pte_addr is None else unpack(self.mmap, walk.pte_addr)[0]
-        self._walks[key] = (context, walk.pde_addr, unpack(self.mmap, walk.pde_addr)[0],
-                            walk.pte_addr, pte, walk.frame)
+        leaf_addr = walk.pde_addr if walk.pte_addr is None else walk.pte_addr
+        self._walks[linear & ~(PAGE - 1) | kind << 1 | user] = (
+            cr[0] & CR0_BITS, cr[3], cr[4] & CR4_BITS,
+            walk.pde_addr, _U32.unpack_from(mmap, walk.pde_addr)[0],
+            leaf_addr, _U32.unpack_from(mmap, leaf_addr)[0], walk.frame)
         return walk.frame | (linear & (PAGE - 1))
 
-    def _unchanged(self, known: tuple) -> bool:
-        _, pde_addr, pde, pte_addr, pte, _ = known
-        unpack = _U32.unpack_from
-        return (unpack(self.mmap, pde_addr)[0] == pde
-                and (pte_addr is None or unpack(self.mmap, pte_addr)[0] == pte))
-
     def read(self, linear: int, length: int, user: bool = False) -> bytes:
-        """Bytes at a linear address as LinearMemory.read reads them (one page at most)."""
+        """Bytes at a linear address, as LinearMemory.read reads them."""
+        if (linear & (PAGE - 1)) + length > PAGE:
+            return self.lin.read(linear, length, user)
         physical = self.physical(linear, READ, user)
-        if physical + length > len(self.mmap):
+        if physical + length > self.size:
             return self.lin.read(linear, length, user)
         return self.mmap[physical:physical + length]
 
     def write(self, linear: int, data: bytes, user: bool = False) -> None:
-        """Store at a linear address as LinearMemory.write stores (one page at most)."""
-        physical = self.physical(linear, WRITE, user)
-        if physical + len(data) > len(self.mmap):
+        """Store at a linear address, as LinearMemory.write stores (all checks first)."""
+        length = len(data)
+        if (linear & (PAGE - 1)) + length > PAGE:
             self.lin.write(linear, data, user)
             return
-        self.mmap[physical:physical + len(data)] = data
-
-    @staticmethod
-    def within_page(linear: int, length: int) -> bool:
-        return (linear & (PAGE - 1)) + length <= PAGE
+        physical = self.physical(linear, WRITE, user)
+        if physical + length > self.size:
+            self.lin.write(linear, data, user)
+            return
+        self.mmap[physical:physical + length] = data
