@@ -164,7 +164,7 @@ class BtEngine(TrapEngine):
         site = scanner.callout_at(linear)
         if site is not None and linear in scanner.armed and scanner.revalidate(site):
             self.vcpu.retire(1)
-            self._callout(site)
+            self._carry_out(site)
             scanner.hook(site, self._hooked_callout)
 
     def _hooked_callout(self, linear: int) -> int | None:
@@ -174,12 +174,17 @@ class BtEngine(TrapEngine):
         site = self.scanner.sites.get(linear)
         if site is None or not self.translating() or not self.scanner.revalidate(site):
             return None
-        plan = self._site_plan(site)
-        if (plan.emulator is emulate_pushf and self.deprivileged.protected
-                and self._push_flags(site, plan)):
-            return self.cpu.eip
-        self._callout(site)
+        self._carry_out(site)
         return self.cpu.eip
+
+    def _carry_out(self, site: Site) -> None:
+        """A callout, at a stop or in a hook alike: PUSHF in protected mode in place, any other
+        (or a PUSHF whose push faults) as an exit. So whether a site is hooked yet (which a
+        snapshot does not keep) never changes the exits a run counts."""
+        plan = self._site_plan(site)
+        if not (plan.emulator is emulate_pushf and self.deprivileged.protected
+                and self._push_flags(site, plan)):
+            self._callout(site)
 
     def _push_flags(self, site: Site, plan: Plan) -> bool:
         """PUSHF translated in place: the virtual EFLAGS image goes on the stack inside the run,
