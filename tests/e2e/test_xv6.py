@@ -53,7 +53,7 @@ def test_xv6_boots_to_its_shell_with_qemus_transcript(disks, engine, hypervisor)
     assert done.stdout == (XV6 / "expected-disk.txt").read_text()
 
 
-# xv6 under bt reaches its shell after 66,618 exits (virtual time makes the count the same every
+# xv6 under bt reaches its shell after 66,574 exits (virtual time makes the count the same every
 # run; PUSHFDs translated in place are no exits), in seconds: this test stops a little past the
 # prompt. It guards Unicorn's exit lookups in virtual-TLB mode (emu/tlb.py): bt's boot-sector
 # exits once made xv6 triple-fault at its first LAPIC read.
