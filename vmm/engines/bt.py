@@ -178,12 +178,12 @@ class BtEngine(TrapEngine):
         return self.cpu.eip
 
     def _carry_out(self, site: Site) -> None:
-        """A callout, at a stop or in a hook alike: PUSHF in protected mode in place, any other
-        (or a PUSHF whose push faults) as an exit. So whether a site is hooked yet (which a
-        snapshot does not keep) never changes the exits a run counts."""
+        """A callout, at a stop or in a hook alike: PUSHF in protected-mode kernel code in place,
+        any other (or a PUSHF whose push faults) as an exit. So whether a site is hooked yet
+        (which a snapshot does not keep) never changes the exits a run counts."""
         plan = self._site_plan(site)
         if not (plan.emulator is emulate_pushf and self.deprivileged.protected
-                and self._push_flags(site, plan)):
+                and self.cpu.cpl != 3 and self._push_flags(site, plan)):
             self._callout(site)
 
     def _push_flags(self, site: Site, plan: Plan) -> bool:
