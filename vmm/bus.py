@@ -113,6 +113,17 @@ class Bus:
         """Every window as (base, length, device), sorted by base."""
         return list(self._windows)
 
+    @staticmethod
+    def devices_by_window(*buses: "Bus") -> dict[str, BusDevice]:
+        """Every device on these buses, once, named by bus kind and window base ("pio:0x3f8",
+        "mmio:0xff000000"): the names snapshots give device state under both hypervisors."""
+        found: dict[str, BusDevice] = {}
+        for bus in buses:
+            for base, _length, device in bus.entries():
+                if device not in found.values():
+                    found[f"{bus.kind}:{base:#x}"] = device
+        return found
+
     def _mmio_hit(self, addr: int) -> tuple[BusDevice, int] | None:
         index = bisect_right(self._bases, addr) - 1
         if index < 0:

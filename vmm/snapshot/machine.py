@@ -6,7 +6,7 @@ still to come, and guest RAM (ram.py).
 ``capture`` and ``restore`` work on a machine object: ``vm``, ``vcpu``, and ``save_devices()`` /
 ``load_devices(state)`` for the device side (``save_devices`` and ``load_devices`` here for a VM
 whose devices are all in this process; the micro hypervisor's child partition gathers its own
-from the parent partition, hypervisors/micro/machine.py). The device state has the same form
+from the parent partition, hypervisors/micro/snapshots.py). The device state has the same form
 under both hypervisors, so a snapshot continues under either. Restore goes into a freshly built,
 never booted machine. Afterwards every cache of guest state kept
 outside the saved state is dropped: Unicorn's translations and TLB (``Cpu.load_context``) and
@@ -14,6 +14,7 @@ whatever registered itself in ``vm.restore_hooks`` (an MMU's shadow, event deliv
 """
 from __future__ import annotations
 
+from vmm.bus import Bus
 from vmm.clock import InstructionClock
 from vmm.snapshot import ram
 from vmm.snapshot.engine_state import load_engine, save_engine
@@ -50,12 +51,7 @@ def capture(hypervisor, base: Snapshot | None = None,
 
 def devices_of(vm) -> dict[str, object]:
     """Every device on the VM's buses, named by bus and window base."""
-    found = {}
-    for bus in (vm.pio, vm.mmio):
-        for base, _length, device in bus.entries():
-            if device not in found.values():
-                found[f"{bus.kind}:{base:#x}"] = device
-    return found
+    return Bus.devices_by_window(vm.pio, vm.mmio)
 
 
 def save_device_states(devices: dict) -> dict[str, dict]:

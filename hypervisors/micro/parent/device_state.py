@@ -15,6 +15,7 @@ from __future__ import annotations
 import msgpack
 
 from hypervisors.micro.wire import MAX_PAYLOAD
+from vmm.bus import Bus
 
 ISA_MASK = 0xFFFF
 _SCALARS = (bool, int, float, str, bytes)
@@ -27,12 +28,7 @@ class Refused(ValueError):
 def _devices(worker) -> dict:
     """Every device on the parent's port and MMIO buses for this child, named as machine.py
     names them."""
-    found = {}
-    for bus in (worker.board.pio, worker.mmio):
-        for base, _length, device in bus.entries():
-            if device not in found.values():
-                found[f"{bus.kind}:{base:#x}"] = device
-    return found
+    return Bus.devices_by_window(worker.board.pio, worker.mmio)
 
 
 def _state(worker) -> dict:
