@@ -16,7 +16,6 @@ from hypervisors.monolithic import MonolithicHypervisor
 from vmm.devices.pc_testdev import IOMEM_BASE
 from vmm.snapshot import format as snapfile
 from vmm.snapshot import machine
-from vmm.snapshot.format import SnapshotError
 from vmm.vm import DEFAULT_RAM
 
 SCRATCH = f"mmio:{IOMEM_BASE:#x}"   # pc-testdev's scratch page, on the board of both
